@@ -1,0 +1,43 @@
+# allotment's two front doors: `make run` (the embedded default) and `make test` (everything).
+# Every target installs what it needs itself, so both work on a brand-new machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: run test setup lint typecheck cluster-up cluster-down clean
+
+## Run `allotment dev` over examples/: an embedded SQLite ledger, sidecar on 127.0.0.1:8888.
+run: setup
+	$(BIN)/allotment dev examples/
+
+## Set up everything and run the whole suite: lint, types, import layers, every test tier.
+test: setup lint typecheck
+	$(BIN)/python -m pytest
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --pre -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tests/lint_imports.py
+
+typecheck: setup
+	$(BIN)/mypy
+
+## A real etcd + kube-apiserver on loopback (built once from the Go module proxy, then cached).
+cluster-up: setup
+	$(BIN)/python -m tests.harness.cluster up
+
+cluster-down:
+	$(BIN)/python -m tests.harness.cluster down
+
+clean:
+	rm -rf $(VENV) .local
