@@ -1,0 +1,370 @@
+"""Usage periods: recurrence arithmetic, the usage-period timeline and its edits (spec §5, §10).
+
+Role: compute recurrence instants (clamped month/year arithmetic, always from the anchor), the
+period containing an instant, the reset timeline the engine replays, and the pure edits that
+append timeline entries: manual resets (``apply_reset``) and interval edits (``edit_interval``,
+DESIGN D4: from the next period boundary).
+
+Must not: read the clock, log, or do I/O; it never decides balances (see ``engine``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from .model import (
+    CalendarDuration,
+    Entitlement,
+    EntitlementReset,
+    IssueAfterReset,
+    PeriodSource,
+    Recurrence,
+    UsagePeriodEntry,
+    Versioned,
+    value_at,
+)
+from .timeutil import add_months_clamped, require_utc, truncate_to_minute
+
+__all__ = [
+    "Period",
+    "ResetOutcome",
+    "ResetPlan",
+    "add_interval",
+    "apply_reset",
+    "current_period",
+    "edit_interval",
+    "edit_issue_after_reset",
+    "edit_preserve_overage",
+    "edit_soft_limit",
+    "entry_at",
+    "is_reset_instant",
+    "last_reset",
+    "new_usage_period",
+    "next_after",
+    "next_reset_after",
+    "period_of",
+    "preserve_overage_for_reset",
+    "prev_before",
+    "recurrence_instant",
+    "reset_times",
+]
+
+
+_BEGINNING = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Period:
+    """A half-open interval ``[start, end)``."""
+
+    start: datetime
+    end: datetime
+
+    def contains(self, instant: datetime) -> bool:
+        """Tell whether ``start <= instant < end``."""
+        return self.start <= instant < self.end
+
+
+# --- recurrence arithmetic -------------------------------------------------------------------
+
+
+def add_interval(instant: datetime, interval: CalendarDuration, times: int = 1) -> datetime:
+    """Return ``instant + times·interval`` with clamped years and months (spec §5.1).
+
+    Components apply in the order years, months, weeks+days (calendar days), then time.
+    """
+    result = instant
+    if interval.years:
+        result = add_months_clamped(result, 12 * interval.years * times)
+    if interval.months:
+        result = add_months_clamped(result, interval.months * times)
+    days = (7 * interval.weeks + interval.days) * times
+    seconds = (3600 * interval.hours + 60 * interval.minutes + interval.seconds) * times
+    return result + timedelta(days=days, seconds=seconds)
+
+
+def _approximate_seconds(interval: CalendarDuration) -> float:
+    days = 365.2425 * interval.years + 30.436875 * interval.months + 7 * interval.weeks
+    days += interval.days
+    return days * 86400 + 3600 * interval.hours + 60 * interval.minutes + interval.seconds
+
+
+def recurrence_instant(recurrence: Recurrence, k: int) -> datetime:
+    """Return ``anchor + k·interval`` (k may be negative)."""
+    return add_interval(recurrence.anchor, recurrence.interval, k)
+
+
+def _index_at_or_before(recurrence: Recurrence, instant: datetime) -> int:
+    """Return the largest k with ``recurrence_instant(k) <= instant``."""
+    step = _approximate_seconds(recurrence.interval)
+    if step <= 0:
+        raise ValueError(f"recurrence interval {recurrence.interval.iso()} is not positive")
+    k = int((instant - recurrence.anchor).total_seconds() // step)
+    while recurrence_instant(recurrence, k) > instant:
+        k -= 1
+    while recurrence_instant(recurrence, k + 1) <= instant:
+        k += 1
+    return k
+
+
+def prev_before(recurrence: Recurrence, instant: datetime, *, inclusive: bool) -> datetime:
+    """Return the largest recurrence instant ``<= instant`` (``< instant`` when exclusive)."""
+    k = _index_at_or_before(recurrence, instant)
+    found = recurrence_instant(recurrence, k)
+    if not inclusive and found == instant:
+        found = recurrence_instant(recurrence, k - 1)
+    return found
+
+
+def next_after(recurrence: Recurrence, instant: datetime, *, inclusive: bool) -> datetime:
+    """Return the smallest recurrence instant ``>= instant`` (``> instant`` when exclusive)."""
+    k = _index_at_or_before(recurrence, instant)
+    found = recurrence_instant(recurrence, k)
+    if found == instant and inclusive:
+        return found
+    return recurrence_instant(recurrence, k + 1)
+
+
+def period_of(recurrence: Recurrence, instant: datetime) -> Period:
+    """Return ``[prev_before(t, incl), next_after(t, excl))``: the period containing ``t``."""
+    return Period(
+        prev_before(recurrence, instant, inclusive=True),
+        next_after(recurrence, instant, inclusive=False),
+    )
+
+
+# --- the usage-period timeline ---------------------------------------------------------------
+
+
+def new_usage_period(
+    interval: CalendarDuration, anchor: datetime, measure_usage_from: datetime
+) -> tuple[UsagePeriodEntry, ...]:
+    """Return the timeline of a new metered entitlement (anchor and start truncated, §1.2)."""
+    recurrence = Recurrence(interval, truncate_to_minute(anchor))
+    return (UsagePeriodEntry(truncate_to_minute(measure_usage_from), recurrence),)
+
+
+def _index_of_entry(timeline: tuple[UsagePeriodEntry, ...], instant: datetime) -> int:
+    if not timeline:
+        raise ValueError("the entitlement has no usage period")
+    index = 0
+    for i, entry in enumerate(timeline):
+        if entry.start <= instant:
+            index = i
+        else:
+            break
+    return index
+
+
+def entry_at(timeline: tuple[UsagePeriodEntry, ...], instant: datetime) -> UsagePeriodEntry:
+    """Return the entry in force at ``instant`` (before the first entry: the first)."""
+    return timeline[_index_of_entry(timeline, instant)]
+
+
+def current_period(timeline: tuple[UsagePeriodEntry, ...], instant: datetime) -> Period:
+    """Return the usage period containing ``instant`` (spec §5.2 ``GetCurrentPeriodAt``).
+
+    Before the first entry the first period is returned. The first period starts at
+    measureUsageFrom; an entry's periods end at the next entry's start.
+    """
+    i = _index_of_entry(timeline, instant)
+    entry = timeline[i]
+    at = max(instant, entry.start)
+    period = period_of(entry.recurrence, at)
+    start = max(period.start, entry.start)
+    end = period.end
+    if i + 1 < len(timeline):
+        end = min(end, timeline[i + 1].start)
+    return Period(start, end)
+
+
+def next_reset_after(timeline: tuple[UsagePeriodEntry, ...], instant: datetime) -> datetime:
+    """Return the first period start strictly after ``instant``."""
+    if instant < timeline[0].start:
+        return timeline[0].start
+    return current_period(timeline, instant).end
+
+
+def reset_times(
+    timeline: tuple[UsagePeriodEntry, ...], after: datetime, until: datetime
+) -> tuple[datetime, ...]:
+    """Return every period start ``s`` with ``after < s <= until``, sorted, unique.
+
+    These are the resets the engine replays: programmatic boundaries and timeline entries
+    (manual resets, interval edits). measureUsageFrom itself is never a reset.
+    """
+    found: list[datetime] = []
+    cursor = after
+    while True:
+        nxt = next_reset_after(timeline, cursor)
+        if nxt > until:
+            break
+        if nxt > timeline[0].start:
+            found.append(nxt)
+        cursor = nxt
+    return tuple(found)
+
+
+def is_reset_instant(timeline: tuple[UsagePeriodEntry, ...], instant: datetime) -> bool:
+    """Tell whether a period starts at ``instant`` (other than the first, measureUsageFrom)."""
+    if instant <= timeline[0].start:
+        return False
+    return current_period(timeline, instant).start == instant
+
+
+def preserve_overage_for_reset(entitlement: Entitlement, at: datetime) -> bool:
+    """Return whether overage survives the reset at ``at``.
+
+    A manual reset remembers its own flag (spec §10.4); any other boundary uses the
+    preserveOverageAtReset version in force at ``at`` (D4: edits apply to later resets).
+    """
+    for entry in entitlement.usage_period:
+        if entry.start == at and entry.preserve_overage is not None:
+            return entry.preserve_overage
+    return entitlement.preserve_overage_at(at)
+
+
+def last_reset(entitlement: Entitlement) -> datetime:
+    """Return the newest manual reset, or measureUsageFrom when there is none (spec §4.3)."""
+    resets = [e.start for e in entitlement.usage_period if e.source is PeriodSource.RESET]
+    if resets:
+        return max(resets)
+    return entitlement.usage_period[0].start
+
+
+# --- edits -----------------------------------------------------------------------------------
+
+
+class ResetOutcome(enum.Enum):
+    """What a manual reset does when evaluated at ``now``."""
+
+    APPLIED = "Applied"
+    SCHEDULED = "Scheduled"  # effectiveAt in the future: waits (OpenMeter refuses)
+    NOTHING_TO_RESET = "NothingToReset"  # not after the last reset: no-op (OpenMeter refuses)
+    BEFORE_CURRENT_PERIOD = "BeforeCurrentPeriod"  # refused, as OpenMeter does
+
+
+@dataclass(frozen=True)
+class ResetPlan:
+    """The outcome of a manual reset, the instant applied, and the updated entitlement."""
+
+    outcome: ResetOutcome
+    at: datetime
+    entitlement: Entitlement
+
+
+def apply_reset(entitlement: Entitlement, reset: EntitlementReset, now: datetime) -> ResetPlan:
+    """Append a manual reset to the usage-period timeline (spec §10, DESIGN EntitlementReset).
+
+    ``at = trunc(effective_at)``. A future ``at`` is SCHEDULED (evaluate again at ``at``); an
+    ``at`` not after the last manual reset (or measureUsageFrom) is NOTHING_TO_RESET; an ``at``
+    before the current period at ``now`` is refused. Otherwise a new entry
+    ``(at, Recurrence(interval, anchor'))`` is appended with the preserve flag resolved now, and
+    interval edits pending after ``at`` are moved to the next boundary of the new recurrence.
+    """
+    at = truncate_to_minute(reset.effective_at)
+    now = require_utc(now)
+    timeline = entitlement.usage_period
+    if at > now:
+        return ResetPlan(ResetOutcome.SCHEDULED, at, entitlement)
+    if at <= last_reset(entitlement):
+        return ResetPlan(ResetOutcome.NOTHING_TO_RESET, at, entitlement)
+    if at < current_period(timeline, now).start:
+        return ResetPlan(ResetOutcome.BEFORE_CURRENT_PERIOD, at, entitlement)
+    in_force = entry_at(timeline, at).recurrence
+    anchor = in_force.anchor if reset.retain_anchor else at
+    preserve = (
+        reset.preserve_overage
+        if reset.preserve_overage is not None
+        else entitlement.preserve_overage_at(at)
+    )
+    entry = UsagePeriodEntry(
+        at, Recurrence(in_force.interval, anchor), PeriodSource.RESET, preserve
+    )
+    kept = tuple(e for e in timeline if e.start < at)
+    pending = [e for e in timeline if e.start > at and e.source is PeriodSource.EDIT]
+    updated = replace(entitlement, usage_period=(*kept, entry))
+    for edit in pending:
+        updated = _with_interval_from(updated, edit.recurrence.interval, at)
+    old_boundary = next_reset_after(timeline, at)
+    new_boundary = next_reset_after(updated.usage_period, at)
+    if old_boundary != new_boundary:
+        updated = replace(
+            updated,
+            issue_after_reset=_move_pending(updated.issue_after_reset, old_boundary, new_boundary),
+        )
+    return ResetPlan(ResetOutcome.APPLIED, at, updated)
+
+
+def _move_pending(
+    timeline: tuple[Versioned[IssueAfterReset | None], ...],
+    old_boundary: datetime,
+    new_boundary: datetime,
+) -> tuple[Versioned[IssueAfterReset | None], ...]:
+    """Move issueAfterReset versions pending at ``old_boundary`` to ``new_boundary``."""
+    return tuple(
+        Versioned(new_boundary, v.value) if v.since == old_boundary else v for v in timeline
+    )
+
+
+def _with_interval_from(
+    entitlement: Entitlement, interval: CalendarDuration, now: datetime
+) -> Entitlement:
+    timeline = entitlement.usage_period
+    boundary = next_reset_after(timeline, now)
+    kept = tuple(e for e in timeline if e.start < boundary)
+    if entry_at(kept, boundary).recurrence.interval == interval:
+        return replace(entitlement, usage_period=kept)
+    entry = UsagePeriodEntry(boundary, Recurrence(interval, boundary), PeriodSource.EDIT)
+    return replace(entitlement, usage_period=(*kept, entry))
+
+
+def edit_interval(
+    entitlement: Entitlement, interval: CalendarDuration, now: datetime
+) -> Entitlement:
+    """Change the usage-period interval from the next period boundary after ``now`` (D4).
+
+    The new periods are anchored at that boundary. Entries after it that were pending are
+    replaced; an edit back to the interval in force is a no-op.
+    """
+    return _with_interval_from(entitlement, interval, require_utc(now))
+
+
+def edit_issue_after_reset(
+    entitlement: Entitlement, value: IssueAfterReset | None, now: datetime
+) -> Entitlement:
+    """Change issueAfterReset from the next period boundary after ``now`` (D4)."""
+    boundary = next_reset_after(entitlement.usage_period, require_utc(now))
+    kept = tuple(v for v in entitlement.issue_after_reset if v.since < boundary)
+    if kept and kept[-1].value == value:
+        return replace(entitlement, issue_after_reset=kept)
+    return replace(entitlement, issue_after_reset=(*kept, Versioned(boundary, value)))
+
+
+def edit_soft_limit(entitlement: Entitlement, value: bool, now: datetime) -> Entitlement:
+    """Change isSoftLimit from the edit instant ``now`` (D4)."""
+    return replace(
+        entitlement, is_soft_limit=_versioned_edit(entitlement.is_soft_limit, value, now)
+    )
+
+
+def edit_preserve_overage(entitlement: Entitlement, value: bool, now: datetime) -> Entitlement:
+    """Change preserveOverageAtReset for resets at or after ``now`` (D4)."""
+    timeline = _versioned_edit(entitlement.preserve_overage_at_reset, value, now)
+    return replace(entitlement, preserve_overage_at_reset=timeline)
+
+
+def _versioned_edit(
+    timeline: tuple[Versioned[bool], ...], value: bool, now: datetime
+) -> tuple[Versioned[bool], ...]:
+    now = require_utc(now)
+    kept = tuple(v for v in timeline if v.since < now)
+    if kept and value_at(kept, now) == value:
+        return kept
+    if not kept:
+        if not value:
+            return ()
+        kept = (Versioned(_BEGINNING, False),)
+    return (*kept, Versioned(now, value))
