@@ -6,14 +6,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test setup lint typecheck cluster-up cluster-down clean
+.PHONY: run test setup contract-deps lint typecheck cluster-up cluster-down clean
 
 ## Run `allotment dev` over examples/: an embedded SQLite ledger, sidecar on 127.0.0.1:8888.
 run: setup
 	$(BIN)/allotment dev examples/
 
 ## Set up everything and run the whole suite: lint, types, import layers, every test tier.
-test: setup lint typecheck
+test: setup contract-deps lint typecheck
 	$(BIN)/python -m pytest
 
 setup: $(STAMP)
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --pre -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+## The real OpenMeter JavaScript SDKs for tests/contract (current and 1.0.0-beta.185).
+contract-deps: tests/contract/node_modules/.installed
+
+tests/contract/node_modules/.installed: tests/contract/package-lock.json
+	cd tests/contract && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 lint: setup
 	$(BIN)/ruff check .
