@@ -1,0 +1,360 @@
+"""The burn-down engine: balances, usage and overage of a metered entitlement (spec §8).
+
+Role: replay a metered entitlement from measureUsageFrom, or from a ``BalanceSnapshot``, up to an
+instant. Between instants at which something happens (a reset, a grant activating, expiring,
+being voided or recurring) usage burns the active grants in burn-down order; overage is carried
+within a period and absorbed first by grants that activate or refill later; at each reset grants
+roll over (``min(max, max(min, b))``) and overage is forgiven or, when preserved, burnt from the
+rolled balances. LATEST meters restore every active grant to its amount at each phase start and
+UNIQUE_COUNT usage is ``U(periodStart, to) − U(periodStart, from)`` (§2.2).
+
+The state after an instant has *everything* at that instant applied, so a snapshot taken at any
+instant can be resumed; reading at a grant's effectiveAt shows its full amount.
+
+Must not: read the clock, log, or do I/O. Usage comes from the ``UsageQuery`` the caller passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from .grants import active_end, burn_order, grant_is_active_at
+from .model import Aggregation, BalanceSnapshot, Entitlement, Grant, UsageQuery
+from .periods import (
+    current_period,
+    next_after,
+    preserve_overage_for_reset,
+    reset_times,
+)
+from .timeutil import is_minute_aligned, require_utc
+
+__all__ = [
+    "GrantUsage",
+    "RunResult",
+    "Segment",
+    "burn",
+    "relevant_grants",
+    "run",
+    "starting_snapshot",
+]
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class GrantUsage:
+    """How much one grant paid for within a segment."""
+
+    grant_id: str
+    usage: Decimal
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of the burn-down history (spec §9 ``burndownHistory``).
+
+    A phase ``[start, end)`` in which the active grants do not change, or a zero-length
+    ``rollover`` segment ``[r, r]`` at a reset whose grant usages are the preserved-overage burn.
+    ``overage`` is the overage at the segment's end; balances cover the grants active in it.
+    """
+
+    start: datetime
+    end: datetime
+    usage: Decimal
+    overage: Decimal
+    balance_at_start: Decimal
+    grant_balances_at_start: Mapping[str, Decimal]
+    balance_at_end: Decimal
+    grant_balances_at_end: Mapping[str, Decimal]
+    grant_usages: tuple[GrantUsage, ...]
+    terminated_by_reset: bool = False
+    rollover: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The engine state at the end instant and, when requested, the segments walked."""
+
+    snapshot: BalanceSnapshot
+    segments: tuple[Segment, ...] = ()
+
+
+def burn(
+    balances: dict[str, Decimal], ordered: Sequence[Grant], amount: Decimal
+) -> tuple[Decimal, dict[str, Decimal]]:
+    """Burn ``amount`` from ``balances`` in order; return (uncovered amount, usage per grant).
+
+    Mutates ``balances``. Spec §8.4 ``Burn``: exhausted grants drop to 0, the first grant that
+    covers the rest keeps the difference. A negative amount adds to the first grant with a
+    non-zero balance, as OpenMeter does.
+    """
+    used: dict[str, Decimal] = {}
+    remaining = amount
+    for grant in ordered:
+        if remaining == 0:
+            break
+        current = balances.get(grant.id, ZERO)
+        if current == 0:
+            continue
+        if current <= remaining:
+            balances[grant.id] = ZERO
+            used[grant.id] = used.get(grant.id, ZERO) + current
+            remaining -= current
+        else:
+            balances[grant.id] = current - remaining
+            used[grant.id] = used.get(grant.id, ZERO) + remaining
+            remaining = ZERO
+    return remaining, used
+
+
+def relevant_grants(grants: Iterable[Grant], start: datetime, end: datetime) -> tuple[Grant, ...]:
+    """Return, in burn-down order, the grants active at some instant of ``[start, end]``."""
+    chosen = []
+    for grant in grants:
+        finish = active_end(grant)
+        if grant.effective_at > end or grant.effective_at == finish:
+            continue
+        if finish is not None and finish <= start:
+            continue
+        chosen.append(grant)
+    return burn_order(chosen)
+
+
+def starting_snapshot(entitlement: Entitlement, grants: Iterable[Grant]) -> BalanceSnapshot:
+    """Return the state at measureUsageFrom: each grant active then holds its amount (§8.2)."""
+    start = _measure_from(entitlement)
+    balances = {g.id: g.amount for g in grants if grant_is_active_at(g, start)}
+    return BalanceSnapshot(at=start, period_start=start, balances=balances)
+
+
+def _measure_from(entitlement: Entitlement) -> datetime:
+    if entitlement.measure_usage_from is None or not entitlement.usage_period:
+        raise ValueError(f"entitlement {entitlement.id} is not metered: no usage period")
+    return entitlement.measure_usage_from
+
+
+def _recurrences(grant: Grant, after: datetime, until: datetime) -> list[datetime]:
+    """Return the grant's refill instants in ``(after, until]`` at which it is active."""
+    if grant.recurrence is None:
+        return []
+    lower = max(after, grant.effective_at - timedelta(microseconds=1))
+    found = []
+    instant = next_after(grant.recurrence, lower, inclusive=False)
+    while instant <= until and grant_is_active_at(grant, instant):
+        found.append(instant)
+        instant = next_after(grant.recurrence, instant, inclusive=False)
+    return found
+
+
+class _Replay:
+    """Mutable working state of one ``run`` call (never escapes it)."""
+
+    def __init__(
+        self,
+        entitlement: Entitlement,
+        grants: tuple[Grant, ...],
+        aggregation: Aggregation,
+        usage: UsageQuery,
+        start: BalanceSnapshot,
+        record: bool,
+    ) -> None:
+        self.entitlement = entitlement
+        self.grants = grants
+        self.aggregation = aggregation
+        self.usage_query = usage
+        self.record = record
+        self.at = start.at
+        self.period_start = start.period_start
+        self.balances: dict[str, Decimal] = dict(start.balances)
+        for grant in grants:
+            if grant.id not in self.balances:
+                active = grant_is_active_at(grant, start.at)
+                self.balances[grant.id] = grant.amount if active else ZERO
+        self.overage = start.overage
+        self.usage = start.usage
+        self.total_grant_usage = start.total_grant_usage
+        self.segments: list[Segment] = []
+        self.pending_usages: dict[str, Decimal] = {}
+
+    # -- helpers --
+
+    def active_at(self, instant: datetime) -> list[Grant]:
+        return [g for g in self.grants if grant_is_active_at(g, instant)]
+
+    def _burn(self, ordered: Sequence[Grant], extra: Decimal) -> dict[str, Decimal]:
+        self.overage, used = burn(self.balances, ordered, extra + self.overage)
+        self.total_grant_usage += sum(used.values(), ZERO)
+        return used
+
+    def _balances_of(self, grants: Sequence[Grant]) -> dict[str, Decimal]:
+        return {g.id: self.balances.get(g.id, ZERO) for g in grants}
+
+    def _query(self, start: datetime, end: datetime) -> Decimal:
+        if self.aggregation is Aggregation.UNIQUE_COUNT:
+            before = self.usage_query(self.period_start, start)
+            return self.usage_query(self.period_start, end) - before
+        return self.usage_query(start, end)
+
+    # -- the steps --
+
+    def settle(self, instant: datetime) -> None:
+        """Phase start: LATEST restores amounts; carried overage burns the active grants."""
+        active = self.active_at(instant)
+        if self.aggregation is Aggregation.LATEST:
+            for grant in active:
+                self.balances[grant.id] = grant.amount
+        if self.overage != 0:
+            used = self._burn(active, ZERO)
+            for gid, amount in used.items():
+                self.pending_usages[gid] = self.pending_usages.get(gid, ZERO) + amount
+
+    def phase(self, start: datetime, end: datetime, reset_at_end: bool) -> None:
+        """Burn the usage of ``[start, end)`` from the grants active at ``start``."""
+        active = self.active_at(start)
+        before = self._balances_of(active)
+        amount = self._query(start, end)
+        self.usage += amount
+        used = self._burn(active, amount)
+        if self.record:
+            for gid, value in self.pending_usages.items():
+                used[gid] = used.get(gid, ZERO) + value
+            start_balances = {
+                gid: before[gid] + self.pending_usages.get(gid, ZERO) for gid in before
+            }
+            after = self._balances_of(active)
+            self.segments.append(
+                Segment(
+                    start=start,
+                    end=end,
+                    usage=amount,
+                    overage=self.overage,
+                    balance_at_start=sum(start_balances.values(), ZERO),
+                    grant_balances_at_start=start_balances,
+                    balance_at_end=sum(after.values(), ZERO),
+                    grant_balances_at_end=after,
+                    grant_usages=tuple(GrantUsage(g, u) for g, u in sorted(used.items())),
+                    terminated_by_reset=reset_at_end,
+                )
+            )
+        self.pending_usages = {}
+
+    def reset(self, instant: datetime) -> None:
+        """Roll over the grants active at ``instant``; forgive or burn the carried overage."""
+        survivors = [g for g in self.active_at(instant) if g.effective_at < instant]
+        for grant in survivors:
+            balance = self.balances.get(grant.id, ZERO)
+            self.balances[grant.id] = min(
+                grant.rollover_cap, max(grant.min_rollover_amount, balance)
+            )
+        carried = self.overage if preserve_overage_for_reset(self.entitlement, instant) else ZERO
+        before = self._balances_of(survivors)
+        self.usage = ZERO
+        self.total_grant_usage = ZERO
+        self.overage = ZERO
+        self.period_start = instant
+        used = self._burn(survivors, carried) if carried != 0 else {}
+        if self.record:
+            after = self._balances_of(survivors)
+            self.segments.append(
+                Segment(
+                    start=instant,
+                    end=instant,
+                    usage=ZERO,
+                    overage=self.overage,
+                    balance_at_start=sum(before.values(), ZERO),
+                    grant_balances_at_start=before,
+                    balance_at_end=sum(after.values(), ZERO),
+                    grant_balances_at_end=after,
+                    grant_usages=tuple(GrantUsage(g, u) for g, u in sorted(used.items())),
+                    rollover=True,
+                )
+            )
+
+    def apply(self, instant: datetime, is_reset: bool, refills: set[str]) -> None:
+        """Apply everything that happens at ``instant``, then settle."""
+        for grant in self.grants:
+            if not grant_is_active_at(grant, instant):
+                self.balances[grant.id] = ZERO
+        if is_reset:
+            self.reset(instant)
+        for grant in self.grants:
+            starts = grant.id in refills or grant.effective_at == instant
+            if starts and grant_is_active_at(grant, instant):
+                self.balances[grant.id] = grant.amount
+        self.settle(instant)
+        self.at = instant
+
+    def snapshot(self) -> BalanceSnapshot:
+        return BalanceSnapshot(
+            at=self.at,
+            period_start=self.period_start,
+            balances=dict(self.balances),
+            overage=self.overage,
+            usage=self.usage,
+            total_grant_usage=self.total_grant_usage,
+        )
+
+
+def run(
+    entitlement: Entitlement,
+    grants: Iterable[Grant],
+    aggregation: Aggregation,
+    usage: UsageQuery,
+    until: datetime,
+    *,
+    start: BalanceSnapshot | None = None,
+    record: bool = False,
+) -> RunResult:
+    """Replay the entitlement up to the minute-aligned instant ``until`` (spec §8.2-8.4).
+
+    ``grants`` are all grants of the entitlement, default grants included (see
+    ``grants.with_default_grants``). ``start`` resumes from a snapshot instead of
+    measureUsageFrom (a snapshot is never valid for LATEST meters, which depend on where phases
+    begin). The resulting snapshot holds the balance of every grant, including inactive ones at 0;
+    its ``at`` is ``until`` with everything at ``until`` applied.
+    """
+    until = require_utc(until)
+    if not is_minute_aligned(until):
+        raise ValueError(f"until {until.isoformat()} is not on a minute boundary")
+    measure_from = _measure_from(entitlement)
+    all_grants = tuple(grants)
+    if start is None:
+        start = starting_snapshot(entitlement, all_grants)
+        fresh = True
+    else:
+        fresh = False
+        if aggregation is Aggregation.LATEST:
+            raise ValueError("snapshots cannot be used with LATEST meters")
+    if until < start.at:
+        raise ValueError(f"until {until.isoformat()} is before the start {start.at.isoformat()}")
+    chosen = relevant_grants(all_grants, start.at, until)
+    chosen_ids = {g.id for g in chosen}
+    extra = tuple(g for g in all_grants if g.id in start.balances and g.id not in chosen_ids)
+    replay = _Replay(entitlement, burn_order((*chosen, *extra)), aggregation, usage, start, record)
+    if fresh:
+        replay.period_start = current_period(entitlement.usage_period, measure_from).start
+        replay.settle(start.at)
+
+    resets = set(reset_times(entitlement.usage_period, start.at, until))
+    instants: set[datetime] = set(resets)
+    refills: dict[datetime, set[str]] = {}
+    for grant in chosen:
+        for edge in (grant.effective_at, active_end(grant)):
+            if edge is not None and start.at < edge <= until:
+                instants.add(edge)
+        for refill in _recurrences(grant, start.at, until):
+            instants.add(refill)
+            refills.setdefault(refill, set()).add(grant.id)
+
+    cursor = start.at
+    for instant in sorted(instants):
+        replay.phase(cursor, instant, instant in resets)
+        replay.apply(instant, instant in resets, refills.get(instant, set()))
+        cursor = instant
+    if cursor < until:
+        replay.phase(cursor, until, False)
+        replay.at = until
+    return RunResult(replay.snapshot(), tuple(replay.segments))

@@ -1,0 +1,119 @@
+"""Entitlement values per type (spec §6), each with the instant until which it holds.
+
+Role: ``entitlement_value`` answers "may this customer use this feature, and how much is left?"
+at an instant: boolean and static entitlements from their activity window, metered ones from the
+engine (balance, usage, overage, totalAvailableGrantAmount, grantBalances, hasAccess with soft
+limits). ``valid_until`` is the next minute at which the answer changes without new usage: a
+period boundary, a grant activating, expiring, being voided or recurring, activeTo, or a
+soft-limit edit, so a cache needs no write at period boundaries (DESIGN D13).
+
+Must not: read the clock, log, or do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from decimal import Decimal
+
+from .engine import relevant_grants, run
+from .grants import active_end, grant_is_active_at, next_recurrence_after, with_default_grants
+from .model import (
+    Aggregation,
+    BalanceSnapshot,
+    Entitlement,
+    EntitlementType,
+    EntitlementValue,
+    Grant,
+    UsageQuery,
+)
+from .periods import next_reset_after
+from .timeutil import ceil_to_minute, require_utc
+
+__all__ = ["entitlement_value", "metered_valid_until"]
+
+ZERO = Decimal(0)
+
+
+def _activity_valid_until(entitlement: Entitlement, at: datetime) -> datetime | None:
+    if at < entitlement.start:
+        return entitlement.start
+    if entitlement.active_to is not None and at < entitlement.active_to:
+        return entitlement.active_to
+    return None
+
+
+def _earliest(candidates: Iterable[datetime | None], after: datetime) -> datetime | None:
+    later = [c for c in candidates if c is not None and c > after]
+    return min(later) if later else None
+
+
+def metered_valid_until(
+    entitlement: Entitlement, grants: Iterable[Grant], at: datetime
+) -> datetime | None:
+    """Return the next minute after ``at`` at which a metered value changes without usage."""
+    candidates: list[datetime | None] = [
+        next_reset_after(entitlement.usage_period, at),
+        _activity_valid_until(entitlement, at),
+    ]
+    candidates.extend(ceil_to_minute(v.since) for v in entitlement.is_soft_limit)
+    for grant in grants:
+        candidates.append(grant.effective_at)
+        candidates.append(active_end(grant))
+        candidates.append(next_recurrence_after(grant, at))
+    return _earliest(candidates, at)
+
+
+def entitlement_value(
+    entitlement: Entitlement,
+    at: datetime,
+    *,
+    grants: Iterable[Grant] = (),
+    aggregation: Aggregation | None = None,
+    usage: UsageQuery | None = None,
+    start: BalanceSnapshot | None = None,
+    include_default_grants: bool = True,
+) -> EntitlementValue:
+    """Return the value of ``entitlement`` at ``at`` (spec §6).
+
+    Metered reads are rounded up to the next minute (§1.3) and need ``aggregation`` and
+    ``usage``; ``grants`` are the recorded grants (default grants are added unless
+    ``include_default_grants`` is False); ``start`` optionally resumes from a snapshot.
+    Outside its activity window an entitlement has only ``has_access=False``.
+    """
+    at = require_utc(at)
+    if entitlement.type is not EntitlementType.METERED:
+        if not entitlement.is_active_at(at):
+            return EntitlementValue(at, False, _activity_valid_until(entitlement, at))
+        config = entitlement.config if entitlement.type is EntitlementType.STATIC else None
+        return EntitlementValue(at, True, _activity_valid_until(entitlement, at), config=config)
+
+    t = ceil_to_minute(at)
+    if not entitlement.is_active_at(t):
+        return EntitlementValue(t, False, _activity_valid_until(entitlement, t))
+    if aggregation is None or usage is None:
+        raise ValueError("a metered value needs the meter's aggregation and a usage query")
+    all_grants = (
+        with_default_grants(entitlement, grants)
+        if include_default_grants
+        else tuple(g for g in grants if g.amount >= 0)
+    )
+    result = run(entitlement, all_grants, aggregation, usage, t, start=start)
+    snapshot = result.snapshot
+    active = {g.id for g in all_grants if grant_is_active_at(g, t)}
+    grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active}
+    balance = sum(grant_balances.values(), ZERO)
+    soft = entitlement.soft_limit_at(t)
+    measure_from = entitlement.measure_usage_from or t
+    horizon = relevant_grants(all_grants, max(t, measure_from), t)
+    later = [g for g in all_grants if g.effective_at > t]
+    return EntitlementValue(
+        at=t,
+        has_access=soft or balance > 0,
+        valid_until=metered_valid_until(entitlement, (*horizon, *later), t),
+        balance=balance,
+        usage=snapshot.usage,
+        overage=snapshot.overage,
+        total_available_grant_amount=snapshot.total_grant_usage + balance,
+        grant_balances=grant_balances,
+    )
