@@ -1,0 +1,151 @@
+"""What the sidecar reads from the ledger: the loaded records, feed changes, and the source port.
+
+Role: the narrow interface between the in-memory view and the ledger's read contract (DESIGN
+D10, D11). A ``LedgerSource`` loads one namespace in bulk (``load``: one query per table) and
+returns the changes committed after a feed position (``changes_since``). Records carry the ledger
+ids the OpenMeter shapes need (``id``, ``featureId``, ``customerId``) beside the core's domain
+objects. Usage arrives as ``UsageBucketState``: the *absolute* contents of one per-minute bucket,
+so applying it twice, or once from local ingestion and once from the feed, never counts twice.
+
+It must not compute balances (the core does) nor hold a database connection itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal, Protocol, TypeAlias
+
+from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
+
+__all__ = [
+    "CONTRACT_VERSIONS",
+    "Change",
+    "CustomerRecord",
+    "FeatureRecord",
+    "FeedBatch",
+    "LedgerSource",
+    "LoadedNamespace",
+    "MeterRecord",
+    "RecordRemoved",
+    "UsageBucketState",
+]
+
+#: Read-contract versions this sidecar understands: the current and the previous (DESIGN D11).
+CONTRACT_VERSIONS = (1,)
+
+RecordKind = Literal["customer", "feature", "meter", "entitlement", "grant"]
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    """A customer with its ledger id."""
+
+    id: str
+    customer: Customer
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """A feature with its ledger id."""
+
+    id: str
+    feature: Feature
+    created_at: datetime
+    archived_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MeterRecord:
+    """A meter with its ledger id."""
+
+    id: str
+    meter: Meter
+
+
+@dataclass(frozen=True)
+class UsageBucketState:
+    """The absolute contents of one usage bucket (meter, subject, group-by values, minute).
+
+    ``event_count`` only grows as events are committed into the bucket, so a state with a
+    smaller count than the one held is older and is ignored.
+    """
+
+    meter_slug: str
+    subject: str
+    minute: datetime
+    event_count: int
+    value_sum: Decimal
+    group: tuple[tuple[str, str], ...] = ()
+    latest_time: datetime | None = None
+    latest_value: Decimal | None = None
+    distinct: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class RecordRemoved:
+    """A record that left the namespace's scope (it does not happen for ledger history)."""
+
+    kind: RecordKind
+    id: str
+
+
+Change: TypeAlias = (
+    CustomerRecord
+    | FeatureRecord
+    | MeterRecord
+    | Entitlement
+    | Grant
+    | UsageBucketState
+    | RecordRemoved
+)
+
+
+@dataclass(frozen=True)
+class LoadedNamespace:
+    """Everything the sidecar serves for one namespace, read in one consistent snapshot."""
+
+    namespace: str
+    epoch: str
+    position: int
+    contract_version: int
+    customers: Sequence[CustomerRecord] = ()
+    features: Sequence[FeatureRecord] = ()
+    meters: Sequence[MeterRecord] = ()
+    entitlements: Sequence[Entitlement] = ()
+    grants: Sequence[Grant] = ()
+    usage: Sequence[UsageBucketState] = ()
+    #: Extra read-only facts for /status (e.g. the schema revision).
+    details: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeedBatch:
+    """The changes after a position, up to ``position``, in commit order.
+
+    A different ``epoch`` than the one loaded means the ledger was restored: reload.
+    """
+
+    epoch: str
+    position: int
+    contract_version: int
+    changes: Sequence[Change] = ()
+
+
+class LedgerSource(Protocol):
+    """The ledger's read contract as the sidecar uses it (blocking; run it in a thread)."""
+
+    def load(self, namespace: str) -> LoadedNamespace:
+        """Read the namespace's catalogue and usage in bulk, with the feed position they match."""
+        ...
+
+    def changes_since(self, namespace: str, position: int, limit: int) -> FeedBatch:
+        """Return at most ``limit`` changes after ``position`` in the namespace."""
+        ...
+
+    def close(self) -> None:
+        """Release the connections."""
+        ...

@@ -1,0 +1,116 @@
+"""Following the ledger: the first load, then the change feed by cursor, reloading on a new epoch.
+
+Role: one asyncio task per sidecar. It loads the namespace in bulk (in a worker thread: the
+ledger driver is blocking), then polls ``changes_since(position)`` every ``poll_interval`` and
+applies each batch to the view on the event loop, so lookups never see a half-applied batch and
+need no lock. A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
+correct (DESIGN D10). A batch from another ``ledger_epoch`` (a restore) triggers a full reload.
+A failing poll keeps the last state and lets its age grow: staleness is handled by policy, never
+by crashing the app (D7, D11).
+
+It must not compute values or touch the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from .settings import SidecarSettings
+from .source import LedgerSource
+from .view import View
+
+__all__ = ["Follower"]
+
+log = logging.getLogger("allotment.sidecar.sync")
+
+FEED_BATCH_LIMIT = 5000
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class Follower:
+    """Loads the view, then keeps it current from the feed."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        view: View,
+        source: LedgerSource,
+        clock: Callable[[], datetime],
+        *,
+        on_reload: Callable[[float], None] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.view = view
+        self.source = source
+        self.clock = clock
+        self.wake = asyncio.Event()
+        self.last_error: str | None = None
+        self._on_reload = on_reload
+        self._on_error = on_error
+
+    async def run(self) -> None:
+        """Load, then follow until cancelled."""
+        backoff = self.settings.poll_interval.total_seconds()
+        while True:
+            try:
+                if not self.view.ready:
+                    await self.reload()
+                more = await self.poll_once()
+                self.last_error = None
+                backoff = self.settings.poll_interval.total_seconds()
+                if more:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self.last_error = f"{type(error).__name__}: {error}"
+                log.warning("Could not follow the ledger feed: %s", self.last_error)
+                if self._on_error is not None:
+                    self._on_error(error)
+                backoff = min(max(backoff * 2, 0.05), MAX_BACKOFF_SECONDS)
+            await self._sleep(backoff)
+
+    async def reload(self) -> None:
+        """Load the whole namespace (one bulk query per table) and replace the view."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        loaded = await loop.run_in_executor(None, self.source.load, self.view.namespace)
+        self.view.load(loaded, self.clock())
+        elapsed = loop.time() - started
+        counts = self.view.counts()
+        log.info(
+            "Loaded namespace %s at ledger version %s (epoch %s): %d entitlements in %.3fs",
+            self.view.namespace,
+            loaded.position,
+            loaded.epoch,
+            counts.entitlements,
+            elapsed,
+        )
+        if self._on_reload is not None:
+            self._on_reload(elapsed)
+
+    async def poll_once(self) -> bool:
+        """Apply the next feed batch; return True when more changes may be waiting."""
+        position = self.view.position
+        if position is None:
+            return False
+        loop = asyncio.get_running_loop()
+        started = self.clock()
+        batch = await loop.run_in_executor(
+            None, self.source.changes_since, self.view.namespace, position, FEED_BATCH_LIMIT
+        )
+        if not self.view.apply(batch, started):
+            log.info("Ledger epoch changed from %s to %s: reloading", self.view.epoch, batch.epoch)
+            await self.reload()
+            return False
+        return len(batch.changes) >= FEED_BATCH_LIMIT
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=seconds)
+        self.wake.clear()
