@@ -51,7 +51,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class LedgerState(Base):
+class LedgerStateRow(Base):
     """The single row naming this ledger's epoch and its last allocated feed position."""
 
     __tablename__ = "ledger_state"
@@ -62,7 +62,7 @@ class LedgerState(Base):
     feed_position: Mapped[int] = mapped_column(BigInteger)
 
 
-class Resource(Base):
+class ResourceRow(Base):
     """A ledger record's identity: (namespace, kind, name), never reused for another record."""
 
     __tablename__ = "resources"
@@ -75,7 +75,7 @@ class Resource(Base):
     created_at: Mapped[datetime] = mapped_column(Instant())
 
 
-class ResourceRevision(Base):
+class ResourceRevisionRow(Base):
     """One recorded (uid, generation) of a record, with the instant it acted at (D1, D2)."""
 
     __tablename__ = "resource_revisions"
@@ -90,7 +90,7 @@ class ResourceRevision(Base):
     spec: Mapped[str] = mapped_column(Text)
 
 
-class Meter(Base):
+class MeterRow(Base):
     """A recorded meter; its slug is unique per namespace (D5)."""
 
     __tablename__ = "meters"
@@ -111,7 +111,7 @@ class Meter(Base):
     created_at: Mapped[datetime] = mapped_column(Instant())
 
 
-class MeterGroupBy(Base):
+class MeterGroupByRow(Base):
     """One group-by key of a meter; keys are only ever added (D4)."""
 
     __tablename__ = "meter_group_by"
@@ -122,7 +122,7 @@ class MeterGroupBy(Base):
     added_at: Mapped[datetime] = mapped_column(Instant())
 
 
-class UsageEvent(Base):
+class UsageEventRow(Base):
     """A raw usage event, kept for the horizon; (namespace, source, id) is the dedup key (D9)."""
 
     __tablename__ = "usage_events"
@@ -144,7 +144,7 @@ class UsageEvent(Base):
     counted: Mapped[bool] = mapped_column(Boolean)
 
 
-class UsageBucket(Base):
+class UsageBucketRow(Base):
     """Usage of one meter, subject and group-by values in one minute (D9)."""
 
     __tablename__ = "usage_buckets"
@@ -165,7 +165,7 @@ class UsageBucket(Base):
     latest_value: Mapped[Decimal | None] = mapped_column(Amount())
 
 
-class UsageBucketValue(Base):
+class UsageBucketValueRow(Base):
     """A distinct value seen in a UNIQUE_COUNT bucket's minute."""
 
     __tablename__ = "usage_bucket_values"
@@ -175,7 +175,7 @@ class UsageBucketValue(Base):
     namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH))
 
 
-class FeedEntry(Base):
+class FeedEntryRow(Base):
     """One change in the feed, at a commit-ordered position, in a versioned contract (D10)."""
 
     __tablename__ = "feed"
@@ -187,3 +187,12 @@ class FeedEntry(Base):
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(Instant())
+
+
+class SidecarRoleRow(Base):
+    """A database role a namespace's sidecar connects as, and the namespace it may see (D12)."""
+
+    __tablename__ = "sidecar_roles"
+
+    role_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH))

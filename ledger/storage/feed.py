@@ -1,0 +1,140 @@
+"""The change feed: commit-ordered positions, the ledger epoch, one NOTIFY per batch (D10).
+
+Role: append entries in the caller's write transaction, at positions allocated under a
+transaction-level lock held until commit (on PostgreSQL a ``pg_advisory_xact_lock`` inside
+``allotment_allocate_feed_positions``; on SQLite the single writer's ``BEGIN IMMEDIATE``), so a
+reader that has seen position P never later finds a newly committed entry below P: polling alone
+is correct. On PostgreSQL one ``NOTIFY allotment_feed`` is queued per appended batch and
+delivered at commit. Every entry carries the read-contract version it was written in
+(``CONTRACT_VERSION``); readers accept the versions they know. ``ledger_epoch`` names this
+ledger's history; a restore rotates it and readers that see it change must reload.
+
+Append entries last in a transaction: allocation takes the lock that orders commits, and holding
+it early would serialise the writers' other work. It must not commit or roll back.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from allotment.ledger.storage.ids import new_id
+from allotment.ledger.storage.schema import FeedEntryRow, LedgerStateRow
+from sqlalchemy import Connection, Table, insert, select, text, update
+
+CONTRACT_VERSION = 1
+SUPPORTED_CONTRACT_VERSIONS = frozenset({CONTRACT_VERSION})
+NOTIFY_CHANNEL = "allotment_feed"
+
+_FEED: Table = FeedEntryRow.__table__  # type: ignore[assignment]
+_STATE: Table = LedgerStateRow.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class FeedRecord:
+    """One committed change, as a reader sees it."""
+
+    position: int
+    namespace: str
+    contract_version: int
+    kind: str
+    payload: Mapping[str, Any]
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change to append: what kind of change, and its contract-versioned payload."""
+
+    kind: str
+    payload: Mapping[str, Any]
+
+
+def _allocate(connection: Connection, count: int) -> int:
+    """Reserve ``count`` positions and return the last; the lock is held until commit."""
+    if connection.dialect.name == "postgresql":
+        last: int = connection.execute(
+            text("SELECT allotment_allocate_feed_positions(:count)"), {"count": count}
+        ).scalar_one()
+        return last
+    return int(
+        connection.execute(
+            update(_STATE)
+            .where(_STATE.c.id == 1)
+            .values(feed_position=_STATE.c.feed_position + count)
+            .returning(_STATE.c.feed_position)
+        ).scalar_one()
+    )
+
+
+def append(
+    connection: Connection, namespace: str, changes: Sequence[Change], *, recorded_at: datetime
+) -> int | None:
+    """Append ``changes`` for ``namespace`` and return the last position (None if none)."""
+    if not changes:
+        return None
+    last = _allocate(connection, len(changes))
+    first = last - len(changes) + 1
+    connection.execute(
+        insert(_FEED),
+        [
+            {
+                "position": first + offset,
+                "namespace": namespace,
+                "contract_version": CONTRACT_VERSION,
+                "kind": change.kind,
+                "payload": json.dumps(change.payload, separators=(",", ":"), sort_keys=True),
+                "recorded_at": recorded_at,
+            }
+            for offset, change in enumerate(changes)
+        ],
+    )
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_notify(:channel, :message)"),
+            {"channel": NOTIFY_CHANNEL, "message": f"{namespace}:{last}"},
+        )
+    return last
+
+
+def read_feed(
+    connection: Connection, namespace: str, *, after: int, limit: int = 1000
+) -> list[FeedRecord]:
+    """Return ``namespace``'s entries after position ``after``, oldest first."""
+    rows = connection.execute(
+        select(_FEED)
+        .where(_FEED.c.namespace == namespace, _FEED.c.position > after)
+        .order_by(_FEED.c.position)
+        .limit(limit)
+    )
+    return [
+        FeedRecord(
+            position=row.position,
+            namespace=row.namespace,
+            contract_version=row.contract_version,
+            kind=row.kind,
+            payload=json.loads(row.payload),
+            recorded_at=row.recorded_at,
+        )
+        for row in rows
+    ]
+
+
+def feed_head(connection: Connection) -> int:
+    """Return the last allocated position (committed or not, never reused)."""
+    return int(connection.execute(select(_STATE.c.feed_position)).scalar_one())
+
+
+def ledger_epoch(connection: Connection) -> str:
+    """Return the ledger's epoch; it changes when the ledger is restored."""
+    return str(connection.execute(select(_STATE.c.epoch)).scalar_one())
+
+
+def rotate_epoch(connection: Connection) -> str:
+    """Give the ledger a new epoch (after a restore) and return it; readers must reload."""
+    epoch = new_id()
+    connection.execute(update(_STATE).where(_STATE.c.id == 1).values(epoch=epoch))
+    return epoch

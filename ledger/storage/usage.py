@@ -1,0 +1,804 @@
+"""Usage: meters, ingestion with dedup, per-minute buckets, and reading usage back (D9).
+
+Role: in the caller's write transaction, ``ingest`` stores a batch of events beside the
+per-minute buckets they add to, keyed by (namespace, meter, subject, group-by values, minute),
+evaluating the meters recorded in that same transaction. Dedup is by (namespace, source, id):
+a unique constraint with ``INSERT ... ON CONFLICT DO NOTHING``, so concurrent writers never count
+an event twice; the first copy counts. Raw events are kept for the horizon (default 32 days),
+which is also the dedup horizon: an event older than the horizon is refused, so a duplicate of a
+pruned event can never be stored. An event no meter can evaluate is stored and reported, not
+counted. ``record_meter`` records a Meter (D1 identity) and builds its buckets from the raw
+events inside the horizon. Each batch appends one usage entry to the change feed.
+
+It must not commit, read the clock, or apply a feature's group-by filters at write time: those
+are applied when usage is read (``read_buckets``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
+from allotment.ledger.core.timeutil import format_rfc3339, truncate_to_minute
+from allotment.ledger.storage import feed, records
+from allotment.ledger.storage.jsonpath import MISSING, JsonPath, compile_path
+from allotment.ledger.storage.schema import (
+    MeterGroupByRow,
+    MeterRow,
+    UsageBucketRow,
+    UsageBucketValueRow,
+    UsageEventRow,
+)
+from allotment.ledger.storage.types import format_amount
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+DEFAULT_HORIZON = timedelta(days=32)
+METER_KIND = "Meter"
+USAGE_CHANGE = "usage"
+METER_CHANGE = "meter"
+_CHUNK = 500
+ZERO = Decimal(0)
+
+_METERS: Table = MeterRow.__table__  # type: ignore[assignment]
+_GROUP_BY: Table = MeterGroupByRow.__table__  # type: ignore[assignment]
+_EVENTS: Table = UsageEventRow.__table__  # type: ignore[assignment]
+_BUCKETS: Table = UsageBucketRow.__table__  # type: ignore[assignment]
+_VALUES: Table = UsageBucketValueRow.__table__  # type: ignore[assignment]
+_BUCKET_KEY = ("namespace", "meter_id", "subject", "group_key", "minute")
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A usage event as ingestion takes it: a parsed CloudEvent 1.0."""
+
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: datetime
+    data: Mapping[str, Any]
+
+
+class EventRefusedError(ValueError):
+    """An event of the batch cannot be accepted; the whole batch is refused (it is atomic)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"event {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Uncounted:
+    """An event that was stored but that no meter could evaluate, and why."""
+
+    index: int
+    source: str
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What a batch did: events newly stored, duplicates acknowledged, events not counted."""
+
+    stored: int
+    duplicates: int
+    uncounted: tuple[Uncounted, ...]
+    feed_position: int | None
+
+
+@dataclass(frozen=True)
+class RecordedMeter:
+    """A meter as recorded in the ledger, with its paths compiled for evaluation."""
+
+    id: str
+    namespace: str
+    meter: Meter
+    created_at: datetime
+    value_path: JsonPath | None
+    group_paths: tuple[tuple[str, JsonPath], ...]
+
+
+@dataclass
+class _Delta:
+    count: int = 0
+    total: Decimal = ZERO
+    latest: tuple[datetime, Decimal] | None = None
+    distinct: set[str] = field(default_factory=set)
+
+
+_Key = tuple[str, str, str, datetime]  # meter id, subject, group key, minute
+
+
+# --- meters ----------------------------------------------------------------------------------
+
+
+def _compile(meter: Meter) -> tuple[JsonPath | None, tuple[tuple[str, JsonPath], ...]]:
+    if meter.aggregation is Aggregation.COUNT:
+        if meter.value_property is not None:
+            raise ValueError("meter value property is not allowed when the aggregation is count")
+        value_path = None
+    else:
+        if not meter.value_property:
+            raise ValueError("meter value property is required when the aggregation is not count")
+        value_path = compile_path(meter.value_property)
+    groups = tuple(sorted((key, compile_path(path)) for key, path in meter.group_by.items()))
+    return value_path, groups
+
+
+def _meter_spec(meter: Meter) -> dict[str, Any]:
+    return {
+        "slug": meter.slug,
+        "eventType": meter.event_type,
+        "aggregation": meter.aggregation.value,
+        "valueProperty": meter.value_property,
+        "groupBy": dict(sorted(meter.group_by.items())),
+    }
+
+
+def load_meters(
+    connection: Connection, namespace: str, *, event_types: Iterable[str] | None = None
+) -> list[RecordedMeter]:
+    """Return the meters recorded in ``namespace`` (only those of ``event_types`` if given)."""
+    query = select(_METERS).where(_METERS.c.namespace == namespace).order_by(_METERS.c.slug)
+    if event_types is not None:
+        query = query.where(_METERS.c.event_type.in_(sorted(set(event_types))))
+    rows = connection.execute(query).all()
+    if not rows:
+        return []
+    groups: dict[str, dict[str, str]] = defaultdict(dict)
+    for group in connection.execute(
+        select(_GROUP_BY).where(_GROUP_BY.c.meter_id.in_([row.id for row in rows]))
+    ):
+        groups[group.meter_id][group.key] = group.json_path
+    loaded = []
+    for row in rows:
+        meter = Meter(
+            slug=row.slug,
+            event_type=row.event_type,
+            aggregation=Aggregation(row.aggregation),
+            value_property=row.value_property,
+            group_by=groups[row.id],
+        )
+        value_path, group_paths = _compile(meter)
+        loaded.append(
+            RecordedMeter(row.id, namespace, meter, row.created_at, value_path, group_paths)
+        )
+    return loaded
+
+
+def record_meter(
+    connection: Connection,
+    namespace: str,
+    name: str,
+    meter: Meter,
+    *,
+    uid: str,
+    generation: int,
+    acted_at: datetime,
+    now: datetime,
+    horizon: timedelta = DEFAULT_HORIZON,
+) -> RecordedMeter:
+    """Record a Meter resource; a new meter's buckets are built from the raw events.
+
+    A re-created Meter with the same event type, aggregation, value property and group-by paths
+    re-adopts its record; new group-by keys are added (they apply to events ingested from now
+    on). Any other difference raises ``IdentityConflictError``.
+    """
+    _compile(meter)
+    identity = records.find_identity(connection, namespace, METER_KIND, name)
+    spec = _meter_spec(meter)
+    if identity is None:
+        identity = records.create_identity(
+            connection, namespace, METER_KIND, name, created_at=acted_at
+        )
+        connection.execute(
+            insert(_METERS).values(
+                id=identity.id,
+                namespace=namespace,
+                slug=meter.slug,
+                event_type=meter.event_type,
+                aggregation=meter.aggregation.value,
+                value_property=meter.value_property,
+                created_at=acted_at,
+            )
+        )
+        _add_group_by(connection, identity.id, meter.group_by, added_at=acted_at)
+        records.record_revision(
+            connection,
+            identity,
+            uid=uid,
+            generation=generation,
+            action="create",
+            acted_at=acted_at,
+            spec=spec,
+        )
+        recorded = _recorded(connection, namespace, identity.id)
+        changes = [feed.Change(METER_CHANGE, {"meter": spec, "id": identity.id})]
+        changes.extend(_backfill(connection, recorded, now=now, horizon=horizon))
+        feed.append(connection, namespace, changes, recorded_at=now)
+        return recorded
+    current = _recorded(connection, namespace, identity.id)
+    differences = [
+        label
+        for label, old, new in (
+            ("slug", current.meter.slug, meter.slug),
+            ("eventType", current.meter.event_type, meter.event_type),
+            ("aggregation", current.meter.aggregation, meter.aggregation),
+            ("valueProperty", current.meter.value_property, meter.value_property),
+        )
+        if old != new
+    ]
+    differences.extend(
+        f"groupBy.{key}"
+        for key, path in current.meter.group_by.items()
+        if meter.group_by.get(key) != path
+    )
+    if differences:
+        raise records.IdentityConflictError(
+            f"Meter {namespace}/{name} is recorded with a different {', '.join(differences)}; "
+            "these fields are immutable: give the new meter another name"
+        )
+    added = {k: v for k, v in meter.group_by.items() if k not in current.meter.group_by}
+    revision = records.record_revision(
+        connection,
+        identity,
+        uid=uid,
+        generation=generation,
+        action="edit" if added else "adopt",
+        acted_at=acted_at,
+        spec=spec,
+    )
+    if added:
+        _add_group_by(connection, identity.id, added, added_at=revision.acted_at)
+        feed.append(
+            connection,
+            namespace,
+            [feed.Change(METER_CHANGE, {"meter": spec, "id": identity.id})],
+            recorded_at=now,
+        )
+    return _recorded(connection, namespace, identity.id)
+
+
+def _add_group_by(
+    connection: Connection, meter_id: str, group_by: Mapping[str, str], *, added_at: datetime
+) -> None:
+    if group_by:
+        connection.execute(
+            insert(_GROUP_BY),
+            [
+                {"meter_id": meter_id, "key": key, "json_path": path, "added_at": added_at}
+                for key, path in sorted(group_by.items())
+            ],
+        )
+
+
+def _recorded(connection: Connection, namespace: str, meter_id: str) -> RecordedMeter:
+    for recorded in load_meters(connection, namespace):
+        if recorded.id == meter_id:
+            return recorded
+    raise LookupError(f"meter {meter_id} is not recorded in {namespace}")
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def _number(value: object) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value if value.is_finite() else None
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        exact = Decimal(repr(value))
+        return exact if exact.is_finite() else None
+    if isinstance(value, str):
+        try:
+            parsed = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+        return parsed if parsed.is_finite() else None
+    return None
+
+
+def _scalar_text(value: object) -> str | None:
+    if value is None or value is MISSING or isinstance(value, Mapping | list):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    number = _number(value)
+    return None if number is None else format_amount(number)
+
+
+def group_key(groups: Mapping[str, str]) -> str:
+    """Return the canonical text of a bucket's group-by values."""
+    return json.dumps(dict(sorted(groups.items())), separators=(",", ":"), ensure_ascii=False)
+
+
+def _evaluate(
+    meter: RecordedMeter, event: IncomingEvent
+) -> tuple[_Key, Decimal | None, str | None] | str:
+    """Return the bucket key and value an event adds to ``meter``, or why it cannot."""
+    groups = {}
+    for key, path in meter.group_paths:
+        text = _scalar_text(path.find(event.data))
+        groups[key] = "" if text is None else text
+    bucket: _Key = (meter.id, event.subject, group_key(groups), truncate_to_minute(event.time))
+    aggregation = meter.meter.aggregation
+    if aggregation is Aggregation.COUNT or meter.value_path is None:
+        return bucket, None, None
+    found = meter.value_path.find(event.data)
+    if aggregation is Aggregation.UNIQUE_COUNT:
+        distinct = _scalar_text(found)
+        if distinct is None:
+            return f"meter {meter.meter.slug}: {meter.value_path.text} is missing or not a scalar"
+        return bucket, None, distinct
+    number = _number(found)
+    if number is None:
+        return f"meter {meter.meter.slug}: {meter.value_path.text} is missing or not a number"
+    return bucket, number, None
+
+
+def _accumulate(
+    deltas: dict[_Key, _Delta],
+    key: _Key,
+    value: Decimal | None,
+    distinct: str | None,
+    time: datetime,
+) -> None:
+    delta = deltas.setdefault(key, _Delta())
+    delta.count += 1
+    if value is not None:
+        delta.total += value
+        if delta.latest is None or time > delta.latest[0]:
+            delta.latest = (time, value)
+    if distinct is not None:
+        delta.distinct.add(distinct)
+
+
+# --- ingestion -------------------------------------------------------------------------------
+
+
+def ingest(
+    connection: Connection,
+    namespace: str,
+    events: Sequence[IncomingEvent],
+    *,
+    received_at: datetime,
+    horizon: timedelta = DEFAULT_HORIZON,
+) -> IngestOutcome:
+    """Store ``events`` and add them to their buckets, atomically, in the caller's transaction.
+
+    Raises ``EventRefusedError`` (naming the event's index) for an event older than the horizon.
+    """
+    oldest = received_at - horizon
+    for index, event in enumerate(events):
+        if event.time < oldest:
+            raise EventRefusedError(
+                index,
+                f"time {format_rfc3339(event.time)} is older than the {horizon.days}-day horizon",
+            )
+    first_copies: dict[tuple[str, str], int] = {}
+    for index, event in enumerate(events):
+        first_copies.setdefault((event.source, event.id), index)
+    meters_by_type: dict[str, list[RecordedMeter]] = defaultdict(list)
+    for recorded in load_meters(connection, namespace, event_types={e.type for e in events}):
+        meters_by_type[recorded.meter.event_type].append(recorded)
+
+    evaluations: dict[int, list[tuple[_Key, Decimal | None, str | None]]] = {}
+    reasons: dict[int, str] = {}
+    for index in first_copies.values():
+        event = events[index]
+        results = [_evaluate(m, event) for m in meters_by_type.get(event.type, [])]
+        counted = [r for r in results if not isinstance(r, str)]
+        evaluations[index] = counted
+        if not counted:
+            failures = [r for r in results if isinstance(r, str)]
+            reasons[index] = "; ".join(failures) or f"no meter has event type {event.type!r}"
+
+    ordered = sorted(first_copies.items())  # lock the unique index in one order: no deadlock
+    stored: set[tuple[str, str]] = set()
+    for start in range(0, len(ordered), _CHUNK):
+        rows = [
+            {
+                "namespace": namespace,
+                "source": source,
+                "event_id": event_id,
+                "event_type": events[index].type,
+                "subject": events[index].subject,
+                "time": events[index].time,
+                "data": json.dumps(events[index].data, default=_json_default, sort_keys=True),
+                "received_at": received_at,
+                "counted": bool(evaluations[index]),
+            }
+            for (source, event_id), index in ordered[start : start + _CHUNK]
+        ]
+        statement = _dialect_insert(connection, _EVENTS).values(rows)
+        statement = statement.on_conflict_do_nothing(
+            index_elements=["namespace", "source", "event_id"]
+        ).returning(_EVENTS.c.source, _EVENTS.c.event_id)
+        stored.update((row.source, row.event_id) for row in connection.execute(statement))
+
+    deltas: dict[_Key, _Delta] = {}
+    for (source, event_id), index in ordered:
+        if (source, event_id) in stored:
+            for key, value, distinct in evaluations[index]:
+                _accumulate(deltas, key, value, distinct, events[index].time)
+    changes = _apply_deltas(connection, namespace, deltas)
+    position = feed.append(connection, namespace, changes, recorded_at=received_at)
+    uncounted = tuple(
+        Uncounted(index, events[index].source, events[index].id, reason)
+        for index, reason in sorted(reasons.items())
+        if (events[index].source, events[index].id) in stored
+    )
+    return IngestOutcome(
+        stored=len(stored),
+        duplicates=len(events) - len(stored),
+        uncounted=uncounted,
+        feed_position=position,
+    )
+
+
+def _json_default(value: object) -> object:
+    """Write a Decimal as a JSON number that reads back (``parse_float=Decimal``) exactly."""
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else format_amount(value)
+    if isinstance(value, datetime):
+        return format_rfc3339(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _dialect_insert(connection: Connection, table: Table) -> Any:
+    if connection.dialect.name == "postgresql":
+        return pg_insert(table)
+    return sqlite_insert(table)
+
+
+def _backfill(
+    connection: Connection, meter: RecordedMeter, *, now: datetime, horizon: timedelta
+) -> list[feed.Change]:
+    """Build ``meter``'s buckets from the raw events of its type inside the horizon."""
+    rows = connection.execute(
+        select(_EVENTS)
+        .where(
+            _EVENTS.c.namespace == meter.namespace,
+            _EVENTS.c.event_type == meter.meter.event_type,
+            _EVENTS.c.time >= now - horizon,
+        )
+        .order_by(_EVENTS.c.id)
+    ).all()
+    deltas: dict[_Key, _Delta] = {}
+    newly_counted: list[int] = []
+    for row in rows:
+        event = IncomingEvent(
+            row.event_id,
+            row.source,
+            row.event_type,
+            row.subject,
+            row.time,
+            json.loads(row.data, parse_float=Decimal),
+        )
+        result = _evaluate(meter, event)
+        if isinstance(result, str):
+            continue
+        _accumulate(deltas, result[0], result[1], result[2], event.time)
+        if not row.counted:
+            newly_counted.append(row.id)
+    for start in range(0, len(newly_counted), _CHUNK):
+        connection.execute(
+            update(_EVENTS)
+            .where(_EVENTS.c.id.in_(newly_counted[start : start + _CHUNK]))
+            .values(counted=True)
+        )
+    return _apply_deltas(connection, meter.namespace, deltas)
+
+
+# --- buckets ---------------------------------------------------------------------------------
+
+
+def _apply_deltas(
+    connection: Connection, namespace: str, deltas: Mapping[_Key, _Delta]
+) -> list[feed.Change]:
+    """Add ``deltas`` to their buckets and return the feed change describing the increments."""
+    if not deltas:
+        return []
+    keys = sorted(deltas)  # one lock order for every writer
+    if connection.dialect.name == "postgresql":
+        ids = _upsert_buckets_postgresql(connection, namespace, keys, deltas)
+    else:
+        ids = _upsert_buckets_sqlite(connection, namespace, keys, deltas)
+    added_distinct = _add_distinct(connection, namespace, ids, deltas)
+    slugs: dict[str, str] = {
+        row.id: row.slug
+        for row in connection.execute(
+            select(_METERS.c.id, _METERS.c.slug).where(
+                _METERS.c.id.in_(sorted({k[0] for k in keys}))
+            )
+        )
+    }
+    increments = []
+    for key in keys:
+        delta = deltas[key]
+        meter_id, subject, groups, minute = key
+        increments.append(
+            {
+                "meterId": meter_id,
+                "meter": slugs[meter_id],
+                "subject": subject,
+                "groups": json.loads(groups),
+                "minute": format_rfc3339(minute),
+                "count": delta.count,
+                "sum": format_amount(delta.total),
+                "latest": None
+                if delta.latest is None
+                else {
+                    "time": format_rfc3339(delta.latest[0]),
+                    "value": format_amount(delta.latest[1]),
+                },
+                "distinct": sorted(added_distinct.get(ids[key], ())),
+            }
+        )
+    return [feed.Change(USAGE_CHANGE, {"buckets": increments})]
+
+
+def _bucket_row(namespace: str, key: _Key, delta: _Delta) -> dict[str, Any]:
+    meter_id, subject, groups, minute = key
+    return {
+        "namespace": namespace,
+        "meter_id": meter_id,
+        "subject": subject,
+        "group_key": groups,
+        "minute": minute,
+        "event_count": delta.count,
+        "value_sum": delta.total,
+        "latest_time": None if delta.latest is None else delta.latest[0],
+        "latest_value": None if delta.latest is None else delta.latest[1],
+    }
+
+
+def _upsert_buckets_postgresql(
+    connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
+) -> dict[_Key, int]:
+    ids: dict[_Key, int] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        statement = pg_insert(_BUCKETS).values(
+            [_bucket_row(namespace, k, deltas[k]) for k in chunk]
+        )
+        excluded = statement.excluded
+        newer = and_(
+            excluded.latest_time.is_not(None),
+            (_BUCKETS.c.latest_time.is_(None)) | (excluded.latest_time > _BUCKETS.c.latest_time),
+        )
+        upsert = statement.on_conflict_do_update(
+            index_elements=list(_BUCKET_KEY),
+            set_={
+                "event_count": _BUCKETS.c.event_count + excluded.event_count,
+                "value_sum": _BUCKETS.c.value_sum + excluded.value_sum,
+                "latest_time": case((newer, excluded.latest_time), else_=_BUCKETS.c.latest_time),
+                "latest_value": case((newer, excluded.latest_value), else_=_BUCKETS.c.latest_value),
+            },
+        ).returning(
+            _BUCKETS.c.id,
+            _BUCKETS.c.meter_id,
+            _BUCKETS.c.subject,
+            _BUCKETS.c.group_key,
+            _BUCKETS.c.minute,
+        )
+        for row in connection.execute(upsert):
+            ids[(row.meter_id, row.subject, row.group_key, row.minute)] = row.id
+    return ids
+
+
+def _upsert_buckets_sqlite(
+    connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
+) -> dict[_Key, int]:
+    """Read, add and write in Python: amounts are exact text, and SQLite has one writer."""
+    ids: dict[_Key, int] = {}
+    existing: dict[_Key, Any] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        rows = connection.execute(
+            select(_BUCKETS).where(
+                _BUCKETS.c.namespace == namespace,
+                tuple_(
+                    _BUCKETS.c.meter_id, _BUCKETS.c.subject, _BUCKETS.c.group_key, _BUCKETS.c.minute
+                ).in_(chunk),
+            )
+        )
+        for row in rows:
+            existing[(row.meter_id, row.subject, row.group_key, row.minute)] = row
+    updates = []
+    new_keys = []
+    for key in keys:
+        found = existing.get(key)
+        if found is None:
+            new_keys.append(key)
+            continue
+        delta = deltas[key]
+        ids[key] = found.id
+        latest_time, latest_value = found.latest_time, found.latest_value
+        if delta.latest is not None and (latest_time is None or delta.latest[0] > latest_time):
+            latest_time, latest_value = delta.latest
+        updates.append(
+            {
+                "bucket_id": found.id,
+                "new_count": found.event_count + delta.count,
+                "new_sum": found.value_sum + delta.total,
+                "new_latest_time": latest_time,
+                "new_latest_value": latest_value,
+            }
+        )
+    if updates:
+        connection.execute(
+            update(_BUCKETS)
+            .where(_BUCKETS.c.id == bindparam("bucket_id"))
+            .values(
+                event_count=bindparam("new_count"),
+                value_sum=bindparam("new_sum", type_=_BUCKETS.c.value_sum.type),
+                latest_time=bindparam("new_latest_time", type_=_BUCKETS.c.latest_time.type),
+                latest_value=bindparam("new_latest_value", type_=_BUCKETS.c.latest_value.type),
+            ),
+            updates,
+        )
+    for start in range(0, len(new_keys), _CHUNK):
+        chunk = new_keys[start : start + _CHUNK]
+        statement = (
+            insert(_BUCKETS)
+            .values([_bucket_row(namespace, k, deltas[k]) for k in chunk])
+            .returning(
+                _BUCKETS.c.id,
+                _BUCKETS.c.meter_id,
+                _BUCKETS.c.subject,
+                _BUCKETS.c.group_key,
+                _BUCKETS.c.minute,
+            )
+        )
+        for row in connection.execute(statement):
+            ids[(row.meter_id, row.subject, row.group_key, row.minute)] = row.id
+    return ids
+
+
+def _add_distinct(
+    connection: Connection,
+    namespace: str,
+    ids: Mapping[_Key, int],
+    deltas: Mapping[_Key, _Delta],
+) -> dict[int, set[str]]:
+    """Insert the minutes' distinct values; return those not already in their bucket."""
+    rows = [
+        {"bucket_id": ids[key], "value": value, "namespace": namespace}
+        for key in sorted(deltas)
+        for value in sorted(deltas[key].distinct)
+    ]
+    added: dict[int, set[str]] = defaultdict(set)
+    for start in range(0, len(rows), _CHUNK):
+        statement = (
+            _dialect_insert(connection, _VALUES)
+            .values(rows[start : start + _CHUNK])
+            .on_conflict_do_nothing(index_elements=["bucket_id", "value"])
+            .returning(_VALUES.c.bucket_id, _VALUES.c.value)
+        )
+        for row in connection.execute(statement):
+            added[row.bucket_id].add(row.value)
+    return added
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_buckets(
+    connection: Connection,
+    namespace: str,
+    meter_slug: str,
+    *,
+    subjects: Iterable[str],
+    filters: Mapping[str, str] | None = None,
+    start: datetime,
+    end: datetime,
+) -> list[UsageBucket]:
+    """Return the meter's usage per minute in ``[start, end)`` for ``subjects``.
+
+    Buckets of every subject and group-by value matching ``filters`` (a feature's
+    ``meterGroupByFilters``, ``$eq`` on group-by keys) are merged per minute: SUM and COUNT add,
+    LATEST keeps the minute's latest value, UNIQUE_COUNT unions the distinct values.
+    """
+    meter = connection.execute(
+        select(_METERS).where(_METERS.c.namespace == namespace, _METERS.c.slug == meter_slug)
+    ).one_or_none()
+    if meter is None:
+        raise LookupError(f"no meter {meter_slug!r} is recorded in namespace {namespace}")
+    aggregation = Aggregation(meter.aggregation)
+    rows = connection.execute(
+        select(_BUCKETS)
+        .where(
+            _BUCKETS.c.meter_id == meter.id,
+            _BUCKETS.c.subject.in_(sorted(set(subjects))),
+            _BUCKETS.c.minute >= start,
+            _BUCKETS.c.minute < end,
+        )
+        .order_by(_BUCKETS.c.minute)
+    ).all()
+    wanted = dict(filters or {})
+    matching = [
+        row for row in rows if all(json.loads(row.group_key).get(k) == v for k, v in wanted.items())
+    ]
+    distinct: dict[int, set[str]] = defaultdict(set)
+    if aggregation is Aggregation.UNIQUE_COUNT and matching:
+        bucket_ids = [row.id for row in matching]
+        for start_at in range(0, len(bucket_ids), _CHUNK):
+            for value in connection.execute(
+                select(_VALUES.c.bucket_id, _VALUES.c.value).where(
+                    _VALUES.c.bucket_id.in_(bucket_ids[start_at : start_at + _CHUNK])
+                )
+            ):
+                distinct[value.bucket_id].add(value.value)
+    minutes: dict[datetime, list[Any]] = defaultdict(list)
+    for row in matching:
+        minutes[row.minute].append(row)
+    merged = []
+    for minute in sorted(minutes):
+        group = minutes[minute]
+        if aggregation is Aggregation.SUM:
+            merged.append(UsageBucket(minute, amount=sum((r.value_sum for r in group), ZERO)))
+        elif aggregation is Aggregation.COUNT:
+            merged.append(UsageBucket(minute, amount=Decimal(sum(r.event_count for r in group))))
+        elif aggregation is Aggregation.LATEST:
+            latest = max(
+                (r for r in group if r.latest_time is not None), key=lambda r: r.latest_time
+            )
+            merged.append(UsageBucket(minute, amount=latest.latest_value))
+        else:
+            values: frozenset[str] = frozenset().union(*(distinct[r.id] for r in group))
+            merged.append(UsageBucket(minute, distinct=values))
+    return merged
+
+
+def count_uncounted(connection: Connection, namespace: str, *, since: datetime) -> int:
+    """Return how many events stored since ``since`` no meter could evaluate."""
+    return int(
+        connection.execute(
+            select(func.count())
+            .select_from(_EVENTS)
+            .where(
+                _EVENTS.c.namespace == namespace,
+                _EVENTS.c.counted.is_(False),
+                _EVENTS.c.received_at >= since,
+            )
+        ).scalar_one()
+    )
+
+
+def prune_events(
+    connection: Connection, *, now: datetime, horizon: timedelta = DEFAULT_HORIZON
+) -> int:
+    """Delete raw events older than the horizon (their buckets stay) and return how many."""
+    result = connection.execute(delete(_EVENTS).where(_EVENTS.c.time < now - horizon))
+    return int(result.rowcount)
