@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from allotment.ledger.core.model import Aggregation, Meter
 from allotment.ledger.storage import feed, usage
 from allotment.ledger.storage.engine import Ledger
@@ -93,7 +92,7 @@ def test_a_duplicate_is_acknowledged_and_only_the_first_copy_counts(ledger: Ledg
 def test_an_event_older_than_the_horizon_refuses_the_whole_batch(ledger: Ledger) -> None:
     record(ledger)
     too_old = event(2, at=NOW - usage.DEFAULT_HORIZON - timedelta(seconds=1))
-    with pytest.raises(usage.EventRefusedError, match="event 1: .*older than the 32-day horizon"):
+    with pytest.raises(usage.EventRefusedError, match=r"event 1: .*older than the 32-day horizon"):
         ingest(ledger, event(1), too_old)
     assert total(ledger) == Decimal(0)
     with ledger.read() as conn:
@@ -234,7 +233,9 @@ def test_a_recreated_meter_with_another_aggregation_is_an_identity_conflict(
 def test_namespaces_do_not_share_dedup_keys_or_usage(ledger: Ledger) -> None:
     record(ledger)
     with ledger.write() as conn:
-        usage.record_meter(conn, "team-b", "tokens", TOKENS, uid="b", generation=1, acted_at=T0, now=NOW)
+        usage.record_meter(
+            conn, "team-b", "tokens", TOKENS, uid="b", generation=1, acted_at=T0, now=NOW
+        )
         outcome = usage.ingest(conn, "team-b", [event(1, tokens=100)], received_at=NOW)
     assert outcome.stored == 1
     ingest(ledger, event(1, tokens=1))
