@@ -21,6 +21,7 @@ against their recorded start time), or write binaries into the repository.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -204,8 +205,6 @@ def _etcd_supports(etcd: Path, flag: str) -> bool:
 
 
 def _kubeconfig_text(url: str, ca_cert: Path, token: str) -> str:
-    import base64
-
     ca_data = base64.b64encode(ca_cert.read_bytes()).decode()
     doc = {
         "apiVersion": "v1",
@@ -255,6 +254,10 @@ class ControlPlane:
     @property
     def ca_key(self) -> Path:
         return self.ca.key
+
+    def ca_bundle(self) -> str:
+        """The CA certificate, base64-encoded: a webhook ``clientConfig.caBundle``."""
+        return base64.b64encode(self.ca.cert.read_bytes()).decode()
 
     def issue_serving_cert(self, name: str, sans: Sequence[str] = tls.LOOPBACK_SANS) -> tls.KeyPair:
         """A server certificate signed by this control plane's CA (e.g. for a webhook on 127.0.0.1)."""
