@@ -1,9 +1,10 @@
 """Run import-linter over the ``allotment`` import root as it is installed.
 
-grimp, import-linter's graph builder, walks one directory per top-level package, but our
-subpackages live in sibling directories mapped by ``package-dir``. This copies the Python
-sources into one tree under ``.local/lint/`` and runs ``lint-imports`` there with the
-project's contracts from ``pyproject.toml``.
+grimp, import-linter's graph builder, walks one directory per top-level package without
+following symlinks, but our subpackages are sibling directories, linked into ``src/allotment/``
+(for mypy) and mapped by ``package-dir`` (for installs). This copies ``src/allotment`` with the
+links followed into ``.local/lint/`` and runs ``lint-imports`` there with the project's
+contracts from ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -15,13 +16,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MAPPED = {
-    "ledger": "ledger",
-    "operator": "operator",
-    "sidecar": "sidecar",
-    "cli": "cli",
-    "crds": "crds",
-}
 
 
 def main() -> int:
@@ -29,9 +23,8 @@ def main() -> int:
     tree = ROOT / ".local" / "lint"
     shutil.rmtree(tree, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "src" / "allotment", tree / "allotment", ignore=ignore)
-    for name, directory in MAPPED.items():
-        shutil.copytree(ROOT / directory, tree / "allotment" / name, ignore=ignore)
+    shutil.copytree(ROOT / "src" / "allotment", tree / "allotment", ignore=ignore, symlinks=False)
+    shutil.copytree(ROOT / "crds", tree / "allotment" / "crds", ignore=ignore)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     command = [
         str(Path(sys.executable).parent / "lint-imports"),

@@ -1,0 +1,353 @@
+"""The read contract's documents: domain records as JSON and back (contract version 1).
+
+Role: one translator between the core's frozen dataclasses and the JSON the ledger stores in
+``catalogue_versions`` and the change feed carries to sidecars (DESIGN D10, D11). Amounts travel
+as decimal strings and instants as RFC 3339 text, so nothing is rounded through a float. Every
+document names its record kind; decoding refuses a kind it does not know.
+
+It must not decide anything: what to record is the reconciliation's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from allotment.ledger.core.model import (
+    Aggregation,
+    CalendarDuration,
+    Consistency,
+    Customer,
+    Entitlement,
+    EntitlementType,
+    Expiration,
+    ExpirationUnit,
+    Feature,
+    Grant,
+    IssueAfterReset,
+    Meter,
+    PeriodSource,
+    Recurrence,
+    UsagePeriodEntry,
+    Versioned,
+    WhenStale,
+)
+
+__all__ = [
+    "CustomerRecord",
+    "FeatureRecord",
+    "MeterRecord",
+    "Record",
+    "decode_record",
+    "encode_record",
+]
+
+T = TypeVar("T")
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CustomerRecord:
+    """A recorded customer with its ledger id."""
+
+    id: str
+    customer: Customer
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class FeatureRecord:
+    """A recorded feature with its ledger id."""
+
+    id: str
+    feature: Feature
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MeterRecord:
+    """A recorded meter with its ledger id."""
+
+    id: str
+    meter: Meter
+    created_at: datetime
+
+
+Record = CustomerRecord | FeatureRecord | MeterRecord | Entitlement | Grant
+
+
+# --- scalars ---------------------------------------------------------------------------------
+
+
+def _instant(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_instant(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def _maybe(value: T | None, encode: Callable[[T], Any]) -> Any:
+    return None if value is None else encode(value)
+
+
+def _amount(value: Decimal) -> str:
+    return format(value, "f")
+
+
+# --- nested values ---------------------------------------------------------------------------
+
+
+def _recurrence(value: Recurrence) -> Document:
+    return {"interval": value.interval.iso(), "anchor": _instant(value.anchor)}
+
+
+def _parse_recurrence(doc: Mapping[str, Any]) -> Recurrence:
+    return Recurrence(CalendarDuration.parse(doc["interval"]), _parse_instant(doc["anchor"]))
+
+
+def _versions(timeline: tuple[Versioned[T], ...], encode: Callable[[T], Any]) -> list[Document]:
+    return [{"since": _instant(v.since), "value": encode(v.value)} for v in timeline]
+
+
+def _parse_versions(
+    docs: list[Mapping[str, Any]], decode: Callable[[Any], T]
+) -> tuple[Versioned[T], ...]:
+    return tuple(Versioned(_parse_instant(d["since"]), decode(d["value"])) for d in docs)
+
+
+def _issue(value: IssueAfterReset | None) -> Document | None:
+    if value is None:
+        return None
+    return {"amount": _amount(value.amount), "priority": value.priority}
+
+
+def _parse_issue(doc: Mapping[str, Any] | None) -> IssueAfterReset | None:
+    if doc is None:
+        return None
+    return IssueAfterReset(Decimal(doc["amount"]), int(doc["priority"]))
+
+
+def _period_entry(entry: UsagePeriodEntry) -> Document:
+    return {
+        "start": _instant(entry.start),
+        "recurrence": _recurrence(entry.recurrence),
+        "source": entry.source.value,
+        "preserveOverage": entry.preserve_overage,
+    }
+
+
+def _parse_period_entry(doc: Mapping[str, Any]) -> UsagePeriodEntry:
+    return UsagePeriodEntry(
+        start=_parse_instant(doc["start"]),
+        recurrence=_parse_recurrence(doc["recurrence"]),
+        source=PeriodSource(doc["source"]),
+        preserve_overage=doc.get("preserveOverage"),
+    )
+
+
+def _identity(value: T) -> T:
+    return value
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+def _encode_entitlement(e: Entitlement) -> Document:
+    return {
+        "kind": "entitlement",
+        "id": e.id,
+        "namespace": e.namespace,
+        "name": e.name,
+        "customerKey": e.customer_key,
+        "featureKey": e.feature_key,
+        "type": e.type.value,
+        "createdAt": _instant(e.created_at),
+        "usagePeriod": [_period_entry(p) for p in e.usage_period],
+        "measureUsageFrom": _maybe(e.measure_usage_from, _instant),
+        "issueAfterReset": _versions(e.issue_after_reset, _issue),
+        "isSoftLimit": _versions(e.is_soft_limit, _identity),
+        "preserveOverageAtReset": _versions(e.preserve_overage_at_reset, _identity),
+        "config": e.config,
+        "activeFrom": _maybe(e.active_from, _instant),
+        "activeTo": _maybe(e.active_to, _instant),
+        "metadata": dict(e.metadata),
+    }
+
+
+def _decode_entitlement(d: Mapping[str, Any]) -> Entitlement:
+    return Entitlement(
+        id=d["id"],
+        namespace=d["namespace"],
+        name=d["name"],
+        customer_key=d["customerKey"],
+        feature_key=d["featureKey"],
+        type=EntitlementType(d["type"]),
+        created_at=_parse_instant(d["createdAt"]),
+        usage_period=tuple(_parse_period_entry(p) for p in d["usagePeriod"]),
+        measure_usage_from=_maybe(d.get("measureUsageFrom"), _parse_instant),
+        issue_after_reset=_parse_versions(d["issueAfterReset"], _parse_issue),
+        is_soft_limit=_parse_versions(d["isSoftLimit"], bool),
+        preserve_overage_at_reset=_parse_versions(d["preserveOverageAtReset"], bool),
+        config=d.get("config"),
+        active_from=_maybe(d.get("activeFrom"), _parse_instant),
+        active_to=_maybe(d.get("activeTo"), _parse_instant),
+        metadata=dict(d.get("metadata") or {}),
+    )
+
+
+def _encode_grant(g: Grant) -> Document:
+    return {
+        "kind": "grant",
+        "id": g.id,
+        "namespace": g.namespace,
+        "name": g.name,
+        "entitlementId": g.entitlement_id,
+        "amount": _amount(g.amount),
+        "effectiveAt": _instant(g.effective_at),
+        "createdAt": _instant(g.created_at),
+        "priority": g.priority,
+        "expiration": _maybe(
+            g.expiration, lambda x: {"duration": x.duration.value, "count": x.count}
+        ),
+        "minRolloverAmount": _amount(g.min_rollover_amount),
+        "maxRolloverAmount": _maybe(g.max_rollover_amount, _amount),
+        "recurrence": _maybe(g.recurrence, _recurrence),
+        "voidAt": _maybe(g.void_at, _instant),
+        "metadata": dict(g.metadata),
+        "annotations": dict(g.annotations),
+    }
+
+
+def _decode_grant(d: Mapping[str, Any]) -> Grant:
+    expiration = d.get("expiration")
+    return Grant(
+        id=d["id"],
+        namespace=d["namespace"],
+        name=d["name"],
+        entitlement_id=d["entitlementId"],
+        amount=Decimal(d["amount"]),
+        effective_at=_parse_instant(d["effectiveAt"]),
+        created_at=_parse_instant(d["createdAt"]),
+        priority=int(d["priority"]),
+        expiration=None
+        if expiration is None
+        else Expiration(ExpirationUnit(expiration["duration"]), int(expiration["count"])),
+        min_rollover_amount=Decimal(d["minRolloverAmount"]),
+        max_rollover_amount=_maybe(d.get("maxRolloverAmount"), Decimal),
+        recurrence=_maybe(d.get("recurrence"), _parse_recurrence),
+        void_at=_maybe(d.get("voidAt"), _parse_instant),
+        metadata=dict(d.get("metadata") or {}),
+        annotations=dict(d.get("annotations") or {}),
+    )
+
+
+def _encode_customer(r: CustomerRecord) -> Document:
+    c = r.customer
+    return {
+        "kind": "customer",
+        "id": r.id,
+        "createdAt": _instant(r.created_at),
+        "key": c.key,
+        "name": c.name,
+        "subjectKeys": list(c.subject_keys),
+        "metadata": dict(c.metadata),
+    }
+
+
+def _decode_customer(d: Mapping[str, Any]) -> CustomerRecord:
+    customer = Customer(
+        key=d["key"],
+        name=d["name"],
+        subject_keys=tuple(d["subjectKeys"]),
+        metadata=dict(d.get("metadata") or {}),
+    )
+    return CustomerRecord(d["id"], customer, _parse_instant(d["createdAt"]))
+
+
+def _encode_feature(r: FeatureRecord) -> Document:
+    f = r.feature
+    return {
+        "kind": "feature",
+        "id": r.id,
+        "createdAt": _instant(r.created_at),
+        "key": f.key,
+        "name": f.name,
+        "meterSlug": f.meter_slug,
+        "meterGroupByFilters": dict(f.meter_group_by_filters),
+        "metadata": dict(f.metadata),
+        "whenStale": f.when_stale.value,
+        "consistency": f.consistency.value,
+    }
+
+
+def _decode_feature(d: Mapping[str, Any]) -> FeatureRecord:
+    feature = Feature(
+        key=d["key"],
+        name=d["name"],
+        meter_slug=d.get("meterSlug"),
+        meter_group_by_filters=dict(d.get("meterGroupByFilters") or {}),
+        metadata=dict(d.get("metadata") or {}),
+        when_stale=WhenStale(d["whenStale"]),
+        consistency=Consistency(d["consistency"]),
+    )
+    return FeatureRecord(d["id"], feature, _parse_instant(d["createdAt"]))
+
+
+def _encode_meter(r: MeterRecord) -> Document:
+    m = r.meter
+    return {
+        "kind": "meter",
+        "id": r.id,
+        "createdAt": _instant(r.created_at),
+        "slug": m.slug,
+        "eventType": m.event_type,
+        "aggregation": m.aggregation.value,
+        "valueProperty": m.value_property,
+        "groupBy": dict(m.group_by),
+    }
+
+
+def _decode_meter(d: Mapping[str, Any]) -> MeterRecord:
+    meter = Meter(
+        slug=d["slug"],
+        event_type=d["eventType"],
+        aggregation=Aggregation(d["aggregation"]),
+        value_property=d.get("valueProperty"),
+        group_by=dict(d.get("groupBy") or {}),
+    )
+    return MeterRecord(d["id"], meter, _parse_instant(d["createdAt"]))
+
+
+def encode_record(record: Record) -> Document:
+    """Return the JSON document of a record (contract version 1)."""
+    if isinstance(record, Entitlement):
+        return _encode_entitlement(record)
+    if isinstance(record, Grant):
+        return _encode_grant(record)
+    if isinstance(record, CustomerRecord):
+        return _encode_customer(record)
+    if isinstance(record, FeatureRecord):
+        return _encode_feature(record)
+    return _encode_meter(record)
+
+
+_DECODERS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
+    "entitlement": _decode_entitlement,
+    "grant": _decode_grant,
+    "customer": _decode_customer,
+    "feature": _decode_feature,
+    "meter": _decode_meter,
+}
+
+
+def decode_record(document: Mapping[str, Any]) -> Record:
+    """Return the record a document holds; refuse a kind this contract does not know."""
+    kind = document.get("kind")
+    decoder = _DECODERS.get(kind) if isinstance(kind, str) else None
+    if decoder is None:
+        raise ValueError(f"unknown record kind {kind!r} in the read contract")
+    return decoder(document)
