@@ -1,0 +1,98 @@
+"""The ledger behind ``ports.LedgerGateway``: parse, ``apply_resource``, commit, one transaction.
+
+Role: open the ledger (refusing a schema this code does not match, DESIGN D11), and for each
+object parse it with the ledger's parser and run ``allotment.ledger.apply.apply_resource`` in a
+write transaction. A spec the parser rejects becomes a ``Refuse`` outcome naming the field; a
+database that cannot be reached becomes ``LedgerUnavailableError``.
+
+Must not: reconcile anything itself or hold a connection outside a call.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from allotment.ledger.core.resources import ParseError, parse_resource
+from allotment.ledger.storage.engine import Ledger, open_ledger
+from allotment.operator.ports import REFUSE, LedgerUnavailableError, Outcome
+
+APPLY_MODULE = "allotment.ledger.apply"
+
+
+class GatewayUnavailableError(RuntimeError):
+    """This build of allotment has no ledger glue the operator can drive."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An outcome the operator decides by itself: the ledger cannot even read the spec."""
+
+    reason: str
+    message: str
+    action: str = REFUSE
+    status: Mapping[str, Any] = field(default_factory=dict)
+    retry_at: datetime | None = None
+
+
+ApplyFn = Callable[[Any, Any, datetime], Outcome]
+ValuesFn = Callable[[Any, Sequence[tuple[str, str]], datetime], Mapping[tuple[str, str], Any]]
+
+
+class SqlLedgerGateway:
+    """``ports.LedgerGateway`` over an open ``Ledger``."""
+
+    def __init__(self, ledger: Ledger, apply: ApplyFn, values: ValuesFn | None) -> None:
+        self._ledger = ledger
+        self._apply = apply
+        self._values = values
+
+    def apply(self, obj: Mapping[str, Any], now: datetime) -> Outcome:
+        """Parse and reconcile ``obj`` at ``now`` in one write transaction."""
+        try:
+            resource = parse_resource(obj)
+        except ParseError as error:
+            return Refusal("InvalidSpec", f"{error}: fix the field and apply again")
+        try:
+            with self._ledger.write() as connection:
+                return self._apply(connection, resource, now)
+        except OperationalError as error:
+            raise LedgerUnavailableError(f"the ledger is unreachable: {error.orig}") from error
+        except PoolTimeoutError as error:
+            raise LedgerUnavailableError(f"no ledger connection available: {error}") from error
+        except DBAPIError as error:
+            if error.connection_invalidated:
+                raise LedgerUnavailableError(f"the ledger connection was lost: {error}") from error
+            raise
+
+    def values(
+        self, refs: Sequence[tuple[str, str]], now: datetime
+    ) -> Mapping[tuple[str, str], Mapping[str, Any]]:
+        """Return the current ``status.value`` of the given Entitlements."""
+        if self._values is None:
+            raise NotImplementedError(f"{APPLY_MODULE} has no entitlement_values()")
+        with self._ledger.read() as connection:
+            return self._values(connection, refs, now)
+
+    def close(self) -> None:
+        """Dispose of the ledger's engines."""
+        self._ledger.dispose()
+
+
+def open_gateway(url: str) -> SqlLedgerGateway:
+    """Open the ledger at ``url``; raise ``SchemaMismatchError`` or ``GatewayUnavailableError``."""
+    try:
+        glue = importlib.import_module(APPLY_MODULE)
+    except ModuleNotFoundError as error:
+        raise GatewayUnavailableError(f"{APPLY_MODULE} is missing from this build") from error
+    apply = getattr(glue, "apply_resource", None)
+    if apply is None:
+        raise GatewayUnavailableError(f"{APPLY_MODULE} has no apply_resource()")
+    ledger = open_ledger(url)
+    return SqlLedgerGateway(ledger, apply, getattr(glue, "entitlement_values", None))

@@ -1,0 +1,178 @@
+"""Kopf handlers: one level-based reconcile per kind, and deletion by ``deletionPolicy``.
+
+Role: each handler parses the Kopf body, lets the ledger reconcile the whole desired state at
+``now`` (DESIGN D2: the ledger decides which instant acts), writes ``status`` and announces what
+happened. Waiting becomes ``kopf.TemporaryError`` with a delay, a spec nothing can make valid a
+``kopf.PermanentError`` (STYLE 8). Deletion never waits on the ledger (D3): whatever happens, the
+finalizer goes.
+
+Must not: compute balances, compare specs or decide identity; that is the ledger's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import kopf
+
+from allotment.operator import parsing, status
+from allotment.operator.kinds import GROUP, KINDS, VERSION, Kind
+from allotment.operator.parsing import ObjectRef
+from allotment.operator.ports import EVENT_VERBS, REFUSE, WAIT, LedgerUnavailableError, Outcome
+from allotment.operator.runtime import Runtime, runtime_of
+
+logger = logging.getLogger(__name__)
+
+
+def _kind(param: Any) -> Kind:
+    if not isinstance(param, Kind):
+        raise TypeError(f"handler registered without its Kind: {param!r}")
+    return param
+
+
+async def reconcile(
+    *, body: kopf.Body, patch: kopf.Patch, memo: Any, param: Any = None, **_: Any
+) -> None:
+    """Reconcile one object into the ledger and write its status (create, update, resume)."""
+    kind, runtime = _kind(param), runtime_of(memo)
+    ref, now = parsing.ref_of(kind, body), runtime.clock()
+    try:
+        outcome = await runtime.apply(parsing.object_of(kind, body), now)
+    except LedgerUnavailableError as error:
+        write_status(patch, body, status.unavailable(f"{error}; retrying"), {}, now)
+        delay = runtime.settings.wait_retry_seconds
+        raise kopf.TemporaryError(f"{ref}: {error}", delay=delay) from error
+    verdict = status.verdict_of(outcome)
+    write_status(patch, body, verdict, outcome.status, now)
+    await settle(runtime, param, ref, body, outcome, now)
+
+
+async def delete(*, body: kopf.Body, memo: Any, param: Any = None, **_: Any) -> None:
+    """Apply ``deletionPolicy`` at the deletion instant; never block the object's removal."""
+    kind, runtime = _kind(param), runtime_of(memo)
+    ref = parsing.ref_of(kind, body)
+    runtime.waiting.forget(ref)
+    runtime.entitlements.drop(ref)
+    if not kind.has_deletion_policy:
+        return  # deleting a Meter, Feature, Customer or reset never changes the ledger (D3)
+    orphan = await _deletion_orphans(runtime, kind, ref)
+    try:
+        obj = parsing.object_of(kind, body, orphan=orphan)
+        outcome = await runtime.apply(obj, runtime.clock())
+    except Exception as error:  # unreachable or failing: the object goes, the ledger stays as is
+        message = f"Left {ref} in the ledger as it was: the ledger did not apply it ({error})"
+        runtime.events.warn(body, "LedgerUnavailable", message)
+        logger.warning(message)
+        return
+    announce(runtime, ref, body, outcome)
+
+
+async def _deletion_orphans(runtime: Runtime, kind: Kind, ref: ObjectRef) -> bool:
+    """Return whether this deletion must orphan: its namespace or CRD is going, or unknown."""
+    try:
+        return await runtime.kube.is_terminating(ref.namespace, kind.plural)
+    except Exception as error:  # any doubt keeps the ledger as it is (never destroys value)
+        logger.warning("Could not tell whether %s's namespace is terminating: %s", ref, error)
+        return True
+
+
+def write_status(
+    patch: Any,
+    body: Mapping[str, Any],
+    verdict: status.Verdict,
+    fields: Mapping[str, Any],
+    now: datetime,
+) -> None:
+    """Put the whole status for ``verdict`` into Kopf's patch."""
+    whole = status.status_patch(
+        verdict, fields, parsing.generation_of(body), now, parsing.previous_conditions(body)
+    )
+    for key, value in whole.items():
+        patch.status[key] = value
+
+
+def announce(runtime: Runtime, ref: ObjectRef, body: Mapping[str, Any], outcome: Outcome) -> None:
+    """Post an Event and a log line for what the ledger did ("Recorded Grant ns/name")."""
+    verb = EVENT_VERBS.get(outcome.action)
+    if verb is None:
+        return
+    message = f"{verb} {ref}" + (f": {outcome.message}" if outcome.message else "")
+    runtime.events.info(body, verb, message)
+    logger.info(message)
+
+
+async def settle(
+    runtime: Runtime,
+    kind: Kind,
+    ref: ObjectRef,
+    body: Mapping[str, Any],
+    outcome: Outcome,
+    now: datetime,
+) -> None:
+    """Announce, wake the resources waiting on ``ref``, and raise for what is not done."""
+    settings = runtime.settings
+    if outcome.action == WAIT:
+        if outcome.retry_at is None:
+            runtime.waiting.wait(ref, parsing.REFERENCED_KINDS.get(kind.name, ()))
+            delay = settings.wait_retry_seconds
+        else:
+            delay = (outcome.retry_at - now).total_seconds()
+        delay = min(max(delay, 1.0), settings.max_wait_seconds)
+        raise kopf.TemporaryError(f"{ref}: {outcome.reason}: {outcome.message}", delay=delay)
+    if status.verdict_of(outcome).phase is status.Phase.STALLED:
+        runtime.events.warn(body, outcome.reason, f"{ref}: {outcome.message}")
+        if outcome.action == REFUSE:
+            raise kopf.PermanentError(f"{ref}: {outcome.reason}: {outcome.message}")
+        raise kopf.TemporaryError(
+            f"{ref}: {outcome.reason}: {outcome.message}", delay=settings.conflict_retry_seconds
+        )
+    announce(runtime, ref, body, outcome)
+    runtime.waiting.forget(ref)
+    if kind.name == "Entitlement":
+        current = (body.get("status") or {}).get("value")
+        runtime.entitlements.track(ref, current if isinstance(current, Mapping) else None)
+    for waiter in runtime.waiting.take(ref):
+        try:
+            await runtime.kube.nudge(
+                _plural(waiter.kind), waiter.namespace, waiter.name, _handler_id(waiter.kind)
+            )
+        except Exception as error:  # a missed nudge only costs the retry delay
+            logger.warning("Could not re-trigger %s after recording %s: %s", waiter, ref, error)
+
+
+def _plural(kind_name: str) -> str:
+    return next(kind.plural for kind in KINDS if kind.name == kind_name)
+
+
+def _handler_id(kind_name: str) -> str:
+    return next(kind.handler_id for kind in KINDS if kind.name == kind_name)
+
+
+def _applies_on_delete(*, spec: kopf.Spec, **_: Any) -> bool:
+    return parsing.deletion_policy(spec) == parsing.APPLY
+
+
+def _orphans_on_delete(*, spec: kopf.Spec, **_: Any) -> bool:
+    return not _applies_on_delete(spec=spec)
+
+
+def register(registry: Any) -> None:
+    """Register every kind's reconcile and delete handlers into ``registry``."""
+    for kind in KINDS:
+        where: dict[str, Any] = {"registry": registry, "param": kind}
+        resource = (GROUP, VERSION, kind.plural)
+        kopf.on.resume(*resource, id=kind.handler_id, **where)(reconcile)
+        kopf.on.create(*resource, id=kind.handler_id, **where)(reconcile)
+        kopf.on.update(*resource, id=kind.handler_id, **where)(reconcile)
+        if kind.has_deletion_policy:
+            # deletionPolicy: Apply holds our finalizer until the ledger ends/voids, or gives up.
+            kopf.on.delete(*resource, id=f"delete-{kind.singular}", when=_applies_on_delete,
+                           **where)(delete)  # fmt: skip
+            kopf.on.delete(*resource, id=f"orphan-{kind.singular}", when=_orphans_on_delete,
+                           optional=True, **where)(delete)  # fmt: skip
+        else:
+            kopf.on.delete(*resource, id=f"forget-{kind.singular}", optional=True,
+                           **where)(delete)  # fmt: skip

@@ -1,0 +1,84 @@
+"""What every handler reaches through Kopf's ``memo``: settings, the ledger, the registries.
+
+Role: one ``Runtime`` built by the startup hook and stored in ``memo``; it runs the ledger's
+synchronous transactions off the event loop with a timeout and translates a stuck or unreachable
+database into ``LedgerUnavailableError``. Also the registry of recorded Entitlements whose
+``status.value`` the refresh loop keeps current.
+
+Must not: hold module-level state; everything lives on the instance built at startup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from allotment.operator.parsing import ObjectRef
+from allotment.operator.ports import KubeApi, LedgerGateway, LedgerUnavailableError, Outcome
+from allotment.operator.settings import OperatorSettings
+from allotment.operator.waiting import WaitingRegistry
+
+MEMO_KEY = "runtime"
+
+
+class EventSink(Protocol):
+    """Where Kubernetes Events go (Kopf's poster in production, a list in tests)."""
+
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        """Post a Normal event about ``body``."""
+
+    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        """Post a Warning event about ``body``."""
+
+
+@dataclass
+class EntitlementIndex:
+    """Recorded Entitlements and the ``status.value`` last written for each."""
+
+    values: dict[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
+
+    def track(self, ref: ObjectRef, current: Mapping[str, Any] | None) -> None:
+        """Keep ``ref`` refreshed, remembering its current value unless already known."""
+        key = (ref.namespace, ref.name)
+        if key not in self.values or self.values[key] is None:
+            self.values[key] = current
+
+    def drop(self, ref: ObjectRef) -> None:
+        """Stop refreshing ``ref``."""
+        self.values.pop((ref.namespace, ref.name), None)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The operator's resources, acquired at startup and released at cleanup."""
+
+    settings: OperatorSettings
+    ledger: LedgerGateway
+    kube: KubeApi
+    events: EventSink
+    clock: Callable[[], datetime]
+    waiting: WaitingRegistry = field(default_factory=WaitingRegistry)
+    entitlements: EntitlementIndex = field(default_factory=EntitlementIndex)
+
+    async def apply(self, obj: Mapping[str, Any], now: datetime) -> Outcome:
+        """Reconcile ``obj`` in the ledger without blocking the event loop."""
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self.ledger.apply, obj, now),
+                timeout=self.settings.ledger_timeout_seconds,
+            )
+        except TimeoutError as error:
+            raise LedgerUnavailableError(
+                f"the ledger did not answer within {self.settings.ledger_timeout_seconds:g}s"
+            ) from error
+
+
+def runtime_of(memo: Mapping[str, Any]) -> Runtime:
+    """Return the runtime the startup hook put into ``memo``."""
+    runtime = memo.get(MEMO_KEY)
+    if not isinstance(runtime, Runtime):
+        raise RuntimeError("the operator's startup hook has not run: no runtime in memo")
+    return runtime

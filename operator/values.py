@@ -1,0 +1,66 @@
+"""One operator-wide loop keeping Entitlements' ``status.value`` current, rate-limited.
+
+Role: every interval, read the values of every recorded Entitlement from the ledger in one read
+transaction and patch ``status.value`` (hasAccess, balance, usage, overage, asOf) only where a
+field a user acts on moved, at most N patches a second. The sidecar remains the answer; this is
+for ``kubectl get ent``.
+
+Must not: compute values (the ledger does) or patch anything but ``status.value``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from allotment.operator import status
+from allotment.operator.kinds import ENTITLEMENT
+from allotment.operator.ports import LedgerUnavailableError
+from allotment.operator.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+async def refresh_once(runtime: Runtime) -> int:
+    """Refresh every tracked Entitlement once; return how many were patched."""
+    index = runtime.entitlements.values
+    refs = sorted(index)
+    if not refs:
+        return 0
+    now = runtime.clock()
+    try:
+        values = await asyncio.wait_for(
+            asyncio.to_thread(runtime.ledger.values, refs, now),
+            timeout=runtime.settings.ledger_timeout_seconds,
+        )
+    except TimeoutError as error:
+        raise LedgerUnavailableError("the ledger did not answer the value refresh") from error
+    pause = 1.0 / runtime.settings.value_patches_per_second
+    patched = 0
+    for ref in refs:
+        new = values.get(ref)
+        if new is None or ref not in index or not status.value_moved(index[ref], new):
+            continue
+        namespace, name = ref
+        await runtime.kube.patch_status(ENTITLEMENT.plural, namespace, name, {"value": dict(new)})
+        index[ref] = new
+        patched += 1
+        await asyncio.sleep(pause)
+    return patched
+
+
+async def refresh_forever(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Run ``refresh_once`` every interval until ``stop`` is set; never crash the operator."""
+    while not stop.is_set():
+        try:
+            patched = await refresh_once(runtime)
+            if patched:
+                logger.info("Refreshed the value of %d Entitlement(s)", patched)
+        except NotImplementedError as error:
+            logger.warning("Not refreshing Entitlement values: %s", error)
+            return
+        except Exception as error:  # keep the loop alive across ledger or API blips
+            logger.warning("Entitlement value refresh failed: %s", error)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=runtime.settings.value_refresh_seconds)
