@@ -196,3 +196,37 @@ class SidecarRoleRow(Base):
 
     role_name: Mapped[str] = mapped_column(String(63), primary_key=True)
     namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH))
+
+
+class CatalogueVersionRow(Base):
+    """One version of a catalogue record's document; versions are only ever appended (D1, D4).
+
+    The current state of a record is its highest version. ``document`` is the read contract's
+    JSON (``codec``), the same text the feed carries to sidecars.
+    """
+
+    __tablename__ = "catalogue_versions"
+    __table_args__ = (Index(None, "namespace", "kind"),)
+
+    resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH))
+    kind: Mapped[str] = mapped_column(String(32))
+    document: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(Instant())
+
+
+class CatalogueKeyRow(Base):
+    """A key claimed by one record in a namespace: keys are unique per namespace (D5).
+
+    ``space`` separates what must be unique: ``feature`` keys, ``customer`` keys and subject
+    keys (one space, so a string names at most one customer), and ``entitlement`` slots
+    (customer key and feature key: one current entitlement per pair).
+    """
+
+    __tablename__ = "catalogue_keys"
+
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH), primary_key=True)
+    space: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(NAME_LENGTH * 2), primary_key=True)
+    resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"))
