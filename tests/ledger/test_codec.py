@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+
 from allotment.ledger.core.model import (
     Aggregation,
     CalendarDuration,
