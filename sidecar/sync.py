@@ -38,8 +38,8 @@ class Follower:
         self,
         settings: SidecarSettings,
         view: View,
-        source: LedgerSource,
         clock: Callable[[], datetime],
+        source: LedgerSource | None = None,
         *,
         on_reload: Callable[[float], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
@@ -75,11 +75,16 @@ class Follower:
                 backoff = min(max(backoff * 2, 0.05), MAX_BACKOFF_SECONDS)
             await self._sleep(backoff)
 
+    def _source(self) -> LedgerSource:
+        if self.source is None:
+            raise RuntimeError("the follower has no ledger source attached")
+        return self.source
+
     async def reload(self) -> None:
         """Load the whole namespace (one bulk query per table) and replace the view."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        loaded = await loop.run_in_executor(None, self.source.load, self.view.namespace)
+        loaded = await loop.run_in_executor(None, self._source().load, self.view.namespace)
         self.view.load(loaded, self.clock())
         elapsed = loop.time() - started
         counts = self.view.counts()
@@ -102,7 +107,7 @@ class Follower:
         loop = asyncio.get_running_loop()
         started = self.clock()
         batch = await loop.run_in_executor(
-            None, self.source.changes_since, self.view.namespace, position, FEED_BATCH_LIMIT
+            None, self._source().changes_since, self.view.namespace, position, FEED_BATCH_LIMIT
         )
         if not self.view.apply(batch, started):
             log.info("Ledger epoch changed from %s to %s: reloading", self.view.epoch, batch.epoch)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from allotment.ledger.core.history import BalanceHistory
 from allotment.ledger.core.model import (
     Aggregation,
     Entitlement,
@@ -32,7 +33,7 @@ from allotment.ledger.core.model import (
     Grant,
 )
 
-from .compute import ValueEngine
+from .compute import HistoryWindow, ValueEngine
 from .source import (
     CONTRACT_VERSIONS,
     Change,
@@ -367,6 +368,20 @@ class View:
 
         grants = tuple(state.grants.get(entitlement.id, {}).values())
         return self.engine.value(entitlement, grants, aggregation, usage, at)
+
+    def history(self, entitlement: Entitlement, window: HistoryWindow) -> BalanceHistory:
+        """Compute a metered entitlement's balance history from memory."""
+        state = self._require()
+        aggregation, series = self._usage_inputs(state, entitlement)
+        if aggregation is None:
+            raise ValueError(f"entitlement {entitlement.id} has no recorded meter")
+        store = state.usage
+
+        def usage(start: datetime, end: datetime, /) -> Decimal:
+            return store.aggregate(aggregation, series, start, end)
+
+        grants = tuple(state.grants.get(entitlement.id, {}).values())
+        return self.engine.history(entitlement, grants, aggregation, usage, window)
 
     def _usage_inputs(
         self, state: _State, entitlement: Entitlement
