@@ -1,0 +1,173 @@
+"""The catalogue store: recorded customers, features, meters, entitlements and grants.
+
+Role: append a new version of a record's document (and the same document to the change feed,
+so sidecars follow it), read the current version of records, and claim keys that must be unique
+per namespace (D5). A record's id is its identity's ULID (``records``), kept for life (D1).
+Versions are only ever appended: an edit, an end, a void or a reset is a new version whose
+document carries the timeline entry (D4); nothing recorded is rewritten.
+
+It must not decide what to record: the reconciliation does. The caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, and_, func, insert, select
+
+from allotment.ledger.storage.codec import Record, decode_record, encode_record
+from allotment.ledger.storage.feed import Change, append
+from allotment.ledger.storage.schema import CatalogueKeyRow, CatalogueVersionRow
+
+__all__ = [
+    "RECORD_CHANGE",
+    "KeyTakenError",
+    "claim_key",
+    "current_records",
+    "find_record",
+    "key_owner",
+    "record_versions",
+    "release_key",
+]
+
+#: The feed entry kind carrying a record document (read contract version 1).
+RECORD_CHANGE = "record"
+
+_VERSIONS: Table = CatalogueVersionRow.__table__  # type: ignore[assignment]
+_KEYS: Table = CatalogueKeyRow.__table__  # type: ignore[assignment]
+
+
+class KeyTakenError(ValueError):
+    """A key is already claimed by another record in the namespace (D5)."""
+
+    def __init__(self, space: str, key: str, owner: str) -> None:
+        super().__init__(f"{space} key {key!r} is already used by record {owner}")
+        self.space = space
+        self.key = key
+        self.owner = owner
+
+
+def _document_text(document: dict[str, Any]) -> str:
+    return json.dumps(document, separators=(",", ":"), sort_keys=True)
+
+
+def record_versions(
+    connection: Connection,
+    namespace: str,
+    records: Sequence[Record],
+    *,
+    recorded_at: datetime,
+) -> list[int]:
+    """Append a new version of each record and its feed entry; return the versions written.
+
+    Appending a document equal to the current one writes nothing and returns the current
+    version, so a retried reconciliation is idempotent.
+    """
+    versions: list[int] = []
+    changes: list[Change] = []
+    for record in records:
+        document = encode_record(record)
+        text = _document_text(document)
+        current = connection.execute(
+            select(_VERSIONS.c.version, _VERSIONS.c.document)
+            .where(_VERSIONS.c.resource_id == record.id)
+            .order_by(_VERSIONS.c.version.desc())
+            .limit(1)
+        ).one_or_none()
+        if current is not None and current.document == text:
+            versions.append(current.version)
+            continue
+        version = 1 if current is None else current.version + 1
+        connection.execute(
+            insert(_VERSIONS).values(
+                resource_id=record.id,
+                version=version,
+                namespace=namespace,
+                kind=document["kind"],
+                document=text,
+                recorded_at=recorded_at,
+            )
+        )
+        versions.append(version)
+        changes.append(Change(RECORD_CHANGE, document))
+    append(connection, namespace, changes, recorded_at=recorded_at)
+    return versions
+
+
+def _latest(namespace: str) -> Any:
+    latest = (
+        select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version"))
+        .where(_VERSIONS.c.namespace == namespace)
+        .group_by(_VERSIONS.c.resource_id)
+        .subquery()
+    )
+    return select(_VERSIONS.c.document, _VERSIONS.c.version, _VERSIONS.c.recorded_at).join(
+        latest,
+        and_(
+            _VERSIONS.c.resource_id == latest.c.resource_id,
+            _VERSIONS.c.version == latest.c.version,
+        ),
+    )
+
+
+def current_records(
+    connection: Connection, namespace: str, kinds: Iterable[str] | None = None
+) -> list[Record]:
+    """Return the current version of every record in ``namespace`` (optionally of some kinds)."""
+    query = _latest(namespace)
+    if kinds is not None:
+        query = query.where(_VERSIONS.c.kind.in_(list(kinds)))
+    rows = connection.execute(query.order_by(_VERSIONS.c.resource_id))
+    return [decode_record(json.loads(row.document)) for row in rows]
+
+
+def find_record(connection: Connection, record_id: str) -> Record | None:
+    """Return the current version of one record, or None when it was never recorded."""
+    row = connection.execute(
+        select(_VERSIONS.c.document)
+        .where(_VERSIONS.c.resource_id == record_id)
+        .order_by(_VERSIONS.c.version.desc())
+        .limit(1)
+    ).one_or_none()
+    return None if row is None else decode_record(json.loads(row.document))
+
+
+def key_owner(connection: Connection, namespace: str, space: str, key: str) -> str | None:
+    """Return the id of the record holding ``key`` in ``space``, if any."""
+    owner: str | None = connection.execute(
+        select(_KEYS.c.resource_id).where(
+            _KEYS.c.namespace == namespace, _KEYS.c.space == space, _KEYS.c.key == key
+        )
+    ).scalar_one_or_none()
+    return owner
+
+
+def claim_key(connection: Connection, namespace: str, space: str, key: str, owner: str) -> None:
+    """Claim ``key`` for ``owner``; claiming one's own key again is a no-op.
+
+    Raises ``KeyTakenError`` when another record holds it. The primary key makes a concurrent
+    second claim fail in the database too.
+    """
+    held = key_owner(connection, namespace, space, key)
+    if held == owner:
+        return
+    if held is not None:
+        raise KeyTakenError(space, key, held)
+    connection.execute(
+        insert(_KEYS).values(namespace=namespace, space=space, key=key, resource_id=owner)
+    )
+
+
+def release_key(connection: Connection, namespace: str, space: str, key: str, owner: str) -> None:
+    """Release ``key`` if ``owner`` holds it (an ended entitlement frees its slot)."""
+    connection.execute(
+        _KEYS.delete().where(
+            _KEYS.c.namespace == namespace,
+            _KEYS.c.space == space,
+            _KEYS.c.key == key,
+            _KEYS.c.resource_id == owner,
+        )
+    )
