@@ -12,8 +12,9 @@ import os
 import sys
 from typing import Any
 
-from allotment.ledger.storage import migrate
 from sqlalchemy.engine import make_url
+
+from allotment.ledger.storage import migrate
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection, Table, insert, select, text, update
+
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import FeedEntryRow, LedgerStateRow
-from sqlalchemy import Connection, Table, insert, select, text, update
 
 CONTRACT_VERSION = 1
 SUPPORTED_CONTRACT_VERSIONS = frozenset({CONTRACT_VERSION})

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection, Table, insert, select
+
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import ResourceRevisionRow, ResourceRow
-from sqlalchemy import Connection, Table, insert, select
 
 _RESOURCES: Table = ResourceRow.__table__  # type: ignore[assignment]
 _REVISIONS: Table = ResourceRevisionRow.__table__  # type: ignore[assignment]

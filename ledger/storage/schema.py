@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from allotment.ledger.storage.types import Amount, Instant
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -29,6 +28,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from allotment.ledger.storage.types import Amount, Instant
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

@@ -24,18 +24,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
-from allotment.ledger.core.timeutil import format_rfc3339, truncate_to_minute
-from allotment.ledger.storage import feed, records
-from allotment.ledger.storage.jsonpath import MISSING, JsonPath, compile_path
-from allotment.ledger.storage.schema import (
-    MeterGroupByRow,
-    MeterRow,
-    UsageBucketRow,
-    UsageBucketValueRow,
-    UsageEventRow,
-)
-from allotment.ledger.storage.types import format_amount
 from sqlalchemy import (
     Connection,
     Table,
@@ -51,6 +39,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
+from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339, truncate_to_minute
+from allotment.ledger.storage import feed, records
+from allotment.ledger.storage.jsonpath import MISSING, JsonPath, compile_path
+from allotment.ledger.storage.schema import (
+    MeterGroupByRow,
+    MeterRow,
+    UsageBucketRow,
+    UsageBucketValueRow,
+    UsageEventRow,
+)
+from allotment.ledger.storage.types import format_amount
 
 DEFAULT_HORIZON = timedelta(days=32)
 METER_KIND = "Meter"
@@ -106,6 +107,55 @@ class IngestOutcome:
     duplicates: int
     uncounted: tuple[Uncounted, ...]
     feed_position: int | None
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """The absolute contents of one bucket, as the feed and a namespace load carry them."""
+
+    meter_id: str
+    meter_slug: str
+    subject: str
+    groups: tuple[tuple[str, str], ...]
+    minute: datetime
+    event_count: int
+    value_sum: Decimal
+    latest_time: datetime | None = None
+    latest_value: Decimal | None = None
+    distinct: frozenset[str] = frozenset()
+
+    def to_payload(self) -> dict[str, Any]:
+        """Return the read-contract JSON of this bucket."""
+        return {
+            "meterId": self.meter_id,
+            "meter": self.meter_slug,
+            "subject": self.subject,
+            "groups": dict(self.groups),
+            "minute": format_rfc3339(self.minute),
+            "eventCount": self.event_count,
+            "valueSum": format_amount(self.value_sum),
+            "latestTime": None if self.latest_time is None else format_rfc3339(self.latest_time),
+            "latestValue": None if self.latest_value is None else format_amount(self.latest_value),
+            "distinct": sorted(self.distinct),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> BucketState:
+        """Read a bucket from its read-contract JSON."""
+        latest_time = payload.get("latestTime")
+        latest_value = payload.get("latestValue")
+        return cls(
+            meter_id=payload["meterId"],
+            meter_slug=payload["meter"],
+            subject=payload["subject"],
+            groups=tuple(sorted(payload["groups"].items())),
+            minute=parse_rfc3339(payload["minute"]),
+            event_count=int(payload["eventCount"]),
+            value_sum=Decimal(payload["valueSum"]),
+            latest_time=None if latest_time is None else parse_rfc3339(latest_time),
+            latest_value=None if latest_value is None else Decimal(latest_value),
+            distinct=frozenset(payload["distinct"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -526,15 +576,20 @@ def _backfill(
 def _apply_deltas(
     connection: Connection, namespace: str, deltas: Mapping[_Key, _Delta]
 ) -> list[feed.Change]:
-    """Add ``deltas`` to their buckets and return the feed change describing the increments."""
+    """Add ``deltas`` to their buckets; return the feed change with the buckets' new contents.
+
+    The feed carries absolute bucket states, not increments: a reader applying one twice, or
+    after its own local ingestion, never counts twice. Bucket rows stay locked until commit and
+    positions follow commit order, so a later position always holds the later state.
+    """
     if not deltas:
         return []
     keys = sorted(deltas)  # one lock order for every writer
     if connection.dialect.name == "postgresql":
-        ids = _upsert_buckets_postgresql(connection, namespace, keys, deltas)
+        stored = _upsert_buckets_postgresql(connection, namespace, keys, deltas)
     else:
-        ids = _upsert_buckets_sqlite(connection, namespace, keys, deltas)
-    added_distinct = _add_distinct(connection, namespace, ids, deltas)
+        stored = _upsert_buckets_sqlite(connection, namespace, keys, deltas)
+    distinct = _add_distinct(connection, namespace, stored, deltas)
     slugs: dict[str, str] = {
         row.id: row.slug
         for row in connection.execute(
@@ -543,29 +598,34 @@ def _apply_deltas(
             )
         )
     }
-    increments = []
+    states = []
     for key in keys:
-        delta = deltas[key]
         meter_id, subject, groups, minute = key
-        increments.append(
-            {
-                "meterId": meter_id,
-                "meter": slugs[meter_id],
-                "subject": subject,
-                "groups": json.loads(groups),
-                "minute": format_rfc3339(minute),
-                "count": delta.count,
-                "sum": format_amount(delta.total),
-                "latest": None
-                if delta.latest is None
-                else {
-                    "time": format_rfc3339(delta.latest[0]),
-                    "value": format_amount(delta.latest[1]),
-                },
-                "distinct": sorted(added_distinct.get(ids[key], ())),
-            }
+        row = stored[key]
+        states.append(
+            BucketState(
+                meter_id=meter_id,
+                meter_slug=slugs[meter_id],
+                subject=subject,
+                groups=tuple(sorted(json.loads(groups).items())),
+                minute=minute,
+                event_count=row.event_count,
+                value_sum=row.value_sum,
+                latest_time=row.latest_time,
+                latest_value=row.latest_value,
+                distinct=frozenset(distinct.get(row.id, ())),
+            ).to_payload()
         )
-    return [feed.Change(USAGE_CHANGE, {"buckets": increments})]
+    return [feed.Change(USAGE_CHANGE, {"buckets": states})]
+
+
+@dataclass(frozen=True)
+class _Stored:
+    id: int
+    event_count: int
+    value_sum: Decimal
+    latest_time: datetime | None
+    latest_value: Decimal | None
 
 
 def _bucket_row(namespace: str, key: _Key, delta: _Delta) -> dict[str, Any]:
@@ -583,10 +643,14 @@ def _bucket_row(namespace: str, key: _Key, delta: _Delta) -> dict[str, Any]:
     }
 
 
+def _stored(row: Any) -> _Stored:
+    return _Stored(row.id, row.event_count, row.value_sum, row.latest_time, row.latest_value)
+
+
 def _upsert_buckets_postgresql(
     connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
-) -> dict[_Key, int]:
-    ids: dict[_Key, int] = {}
+) -> dict[_Key, _Stored]:
+    stored: dict[_Key, _Stored] = {}
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         statement = pg_insert(_BUCKETS).values(
@@ -605,23 +669,17 @@ def _upsert_buckets_postgresql(
                 "latest_time": case((newer, excluded.latest_time), else_=_BUCKETS.c.latest_time),
                 "latest_value": case((newer, excluded.latest_value), else_=_BUCKETS.c.latest_value),
             },
-        ).returning(
-            _BUCKETS.c.id,
-            _BUCKETS.c.meter_id,
-            _BUCKETS.c.subject,
-            _BUCKETS.c.group_key,
-            _BUCKETS.c.minute,
-        )
+        ).returning(*_BUCKETS.c)
         for row in connection.execute(upsert):
-            ids[(row.meter_id, row.subject, row.group_key, row.minute)] = row.id
-    return ids
+            stored[(row.meter_id, row.subject, row.group_key, row.minute)] = _stored(row)
+    return stored
 
 
 def _upsert_buckets_sqlite(
     connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
-) -> dict[_Key, int]:
+) -> dict[_Key, _Stored]:
     """Read, add and write in Python: amounts are exact text, and SQLite has one writer."""
-    ids: dict[_Key, int] = {}
+    stored: dict[_Key, _Stored] = {}
     existing: dict[_Key, Any] = {}
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
@@ -643,10 +701,16 @@ def _upsert_buckets_sqlite(
             new_keys.append(key)
             continue
         delta = deltas[key]
-        ids[key] = found.id
         latest_time, latest_value = found.latest_time, found.latest_value
         if delta.latest is not None and (latest_time is None or delta.latest[0] > latest_time):
             latest_time, latest_value = delta.latest
+        stored[key] = _Stored(
+            found.id,
+            found.event_count + delta.count,
+            found.value_sum + delta.total,
+            latest_time,
+            latest_value,
+        )
         updates.append(
             {
                 "bucket_id": found.id,
@@ -673,42 +737,47 @@ def _upsert_buckets_sqlite(
         statement = (
             insert(_BUCKETS)
             .values([_bucket_row(namespace, k, deltas[k]) for k in chunk])
-            .returning(
-                _BUCKETS.c.id,
-                _BUCKETS.c.meter_id,
-                _BUCKETS.c.subject,
-                _BUCKETS.c.group_key,
-                _BUCKETS.c.minute,
-            )
+            .returning(*_BUCKETS.c)
         )
         for row in connection.execute(statement):
-            ids[(row.meter_id, row.subject, row.group_key, row.minute)] = row.id
-    return ids
+            stored[(row.meter_id, row.subject, row.group_key, row.minute)] = _stored(row)
+    return stored
 
 
 def _add_distinct(
     connection: Connection,
     namespace: str,
-    ids: Mapping[_Key, int],
+    stored: Mapping[_Key, _Stored],
     deltas: Mapping[_Key, _Delta],
 ) -> dict[int, set[str]]:
-    """Insert the minutes' distinct values; return those not already in their bucket."""
+    """Insert the minutes' distinct values; return each touched bucket's full set of values."""
     rows = [
-        {"bucket_id": ids[key], "value": value, "namespace": namespace}
+        {"bucket_id": stored[key].id, "value": value, "namespace": namespace}
         for key in sorted(deltas)
         for value in sorted(deltas[key].distinct)
     ]
-    added: dict[int, set[str]] = defaultdict(set)
+    if not rows:
+        return {}
     for start in range(0, len(rows), _CHUNK):
         statement = (
             _dialect_insert(connection, _VALUES)
             .values(rows[start : start + _CHUNK])
             .on_conflict_do_nothing(index_elements=["bucket_id", "value"])
-            .returning(_VALUES.c.bucket_id, _VALUES.c.value)
         )
-        for row in connection.execute(statement):
-            added[row.bucket_id].add(row.value)
-    return added
+        connection.execute(statement)
+    return _distinct_values(connection, sorted({row["bucket_id"] for row in rows}))
+
+
+def _distinct_values(connection: Connection, bucket_ids: Sequence[int]) -> dict[int, set[str]]:
+    values: dict[int, set[str]] = defaultdict(set)
+    for start in range(0, len(bucket_ids), _CHUNK):
+        for row in connection.execute(
+            select(_VALUES.c.bucket_id, _VALUES.c.value).where(
+                _VALUES.c.bucket_id.in_(bucket_ids[start : start + _CHUNK])
+            )
+        ):
+            values[row.bucket_id].add(row.value)
+    return values
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -750,16 +819,9 @@ def read_buckets(
     matching = [
         row for row in rows if all(json.loads(row.group_key).get(k) == v for k, v in wanted.items())
     ]
-    distinct: dict[int, set[str]] = defaultdict(set)
+    distinct: Mapping[int, set[str]] = {}
     if aggregation is Aggregation.UNIQUE_COUNT and matching:
-        bucket_ids = [row.id for row in matching]
-        for start_at in range(0, len(bucket_ids), _CHUNK):
-            for value in connection.execute(
-                select(_VALUES.c.bucket_id, _VALUES.c.value).where(
-                    _VALUES.c.bucket_id.in_(bucket_ids[start_at : start_at + _CHUNK])
-                )
-            ):
-                distinct[value.bucket_id].add(value.value)
+        distinct = defaultdict(set, _distinct_values(connection, [row.id for row in matching]))
     minutes: dict[datetime, list[Any]] = defaultdict(list)
     for row in matching:
         minutes[row.minute].append(row)

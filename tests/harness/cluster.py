@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -35,7 +36,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +53,7 @@ READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 15.0
 REAP_TIMEOUT_S = 15.0
 ADMIN_USER = "allotment-admin"
+PR_SET_PDEATHSIG = 1
 
 
 class ControlPlaneError(RuntimeError):
@@ -119,8 +121,27 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` asking Linux to SIGKILL the child when this process dies.
+
+    Used by the test fixture, so a pytest killed by a CI timeout leaves no apiserver behind.
+    SIGKILL, not SIGTERM: both servers get the signal at once, and a kube-apiserver shutting down
+    gracefully while its etcd goes away hangs (seen: still running a minute later). The libc
+    function is looked up before forking; the child only calls it.
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return arm
+
+
 def _spawn(
-    name: str, args: Sequence[str], log: Path
+    name: str, args: Sequence[str], log: Path, *, tie_to_parent: bool = False
 ) -> tuple[ProcessRecord, subprocess.Popen[bytes]]:
     """Start ``args`` as the leader of a new session (hence its own process group)."""
     with log.open("ab") as sink:
@@ -131,6 +152,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=log.parent,
+            preexec_fn=_die_with_parent() if tie_to_parent else None,
         )
     stat = _proc_stat(proc.pid)
     if stat is None:
@@ -160,10 +182,11 @@ def _stop_group(record: ProcessRecord, popen: subprocess.Popen[bytes] | None) ->
             os.killpg(record.pid, sig)
         if _wait_gone(record, popen, grace):
             break
-    # The leader is gone; take down anything left in its group (there should be nothing).
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(record.pid, signal.SIGKILL)
     if popen is not None:
+        # Our unreaped child still holds the PID, so the group id cannot have been reused: take
+        # down anything left in the group (there should be nothing), then reap.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(record.pid, signal.SIGKILL)
         popen.wait()
 
 
@@ -197,6 +220,28 @@ def _wait_http(
     raise ControlPlaneError(
         f"{record.name} not ready at {url} after {timeout:.0f}s (last: {last}):\n{_tail(record.log)}"
     )
+
+
+STATE_ENTRIES = (
+    "etcd-data",
+    "pki",
+    "etcd.log",
+    "kube-apiserver.log",
+    "tokens.csv",
+    "kubeconfig",
+    STATE_FILE,
+)
+
+
+def _clear_state(state_dir: Path) -> None:
+    """Remove what an earlier run left in ``state_dir`` (only the entries the harness writes)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for name in STATE_ENTRIES:
+        path = state_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _etcd_supports(etcd: Path, flag: str) -> bool:
@@ -272,8 +317,13 @@ class ControlPlane:
         kubeconfig: Path | None = None,
         binaries: Binaries | None = None,
         build: bool = False,
+        tie_to_parent: bool = False,
     ) -> ControlPlane:
-        """Start etcd and kube-apiserver with state in ``state_dir`` (must not hold a running one)."""
+        """Start etcd and kube-apiserver with state in ``state_dir`` (must not hold a running one).
+
+        ``tie_to_parent``: the servers get SIGKILL when the calling process dies (for test
+        sessions); without it they outlive the caller (for ``up``) until ``stop()``/``down``.
+        """
         bins = binaries if binaries is not None else cluster_build.resolve(build=build)
         state_dir = state_dir.resolve()
         existing = state_dir / STATE_FILE
@@ -281,9 +331,7 @@ class ControlPlane:
             previous = cls.attach(state_dir)
             if previous is not None and any(p.alive() for p in previous.processes):
                 raise ControlPlaneError(f"a control plane is already running from {state_dir}")
-        if state_dir.exists():
-            shutil.rmtree(state_dir)
-        state_dir.mkdir(parents=True)
+        _clear_state(state_dir)
         kubeconfig = (kubeconfig or state_dir / "kubeconfig").resolve()
 
         pki = state_dir / "pki"
@@ -321,7 +369,9 @@ class ControlPlane:
             ]
             if _etcd_supports(bins.etcd, "--unsafe-no-fsync"):
                 etcd_args.append("--unsafe-no-fsync")
-            rec, pop = _spawn("etcd", etcd_args, state_dir / "etcd.log")
+            rec, pop = _spawn(
+                "etcd", etcd_args, state_dir / "etcd.log", tie_to_parent=tie_to_parent
+            )
             records.append(rec)
             popens.append(pop)
             _wait_http(f"{etcd_url}/health", context=None, headers={}, record=rec, expect='"true"')
@@ -348,7 +398,12 @@ class ControlPlane:
                 "--profiling=false",
                 "--v=1",
             ]
-            rec, pop = _spawn("kube-apiserver", api_args, state_dir / "kube-apiserver.log")
+            rec, pop = _spawn(
+                "kube-apiserver",
+                api_args,
+                state_dir / "kube-apiserver.log",
+                tie_to_parent=tie_to_parent,
+            )
             records.append(rec)
             popens.append(pop)
             context = ssl.create_default_context(cafile=str(ca.cert))

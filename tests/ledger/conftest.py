@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
 

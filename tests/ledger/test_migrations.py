@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import (
     SchemaMismatchError,

@@ -8,8 +8,9 @@ not read the environment: the URL comes from the command line through the config
 from __future__ import annotations
 
 from alembic import context
-from allotment.ledger.storage.schema import Base
 from sqlalchemy import Connection, create_engine
+
+from allotment.ledger.storage.schema import Base
 
 
 def _run(connection: Connection) -> None:
