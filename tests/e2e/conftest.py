@@ -36,7 +36,7 @@ HOW_TO_GET = (
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     state_dir = tmp_path_factory.mktemp("control-plane")
     try:
-        plane = ControlPlane.start(state_dir, build=BUILD_ON_DEMAND)
+        plane = ControlPlane.start(state_dir, build=BUILD_ON_DEMAND, tie_to_parent=True)
     except (BinariesUnavailable, ControlPlaneError, TLSError) as exc:
         message = f"e2e: no control plane: {exc}"
         if IN_CI:
