@@ -16,7 +16,6 @@ from allotment.ledger.core.periods import (
     edit_preserve_overage,
     edit_soft_limit,
 )
-
 from tests.core.factory import D, T, grant, metered, value
 
 JAN = metered("2024-01-01T00:00")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import pytest
+
 from allotment.ledger.core.engine import burn, run
 from allotment.ledger.core.grants import with_default_grants
 from allotment.ledger.core.model import (
@@ -16,7 +17,6 @@ from allotment.ledger.core.model import (
     UsageBucket,
 )
 from allotment.ledger.core.usage import MinuteSeries
-
 from tests.core.factory import D, T, grant, metered, series, value
 
 DAY = ExpirationUnit.DAY

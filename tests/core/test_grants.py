@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from allotment.ledger.core.grants import (
     active_end,
     burn_order,
@@ -16,7 +17,6 @@ from allotment.ledger.core.grants import (
 )
 from allotment.ledger.core.model import Expiration, ExpirationUnit, IssueAfterReset
 from allotment.ledger.core.periods import edit_issue_after_reset
-
 from tests.core.factory import D, T, grant, metered
 
 H, DAY, WEEK, MONTH, YEAR = (

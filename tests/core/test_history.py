@@ -5,10 +5,10 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from allotment.ledger.core.grants import default_grants
 from allotment.ledger.core.history import HistoryError, WindowSize, balance_history
 from allotment.ledger.core.model import Aggregation
-
 from tests.core.factory import D, T, grant, metered, series
 
 JAN = metered("2024-01-01T00:00")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from allotment.ledger.core.model import Consistency, Feature, Versioned, WhenStale, value_at
 from allotment.ledger.core.ulid import derived_ulid, is_ulid, new_ulid
-
 from tests.core.factory import T, grant
 
 

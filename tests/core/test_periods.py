@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 
 import pytest
+
 from allotment.ledger.core.model import (
     CalendarDuration,
     EntitlementReset,
@@ -31,7 +32,6 @@ from allotment.ledger.core.periods import (
     recurrence_instant,
     reset_times,
 )
-
 from tests.core.factory import D, T, metered
 
 MONTHLY_JAN31 = Recurrence(CalendarDuration.parse("MONTH"), T("2025-01-31T15:00"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+
 from allotment.ledger.core.timeutil import (
     add_months_clamped,
     add_months_overflow,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from allotment.ledger.core.model import Aggregation, Customer, UsageBucket
 from allotment.ledger.core.usage import MinuteSeries
-
 from tests.core.factory import D, T
 
 BUCKETS = [

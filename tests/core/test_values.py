@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+
 from allotment.ledger.core.model import EntitlementType, ExpirationUnit, Grant
 from allotment.ledger.core.periods import edit_soft_limit
 from allotment.ledger.core.values import entitlement_value
-
 from tests.core.factory import D, T, grant, metered, value
 
 JAN = metered("2024-01-01T00:00")
