@@ -110,6 +110,10 @@ def balance_history(
             f"from {format_rfc3339(start)} cannot be before {format_rfc3339(measure_from)}"
         )
     end = ceil_to_minute(end)
+    if end < start:
+        raise HistoryError(
+            f"to {format_rfc3339(end)} cannot be before from {format_rfc3339(start)}"
+        )
     all_grants = (
         with_default_grants(entitlement, grants) if include_default_grants else tuple(grants)
     )

@@ -64,6 +64,25 @@ def metered_valid_until(
     return _earliest(candidates, at)
 
 
+def _before_measurement(
+    entitlement: Entitlement, grants: tuple[Grant, ...], t: datetime
+) -> EntitlementValue:
+    """Value before measureUsageFrom: nothing is measured, active grants hold their amount."""
+    ordered = sorted(grants, key=lambda g: g.id)
+    active = {g.id: g.amount for g in ordered if grant_is_active_at(g, t)}
+    balance = sum(active.values(), ZERO)
+    return EntitlementValue(
+        at=t,
+        has_access=entitlement.soft_limit_at(t) or balance > 0,
+        valid_until=metered_valid_until(entitlement, grants, t),
+        balance=balance,
+        usage=ZERO,
+        overage=ZERO,
+        total_available_grant_amount=balance,
+        grant_balances=active,
+    )
+
+
 def entitlement_value(
     entitlement: Entitlement,
     at: datetime,
@@ -98,13 +117,15 @@ def entitlement_value(
         if include_default_grants
         else tuple(g for g in grants if g.amount >= 0)
     )
+    measure_from = entitlement.measure_usage_from or t
+    if t < measure_from:
+        return _before_measurement(entitlement, all_grants, t)
     result = run(entitlement, all_grants, aggregation, usage, t, start=start)
     snapshot = result.snapshot
     active = {g.id for g in all_grants if grant_is_active_at(g, t)}
     grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active}
     balance = sum(grant_balances.values(), ZERO)
     soft = entitlement.soft_limit_at(t)
-    measure_from = entitlement.measure_usage_from or t
     horizon = relevant_grants(all_grants, max(t, measure_from), t)
     later = [g for g in all_grants if g.effective_at > t]
     return EntitlementValue(
