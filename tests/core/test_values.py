@@ -159,7 +159,7 @@ def test_usage_is_counted_from_the_current_period_start() -> None:
 
 
 def test_before_measure_usage_from_nothing_is_burnt() -> None:
-    ent = metered("2024-01-10T00:00")
+    ent = replace(metered("2024-01-10T00:00"), created_at=T("2024-01-01T00:00"))
     result = value(
         ent, "2024-01-05T00:00", [grant("g", 100, "2024-01-01T00:00")], {"2024-01-04T00:00": 30}
     )
