@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+
 from allotment.ledger.core.model import (
     Aggregation,
     CalendarDuration,
