@@ -119,6 +119,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
 def build_registry() -> Any:
     """Return a Kopf registry with every allotment handler, hook and webhook."""
     registry = kopf.OperatorRegistry()
+    # In-cluster service account, else the kubeconfig: the same loader as kube.py's client.
+    kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
     kopf.on.startup(id="configure", registry=registry)(configure)
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
     handlers.register(registry)
