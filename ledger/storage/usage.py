@@ -765,7 +765,9 @@ def _add_distinct(
             .on_conflict_do_nothing(index_elements=["bucket_id", "value"])
         )
         connection.execute(statement)
-    return _distinct_values(connection, sorted({row["bucket_id"] for row in rows}))
+    return _distinct_values(
+        connection, sorted({stored[key].id for key in deltas if deltas[key].distinct})
+    )
 
 
 def _distinct_values(connection: Connection, bucket_ids: Sequence[int]) -> dict[int, set[str]]:

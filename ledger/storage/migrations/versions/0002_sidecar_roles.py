@@ -25,7 +25,7 @@ FEED_LOCK_KEY = 0x616C666565  # "alfee"
 GROUP = "allotment_sidecar"
 # Tables carrying a namespace column: a sidecar sees only its namespace's rows.
 NAMESPACED = ("resources", "meters", "usage_events", "usage_buckets", "usage_bucket_values", "feed")
-READ = ("ledger_state", "resources", "meters", "meter_group_by", "usage_buckets",
+READ = ("alembic_version", "ledger_state", "resources", "meters", "meter_group_by", "usage_buckets",
         "usage_bucket_values", "usage_events", "feed")
 INSERT = ("usage_events", "usage_buckets", "usage_bucket_values", "feed")
 
@@ -58,7 +58,7 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE FUNCTION allotment_sidecar_namespace() RETURNS text
-        LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
+        LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
             SELECT namespace FROM sidecar_roles WHERE role_name = current_user
         $$
         """
@@ -71,6 +71,12 @@ def upgrade() -> None:
             END IF;
         END $$
         """
+    )
+    # The calling role reads its own mapping row, and only that one.
+    op.execute(f"GRANT SELECT ON sidecar_roles TO {GROUP}")
+    op.execute("ALTER TABLE sidecar_roles ENABLE ROW LEVEL SECURITY")
+    op.execute(
+        f"CREATE POLICY own_role ON sidecar_roles TO {GROUP} USING (role_name = current_user)"
     )
     op.execute("REVOKE ALL ON FUNCTION allotment_allocate_feed_positions(integer) FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION allotment_allocate_feed_positions(integer) TO {GROUP}")
@@ -103,6 +109,8 @@ def downgrade() -> None:
             op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
         op.execute(f"REVOKE ALL ON {', '.join(READ)} FROM {GROUP}")
         op.execute(f"REVOKE ALL ON SEQUENCE usage_events_id_seq, usage_buckets_id_seq FROM {GROUP}")
+        op.execute("DROP POLICY own_role ON sidecar_roles")
+        op.execute(f"REVOKE ALL ON sidecar_roles FROM {GROUP}")
         op.execute("DROP FUNCTION allotment_sidecar_namespace()")
         op.execute("DROP FUNCTION allotment_allocate_feed_positions(integer)")
     op.drop_table("sidecar_roles")
