@@ -231,3 +231,23 @@ class CatalogueKeyRow(Base):
     space: Mapped[str] = mapped_column(String(32), primary_key=True)
     key: Mapped[str] = mapped_column(String(NAME_LENGTH * 2), primary_key=True)
     resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"))
+
+
+class ReconcileLogRow(Base):
+    """What the reconciliation did to a record, in order: only ever appended (D1, D2, D3).
+
+    ``action`` is ``applied`` (``spec`` is the spec as written for ``generation``), ``seen``
+    (the instant a new generation was first seen: every retry edits at that instant) or
+    ``deleted`` (the object is gone and the record orphaned, or ended/voided, under D3).
+    """
+
+    __tablename__ = "reconcile_log"
+    __table_args__ = (Index(None, "resource_id", "id"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    resource_id: Mapped[str] = mapped_column(ForeignKey("resources.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    uid: Mapped[str | None] = mapped_column(String(64))
+    generation: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(Instant())
+    spec: Mapped[str | None] = mapped_column(Text)
