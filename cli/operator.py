@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         run_operator(settings_from(args))
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # Kopf's ActivityError: a startup hook refused (schema, ledger)
+        reason = error.__cause__ if error.__cause__ is not None else error
+        print(f"allotment operator: could not start: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

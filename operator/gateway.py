@@ -87,12 +87,16 @@ class SqlLedgerGateway:
 
 def open_gateway(url: str) -> SqlLedgerGateway:
     """Open the ledger at ``url``; raise ``SchemaMismatchError`` or ``GatewayUnavailableError``."""
+    ledger = open_ledger(url)
     try:
         glue = importlib.import_module(APPLY_MODULE)
+        apply = getattr(glue, "apply_resource", None)
+        if apply is None:
+            raise GatewayUnavailableError(f"{APPLY_MODULE} has no apply_resource()")
     except ModuleNotFoundError as error:
+        ledger.dispose()
         raise GatewayUnavailableError(f"{APPLY_MODULE} is missing from this build") from error
-    apply = getattr(glue, "apply_resource", None)
-    if apply is None:
-        raise GatewayUnavailableError(f"{APPLY_MODULE} has no apply_resource()")
-    ledger = open_ledger(url)
+    except BaseException:
+        ledger.dispose()
+        raise
     return SqlLedgerGateway(ledger, apply, getattr(glue, "entitlement_values", None))
