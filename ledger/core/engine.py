@@ -168,10 +168,15 @@ class _Replay:
         self.record = record
         self.at = start.at
         self.period_start = start.period_start
+        self.windows = {g.id: (g.effective_at, active_end(g)) for g in grants}
         self.balances: dict[str, Decimal] = dict(start.balances)
+        tracked = set(self.windows)
+        for gid in self.balances:
+            if gid not in tracked:
+                self.balances[gid] = ZERO  # never active again: nothing left to burn
         for grant in grants:
             if grant.id not in self.balances:
-                active = grant_is_active_at(grant, start.at)
+                active = self.is_active(grant, start.at)
                 self.balances[grant.id] = grant.amount if active else ZERO
         self.overage = start.overage
         self.usage = start.usage
@@ -181,8 +186,12 @@ class _Replay:
 
     # -- helpers --
 
+    def is_active(self, grant: Grant, instant: datetime) -> bool:
+        effective, end = self.windows[grant.id]
+        return effective <= instant and (end is None or instant < end)
+
     def active_at(self, instant: datetime) -> list[Grant]:
-        return [g for g in self.grants if grant_is_active_at(g, instant)]
+        return [g for g in self.grants if self.is_active(g, instant)]
 
     def _burn(self, ordered: Sequence[Grant], extra: Decimal) -> dict[str, Decimal]:
         self.overage, used = burn(self.balances, ordered, extra + self.overage)
@@ -276,13 +285,13 @@ class _Replay:
     def apply(self, instant: datetime, is_reset: bool, refills: set[str]) -> None:
         """Apply everything that happens at ``instant``, then settle."""
         for grant in self.grants:
-            if not grant_is_active_at(grant, instant):
+            if not self.is_active(grant, instant):
                 self.balances[grant.id] = ZERO
         if is_reset:
             self.reset(instant)
         for grant in self.grants:
             starts = grant.id in refills or grant.effective_at == instant
-            if starts and grant_is_active_at(grant, instant):
+            if starts and self.is_active(grant, instant):
                 self.balances[grant.id] = grant.amount
         self.settle(instant)
         self.at = instant
@@ -331,9 +340,7 @@ def run(
     if until < start.at:
         raise ValueError(f"until {until.isoformat()} is before the start {start.at.isoformat()}")
     chosen = relevant_grants(all_grants, start.at, until)
-    chosen_ids = {g.id for g in chosen}
-    extra = tuple(g for g in all_grants if g.id in start.balances and g.id not in chosen_ids)
-    replay = _Replay(entitlement, burn_order((*chosen, *extra)), aggregation, usage, start, record)
+    replay = _Replay(entitlement, chosen, aggregation, usage, start, record)
     if fresh:
         replay.period_start = current_period(entitlement.usage_period, measure_from).start
         replay.settle(start.at)
