@@ -41,6 +41,7 @@ __all__ = [
     "entry_at",
     "is_reset_instant",
     "last_reset",
+    "last_reset_at",
     "new_usage_period",
     "next_after",
     "next_reset_after",
@@ -226,8 +227,20 @@ def preserve_overage_for_reset(entitlement: Entitlement, at: datetime) -> bool:
     return entitlement.preserve_overage_at(at)
 
 
+def last_reset_at(entitlement: Entitlement, now: datetime) -> datetime:
+    """Return the newest reset at or before ``now``, manual or programmatic.
+
+    This is what OpenMeter's ``lastReset`` shows once its background job has persisted the
+    programmatic boundaries (spec §5.3, §12.7): the start of the current usage period.
+    """
+    return current_period(entitlement.usage_period, require_utc(now)).start
+
+
 def last_reset(entitlement: Entitlement) -> datetime:
-    """Return the newest manual reset, or measureUsageFrom when there is none (spec §4.3)."""
+    """Return the newest manual reset, or measureUsageFrom when there is none (spec §4.3).
+
+    Resets at or before it are no-ops (NOTHING_TO_RESET).
+    """
     resets = [e.start for e in entitlement.usage_period if e.source is PeriodSource.RESET]
     if resets:
         return max(resets)
@@ -263,6 +276,10 @@ def apply_reset(entitlement: Entitlement, reset: EntitlementReset, now: datetime
     before the current period at ``now`` is refused. Otherwise a new entry
     ``(at, Recurrence(interval, anchor'))`` is appended with the preserve flag resolved now, and
     interval edits pending after ``at`` are moved to the next boundary of the new recurrence.
+
+    A reset recorded before its ``effective_at`` is evaluated again with ``now = effective_at``
+    once that instant has arrived (it acts at its own instant, DESIGN D2), so a late evaluation
+    never turns a scheduled reset into a refused one.
     """
     at = truncate_to_minute(reset.effective_at)
     now = require_utc(now)
@@ -314,6 +331,11 @@ def _with_interval_from(
 ) -> Entitlement:
     timeline = entitlement.usage_period
     boundary = next_reset_after(timeline, now)
+    if boundary <= timeline[0].start:
+        # before measurement starts: the first period itself takes the new interval
+        first = timeline[0]
+        recurrence = Recurrence(interval, first.recurrence.anchor)
+        return replace(entitlement, usage_period=(replace(first, recurrence=recurrence),))
     kept = tuple(e for e in timeline if e.start < boundary)
     if entry_at(kept, boundary).recurrence.interval == interval:
         return replace(entitlement, usage_period=kept)

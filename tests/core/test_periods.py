@@ -26,6 +26,7 @@ from allotment.ledger.core.periods import (
     edit_preserve_overage,
     edit_soft_limit,
     last_reset,
+    last_reset_at,
     next_after,
     period_of,
     prev_before,
@@ -279,3 +280,18 @@ def test_soft_limit_and_preserve_edits_are_versioned_from_the_edit() -> None:
 
 def test_dates_are_aware() -> None:
     assert all(isinstance(e.start, datetime) and e.start.tzinfo for e in metered().usage_period)
+
+
+def test_interval_edit_before_measurement_starts_changes_the_first_period() -> None:
+    ent = metered("2024-03-01T00:00")
+    edited = edit_interval(ent, CalendarDuration.parse("WEEK"), T("2024-02-01T00:00"))
+    assert len(edited.usage_period) == 1
+    assert current_period(edited.usage_period, T("2024-03-02T00:00")) == Period(
+        T("2024-03-01T00:00"), T("2024-03-08T00:00")
+    )
+
+
+def test_last_reset_at_includes_programmatic_boundaries() -> None:
+    ent = metered("2024-01-01T00:00")
+    assert last_reset(ent) == T("2024-01-01T00:00")
+    assert last_reset_at(ent, T("2024-03-15T00:00")) == T("2024-03-01T00:00")
