@@ -1,0 +1,184 @@
+"""Support for the e2e tier: the operator as a real subprocess, and its service-account identity.
+
+Role: start ``allotment operator`` the way a user would (a subprocess, its own process group),
+wait for Kopf's liveness endpoint, and stop exactly that process by PID. ``operator_kubeconfig``
+installs the manifests' namespace, ServiceAccount and RBAC and writes a kubeconfig holding a
+token for ``system:serviceaccount:allotment-system:allotment-operator``, so the e2e operator
+runs with the manifests' least privilege rather than as cluster admin.
+
+Must not: stop processes it did not start, or bind anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.harness.cluster import ControlPlane
+
+ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = ROOT / "manifests"
+SERVICE_ACCOUNT = "system:serviceaccount:allotment-system:allotment-operator"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
+
+
+def allotment(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the ``allotment`` command of this checkout."""
+    return subprocess.run(
+        [sys.executable, "-m", "allotment.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def kubectl_ok(plane: ControlPlane, *args: str, input: str | None = None) -> str:
+    done = plane.kubectl(*args, input=input)
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
+
+
+def install_crds(plane: ControlPlane) -> None:
+    """Apply the CRDs as the manifests ship them and wait until they are Established."""
+    kubectl_ok(plane, "apply", "--server-side", "--force-conflicts", "-k", str(MANIFESTS / "crds"))
+    kubectl_ok(plane, "wait", "--for=condition=Established", "--timeout=60s",
+               "crd", "--all")  # fmt: skip
+
+
+def install_identity(plane: ControlPlane) -> None:
+    """Apply the manifests' namespace, ServiceAccount and RBAC (idempotent)."""
+    for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        kubectl_ok(plane, "apply", "--server-side", "-f", str(MANIFESTS / name))
+
+
+def operator_kubeconfig(plane: ControlPlane, folder: Path) -> Path:
+    """Write a kubeconfig authenticating as the operator's ServiceAccount."""
+    install_identity(plane)
+    token = kubectl_ok(
+        plane, "create", "token", "allotment-operator", "-n", "allotment-system",
+        "--duration=2h",
+    ).strip()  # fmt: skip
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "e2e",
+                "cluster": {"server": plane.url, "certificate-authority": str(plane.ca_cert)},
+            }
+        ],
+        "users": [{"name": "allotment-operator", "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "allotment-operator"}}],
+        "current-context": "e2e",
+    }
+    path = folder / "operator-kubeconfig"
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class OperatorProcess:
+    """A running ``allotment operator``."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path
+    liveness: str
+    started_in: float = 0.0
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=5)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def running_operator(
+    db_url: str,
+    kubeconfig: Path,
+    folder: Path,
+    namespaces: Sequence[str],
+    extra: Sequence[str] = (),
+    startup_timeout: float = 60.0,
+) -> Iterator[OperatorProcess]:
+    """Run ``allotment operator`` until the block ends; wait until Kopf reports it alive."""
+    port = free_port()
+    liveness = f"http://127.0.0.1:{port}/healthz"
+    args = [sys.executable, "-m", "allotment.cli.main", "operator", "--db", db_url,
+            "--liveness", liveness, "--value-refresh", "1", "--verbose"]  # fmt: skip
+    for namespace in namespaces:
+        args += ["--namespace", namespace]
+    args += list(extra)
+    log = folder / f"operator-{port}.log"
+    env: dict[str, Any] = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env.pop("ALLOTMENT_DATABASE_URL", None)
+    started = time.monotonic()
+    with log.open("wb") as sink:
+        popen = subprocess.Popen(
+            args, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    process = OperatorProcess(popen=popen, log=log, liveness=liveness)
+    try:
+        deadline = started + startup_timeout
+        while not _healthy(liveness):
+            if not process.alive():
+                raise AssertionError(f"the operator exited at startup:\n{process.tail()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the operator did not become alive:\n{process.tail()}")
+            time.sleep(0.05)
+        process.started_in = time.monotonic() - started
+        yield process
+    finally:
+        process.stop()
