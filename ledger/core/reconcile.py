@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from .grants import effective_void_at
@@ -49,6 +49,7 @@ from .periods import (
     edit_preserve_overage,
     edit_soft_limit,
     new_usage_period,
+    next_reset_after,
     prev_before,
 )
 from .resources import (
@@ -82,6 +83,7 @@ from .validation import (
 )
 
 __all__ = [
+    "Absorb",
     "Action",
     "Adopt",
     "Amend",
@@ -110,6 +112,9 @@ __all__ = [
 ]
 
 LedgerRecord = Meter | Feature | Customer | Entitlement | Grant
+
+# The time part of an implicit customer's id: fixed, so the id depends only on (namespace, key).
+T_IMPLIED = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 # --- what the ledger holds -------------------------------------------------------------------
@@ -238,6 +243,23 @@ class ImplyCustomer:
 
 
 @dataclass(frozen=True)
+class Absorb:
+    """Customer ``id`` (key ``key``) takes over implicit customer ``implicit_id`` from ``at``.
+
+    Storage re-points the entitlements of ``implicit_key`` to ``key`` and drops the implicit
+    customer; the entitlements and their grants keep their ids (D5: a subject belongs to at
+    most one customer per namespace). No amount changes.
+    """
+
+    ref: Ref
+    id: str
+    key: str
+    implicit_id: str
+    implicit_key: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Amend:
     """Record generation ``generation`` of ``ref`` first seen at ``at``: the new spec as written,
     its D4 ``changes`` and the resulting ``record`` (an entitlement with its new timelines;
@@ -351,10 +373,22 @@ class Noop:
 
 
 Action = (
-    Record | ImplyCustomer | Amend | Reset | End | Void | Adopt | Orphan | Wait | Conflict | Refuse
-) | Noop
+    Record
+    | ImplyCustomer
+    | Absorb
+    | Amend
+    | Reset
+    | End
+    | Void
+    | Adopt
+    | Orphan
+    | Wait
+    | Conflict
+    | Refuse
+    | Noop
+)
 
-_WRITES = (Record, ImplyCustomer, Amend, Reset, End, Void, Adopt, Orphan)
+_WRITES = (Record, ImplyCustomer, Absorb, Amend, Reset, End, Void, Adopt, Orphan)
 
 
 def is_write(action: Action) -> bool:
@@ -389,8 +423,20 @@ def reconcile(
     if own.deleted or own.uid != desired.uid:
         return _readopt(desired, recorded, own, now)
     if own.spec == desired.spec and own.generation == desired.generation:
-        return ()
+        return _absorb_late(desired, recorded, own)
     return _edit(desired, recorded, own, _edit_instant(desired, own, now))
+
+
+def _absorb_late(desired: Resource, recorded: Recorded, own: Own) -> tuple[Action, ...]:
+    """Absorb an implicit customer that appeared after the Customer was recorded (a race)."""
+    spec = desired.spec
+    if not isinstance(spec, CustomerSpec):
+        return ()
+    customer = _customer_of(desired, spec)
+    absorbed = _check_customer_keys(desired.ref, customer, recorded, own.id)
+    if isinstance(absorbed, Conflict):
+        return ()
+    return tuple(_absorb(desired.ref, own.id, customer, absorbed, own.recorded_at))
 
 
 def _edit_instant(desired: Resource, own: Own, now: datetime) -> datetime:
@@ -561,28 +607,39 @@ def _create_customer(
     desired: Resource, spec: CustomerSpec, recorded: Recorded, at: datetime, new_id: str
 ) -> tuple[Action, ...]:
     customer = _customer_of(desired, spec)
-    claimed: RecordedCustomer | None = None
+    absorbed = _check_customer_keys(desired.ref, customer, recorded, None)
+    if isinstance(absorbed, Conflict):
+        return (absorbed,)
+    record = _record(desired, new_id, at, customer)
+    return (record, *_absorb(desired.ref, new_id, customer, absorbed, at))
+
+
+def _check_customer_keys(
+    ref: Ref, customer: Customer, recorded: Recorded, own_id: str | None
+) -> list[RecordedCustomer] | Conflict:
+    """Return the implicit customers ``customer`` absorbs, or the conflict with a declared one.
+
+    A declared Customer whose key or subject keys name an implicit customer's subject takes it
+    over (D5), so the ledger ends the same whether the Customer or the Entitlement naming the
+    subject was reconciled first.
+    """
+    absorbed: list[RecordedCustomer] = []
     for other in recorded.customers:
-        if other.name == desired.ref.name:
+        if other.id == own_id or other.name == ref.name:
             continue
-        if _claims(customer, other):
-            claimed = other
+        if other.name is None and other.customer.key in customer.all_subject_keys:
+            absorbed.append(other)
             continue
-        conflict = _subject_conflict(desired.ref, customer, other)
+        conflict = _subject_conflict(ref, customer, other)
         if conflict is not None:
-            return (conflict,)
-    if claimed is not None:
-        return (_record(desired, claimed.id, claimed.created_at, customer),)
-    return (_record(desired, new_id, at, customer),)
+            return conflict
+    return absorbed
 
 
-def _claims(customer: Customer, other: RecordedCustomer) -> bool:
-    """Tell whether ``customer`` takes over an implicit customer: same key, its subjects kept."""
-    return (
-        other.name is None
-        and other.customer.key == customer.key
-        and set(other.customer.all_subject_keys) <= set(customer.all_subject_keys)
-    )
+def _absorb(
+    ref: Ref, id: str, customer: Customer, implicit: Iterable[RecordedCustomer], at: datetime
+) -> list[Action]:
+    return [Absorb(ref, id, customer.key, other.id, other.customer.key, at) for other in implicit]
 
 
 def _subject_conflict(ref: Ref, customer: Customer, other: RecordedCustomer) -> Conflict | None:
@@ -627,17 +684,24 @@ def _find_feature(recorded: Recorded, key: str) -> RecordedFeature | None:
 def resolve_subject(subject: str, customers: Iterable[RecordedCustomer]) -> RecordedCustomer | None:
     """Return the customer whose key or subject keys contain ``subject`` (D5), if any.
 
-    A string belongs to at most one customer per namespace; if the ledger holds several anyway,
-    the one whose key it is wins, then the earliest recorded.
+    A string belongs to at most one customer per namespace; if the ledger holds several anyway
+    (an implicit customer not yet absorbed), a declared Customer wins, then the one whose key it
+    is, then the earliest recorded.
     """
     matches = [c for c in customers if subject in c.customer.all_subject_keys]
-    matches.sort(key=lambda c: (c.customer.key != subject, c.created_at, c.id))
+    matches.sort(key=lambda c: (c.name is None, c.customer.key != subject, c.created_at, c.id))
     return matches[0] if matches else None
 
 
 @dataclass(frozen=True)
 class _Holder:
-    """The customer an Entitlement belongs to; ``implied`` when it must be created (D5)."""
+    """The customer an Entitlement belongs to; ``implied`` when it must be created (D5).
+
+    ``created_at`` is when the Customer named by ``customer`` was recorded, which a waiting
+    resource acts after. A ``subject`` always resolves (to a customer or an implicit one), so
+    nothing naming a subject ever waits, and the order in which objects are reconciled cannot
+    move its instant. ``customer`` names declared Customers only.
+    """
 
     key: str
     created_at: datetime | None
@@ -650,13 +714,12 @@ def _resolve_holder(
     if subject is not None:
         found = resolve_subject(subject, recorded.customers)
         if found is None:
-            return _Holder(
-                subject, None, Customer(key=subject, name=subject, subject_keys=(subject,))
-            )
-        return _Holder(found.customer.key, found.created_at)
+            implied = Customer(key=subject, name=subject, subject_keys=(subject,))
+            return _Holder(subject, None, implied)
+        return _Holder(found.customer.key, None)
     key = customer or ""
     for candidate in recorded.customers:
-        if candidate.customer.key == key:
+        if candidate.customer.key == key and candidate.name is not None:
             return _Holder(key, candidate.created_at)
     return Wait(
         ref,
@@ -695,7 +758,7 @@ def _create_entitlement(
     entitlement = _new_entitlement(desired, spec, holder.key, at, new_id)
     actions: list[Action] = []
     if holder.implied is not None:
-        implied_id = derived_ulid(at, f"{ref.namespace}/customer/{holder.key}")
+        implied_id = derived_ulid(T_IMPLIED, f"{ref.namespace}/customer/{holder.key}")
         actions.append(ImplyCustomer(ref.namespace, implied_id, at, holder.implied))
     actions.append(_record(desired, new_id, at, entitlement))
     return tuple(actions)
@@ -1008,14 +1071,12 @@ def _edit_customer(
     at: datetime,
 ) -> tuple[Action, ...]:
     customer = _customer_of(desired, spec)
-    for other in recorded.customers:
-        if other.id == own.id or other.name == desired.ref.name:
-            continue
-        conflict = _subject_conflict(desired.ref, customer, other)
-        if conflict is not None:
-            return (conflict,)
+    absorbed = _check_customer_keys(desired.ref, customer, recorded, own.id)
+    if isinstance(absorbed, Conflict):
+        return (absorbed,)
     changes = _plain_changes(old, spec, ("name", "metadata", "subject_keys"), at)
-    return (_amend(desired, own, at, changes, customer),)
+    amend = _amend(desired, own, at, changes, customer)
+    return (amend, *_absorb(desired.ref, own.id, customer, absorbed, at))
 
 
 def _edit_entitlement(
@@ -1055,7 +1116,7 @@ def _edit_entitlement_timelines(
     issue = _issue_after_reset(new)
     if metered and issue != _issue_after_reset(old):
         entitlement = edit_issue_after_reset(entitlement, issue, at)
-        since = entitlement.issue_after_reset[-1].since if entitlement.issue_after_reset else at
+        since = next_reset_after(entitlement.usage_period, at)
         changes.append(Change("spec.issueAfterReset", since, issue))
     if bool(new.is_soft_limit) != bool(old.is_soft_limit):
         entitlement = edit_soft_limit(entitlement, bool(new.is_soft_limit), at)

@@ -26,6 +26,7 @@ from allotment.ledger.core.model import (
     Meter,
 )
 from allotment.ledger.core.reconcile import (
+    Absorb,
     Action,
     Adopt,
     Amend,
@@ -154,6 +155,11 @@ class Ledger:
             self.customers[action.id] = RecordedCustomer(
                 action.id, None, action.at, action.customer
             )
+        elif isinstance(action, Absorb):
+            del self.customers[action.implicit_id]
+            for id, entitlement in list(self.entitlements.items()):
+                if entitlement.customer_key == action.implicit_key:
+                    self.entitlements[id] = replace(entitlement, customer_key=action.key)
         elif isinstance(action, Amend):
             own = self.own[action.ref]
             self.own[action.ref] = replace(own, generation=action.generation,
@@ -200,6 +206,8 @@ def summary(action: Action) -> tuple[object, ...]:
         return ("ImplyCustomer", action.customer.key, action.at)
     if isinstance(action, Amend):
         return ("Amend", *((c.field, c.since) for c in action.changes))
+    if isinstance(action, Absorb):
+        return ("Absorb", action.implicit_key, action.key)
     if isinstance(action, Reset):
         return ("Reset", action.reset.effective_at)
     if isinstance(action, End | Void | Adopt):
@@ -316,12 +324,22 @@ CASES = [
     pytest.param(Case((METER, FEATURE), make("Entitlement", "e", {**ENT_RAW, "customer": None, "subject": "anon"}),
                       T0, [("ImplyCustomer", "anon", T0), ("Record", T0)]), id="D5-unknown-subject-implies-customer"),
     pytest.param(Case((METER, FEATURE, make("Entitlement", "e", {**ENT_RAW, "customer": None, "subject": "anon"})),
-                      make("Customer", "anon", {}, t=at(days=1)), at(days=1), [("Record", T0)]),
-                 id="D5-customer-claims-its-implicit-customer"),
+                      make("Customer", "anon", {}, t=at(days=1)), at(days=1),
+                      [("Record", at(days=1)), ("Absorb", "anon", "anon")]),
+                 id="D5-customer-absorbs-the-implicit-customer-of-its-key"),
     pytest.param(Case((METER, FEATURE, make("Entitlement", "e", {**ENT_RAW, "customer": None, "subject": "anon"})),
                       make("Customer", "acme", {"usageAttribution": {"subjectKeys": ["anon"]}}, t=at(days=1)),
-                      at(days=1), [("Conflict", "KeyConflict")]),
-                 id="D5-subject-key-held-by-implicit-customer"),
+                      at(days=1), [("Record", at(days=1)), ("Absorb", "anon", "acme")]),
+                 id="D5-customer-absorbs-the-implicit-customer-of-a-subject-key"),
+    pytest.param(Case((METER, FEATURE, CUSTOMER, make("Entitlement", "e", {**ENT_RAW, "customer": None,
+                                                                           "subject": "anon"})),
+                      edited(CUSTOMER, {"usageAttribution": {"subjectKeys": ["user-1", "anon"]}}), at(days=2),
+                      [("Amend", ("spec.usageAttribution.subjectKeys", at(days=2))),
+                       ("Absorb", "anon", "customer-1")]),
+                 id="D5-subject-key-edit-absorbs-the-implicit-customer"),
+    pytest.param(Case((METER, FEATURE, make("Entitlement", "e", {**ENT_RAW, "customer": None, "subject": "anon"})),
+                      make("Entitlement", "e2", {**ENT_RAW, "customer": "anon"}), T0, [("Wait", "CustomerNotFound")]),
+                 id="D5-customer-names-declared-customers-only"),
     pytest.param(Case((CUSTOMER,), make("Customer", "other", {"usageAttribution": {"subjectKeys": ["user-1"]}}),
                       T0, [("Conflict", "KeyConflict")]), id="D5-subject-key-of-two-customers"),
     pytest.param(Case((CUSTOMER,), make("Customer", "other", {"key": "customer-1"}), T0, [("Conflict", "KeyConflict")]),
