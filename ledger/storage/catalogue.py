@@ -31,6 +31,7 @@ __all__ = [
     "key_owner",
     "record_versions",
     "release_key",
+    "resource_names",
 ]
 
 #: The feed entry kind carrying a record document (read contract version 1).
@@ -143,6 +144,16 @@ def key_owner(connection: Connection, namespace: str, space: str, key: str) -> s
         )
     ).scalar_one_or_none()
     return owner
+
+
+def resource_names(connection: Connection, namespace: str) -> dict[str, str]:
+    """Return record id -> the name of the resource that declares it (its ``ref:`` key)."""
+    rows = connection.execute(
+        select(_KEYS.c.resource_id, _KEYS.c.key).where(
+            _KEYS.c.namespace == namespace, _KEYS.c.space.startswith("ref:")
+        )
+    )
+    return {row.resource_id: row.key for row in rows}
 
 
 def claim_key(connection: Connection, namespace: str, space: str, key: str, owner: str) -> None:

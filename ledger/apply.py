@@ -1,0 +1,520 @@
+"""Apply one resource to the ledger: load what it holds, reconcile, write the actions.
+
+Role: the one glue function the operator and ``allotment dev`` both drive,
+``apply_resource(connection, resource, now) -> Outcome``. It reads the namespace's recorded
+state from storage, calls the core's pure ``reconcile`` and writes its actions in the caller's
+transaction: identities, catalogue versions (which reach the sidecars through the feed), meters
+(whose buckets storage builds from raw events), unique keys, and the reconciliation log (what
+was applied for which generation, when a generation was first seen, which objects are gone).
+The outcome says what happened in the words a status condition and an Event need.
+
+It must not commit, read the clock, or decide anything the core decides.
+"""
+
+from __future__ import annotations
+
+import base64
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Table, insert, select
+
+from allotment.ledger.core import reconcile as rc
+from allotment.ledger.core.grants import expires_at, next_recurrence_after
+from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
+from allotment.ledger.core.periods import current_period, last_reset
+from allotment.ledger.core.resources import Kind, Ref, Resource, Spec
+from allotment.ledger.core.timeutil import format_rfc3339
+from allotment.ledger.storage import catalogue, usage
+from allotment.ledger.storage.codec import CustomerRecord, FeatureRecord, MeterRecord, Record
+from allotment.ledger.storage.ids import new_id
+from allotment.ledger.storage.schema import ReconcileLogRow, ResourceRow
+
+__all__ = ["IMPLIED_CUSTOMER_KIND", "Outcome", "apply_resource"]
+
+#: The identity kind of a customer that exists because a subject named it (D5).
+IMPLIED_CUSTOMER_KIND = "ImpliedCustomer"
+
+_RESOURCES: Table = ResourceRow.__table__  # type: ignore[assignment]
+_LOG: Table = ReconcileLogRow.__table__  # type: ignore[assignment]
+
+_APPLIED, _SEEN, _DELETED = "applied", "seen", "deleted"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What reconciling one resource did, or why it could not (a Ready condition's words).
+
+    ``action`` is the reconciliation's verb (``Record``, ``Amend``, ``Reset``, ``End``,
+    ``Void``, ``Adopt``, ``Orphan``, ``Unchanged``, ``Noop``, ``Wait``, ``Conflict`` or
+    ``Refuse``); ``status`` holds the status fields the CRD declares (ledger ids, effective
+    defaults); ``retry_at`` is when a scheduled action is due.
+    """
+
+    action: str
+    reason: str
+    message: str
+    status: Mapping[str, Any] = field(default_factory=dict)
+    retry_at: datetime | None = None
+    actions: tuple[rc.Action, ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        """Tell whether the ledger holds the resource as written."""
+        return self.action not in ("Wait", "Conflict", "Refuse")
+
+
+# --- the spec as written, kept in the log ------------------------------------------------------
+
+
+def _dump_spec(spec: Spec) -> str:
+    return base64.b64encode(pickle.dumps(spec, protocol=5)).decode("ascii")
+
+
+def _load_spec(text: str) -> Spec:
+    spec: Spec = pickle.loads(base64.b64decode(text))
+    return spec
+
+
+# --- what the ledger holds -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Namespace:
+    """The namespace's recorded state, as the reconciliation reads it."""
+
+    names: Mapping[str, str]  # record id -> the name of the resource that declares it
+    recorded: rc.Recorded
+
+
+def _load_namespace(connection: Connection, namespace: str) -> _Namespace:
+    names = catalogue.resource_names(connection, namespace)
+    meters = tuple(
+        rc.RecordedMeter(m.id, names.get(m.id, ""), m.created_at, m.meter)
+        for m in usage.load_meters(connection, namespace)
+    )
+    features: list[rc.RecordedFeature] = []
+    customers: list[rc.RecordedCustomer] = []
+    entitlements: list[Entitlement] = []
+    grants: list[Grant] = []
+    for record in catalogue.current_records(connection, namespace):
+        if isinstance(record, FeatureRecord):
+            name = names.get(record.id, "")
+            features.append(rc.RecordedFeature(record.id, name, record.created_at, record.feature))
+        elif isinstance(record, CustomerRecord):
+            # An implied customer has no resource name until a Customer declares it (D5).
+            customers.append(
+                rc.RecordedCustomer(
+                    record.id, names.get(record.id), record.created_at, record.customer
+                )
+            )
+        elif isinstance(record, Entitlement):
+            entitlements.append(record)
+        elif isinstance(record, Grant):
+            grants.append(record)
+    return _Namespace(
+        names,
+        rc.Recorded(
+            meters=meters,
+            features=tuple(features),
+            customers=tuple(customers),
+            entitlements=tuple(entitlements),
+            grants=tuple(grants),
+        ),
+    )
+
+
+def _find_identity(connection: Connection, ref: Ref) -> str | None:
+    """Return the record id that holds ``ref`` (a declared Customer may hold an implied id)."""
+    alias = catalogue.key_owner(connection, ref.namespace, _ref_space(ref.kind), ref.name)
+    if alias is not None:
+        return alias
+    found: str | None = connection.execute(
+        select(_RESOURCES.c.id).where(
+            _RESOURCES.c.namespace == ref.namespace,
+            _RESOURCES.c.kind == ref.kind.value,
+            _RESOURCES.c.name == ref.name,
+        )
+    ).scalar_one_or_none()
+    return found
+
+
+def _ref_space(kind: Kind) -> str:
+    return f"ref:{kind.value}"
+
+
+def _own(
+    connection: Connection, resource: Resource, record_id: str, now: datetime
+) -> rc.Own | None:
+    """Derive ``Own`` from the log; persist the instant a new generation is first seen (D2)."""
+    rows = connection.execute(
+        select(_LOG).where(_LOG.c.resource_id == record_id).order_by(_LOG.c.id)
+    ).all()
+    applied = [row for row in rows if row.action == _APPLIED]
+    if not applied:
+        return None
+    last = applied[-1]
+    created_at = connection.execute(
+        select(_RESOURCES.c.created_at).where(_RESOURCES.c.id == record_id)
+    ).scalar_one()
+    deleted = any(row.action == _DELETED and row.uid == last.uid for row in rows)
+    seen_rows = [
+        row
+        for row in rows
+        if row.action == _SEEN and row.uid == resource.uid and row.generation == resource.generation
+    ]
+    seen: tuple[int, datetime] | None = None
+    if seen_rows:
+        seen = (resource.generation, seen_rows[0].at)
+    elif resource.deleted_at is None and (
+        resource.generation != last.generation or resource.uid != last.uid
+    ):
+        _log(connection, record_id, _SEEN, resource.uid, resource.generation, now)
+        seen = (resource.generation, now)
+    return rc.Own(
+        id=record_id,
+        uid=last.uid,
+        generation=last.generation,
+        recorded_at=last.at,
+        created_at=created_at,
+        spec=_load_spec(last.spec),
+        deleted=deleted,
+        seen=seen,
+    )
+
+
+def _log(
+    connection: Connection,
+    record_id: str,
+    action: str,
+    uid: str | None,
+    generation: int,
+    at: datetime,
+    spec: Spec | None = None,
+) -> None:
+    connection.execute(
+        insert(_LOG).values(
+            resource_id=record_id,
+            action=action,
+            uid=uid,
+            generation=generation,
+            at=at,
+            spec=None if spec is None else _dump_spec(spec),
+        )
+    )
+
+
+# --- the entry point -------------------------------------------------------------------------
+
+
+def apply_resource(
+    connection: Connection, resource: Resource, now: datetime, *, force_orphan: bool = False
+) -> Outcome:
+    """Reconcile ``resource`` against the ledger at ``now`` and write the actions.
+
+    ``force_orphan`` orphans a deleted object whatever its deletionPolicy (its namespace or
+    CRD is being deleted, D3). The caller commits.
+    """
+    namespace = _load_namespace(connection, resource.ref.namespace)
+    record_id = _find_identity(connection, resource.ref)
+    own = None if record_id is None else _own(connection, resource, record_id, now)
+    recorded = rc.Recorded(
+        own=own,
+        meters=namespace.recorded.meters,
+        features=namespace.recorded.features,
+        customers=namespace.recorded.customers,
+        entitlements=namespace.recorded.entitlements,
+        grants=namespace.recorded.grants,
+    )
+    actions = rc.reconcile(resource, recorded, now, new_id(), force_orphan=force_orphan)
+    for action in actions:
+        _write(connection, resource, action, now)
+    return _outcome(connection, resource, actions, own)
+
+
+# --- writing actions -------------------------------------------------------------------------
+
+
+def _create_identity(
+    connection: Connection, record_id: str, namespace: str, kind: str, name: str, at: datetime
+) -> None:
+    exists = connection.execute(
+        select(_RESOURCES.c.id).where(_RESOURCES.c.id == record_id)
+    ).scalar_one_or_none()
+    if exists is None:
+        connection.execute(
+            insert(_RESOURCES).values(
+                id=record_id, namespace=namespace, kind=kind, name=name, created_at=at
+            )
+        )
+
+
+def _catalogue_record(record: rc.LedgerRecord, record_id: str, created_at: datetime) -> Record:
+    if isinstance(record, Customer):
+        return CustomerRecord(record_id, record, created_at)
+    if isinstance(record, Feature):
+        return FeatureRecord(record_id, record, created_at)
+    if isinstance(record, Meter):
+        return MeterRecord(record_id, record, created_at)
+    return record
+
+
+def _claim_keys(connection: Connection, namespace: str, record: Record) -> None:
+    if isinstance(record, FeatureRecord):
+        catalogue.claim_key(connection, namespace, "feature", record.feature.key, record.id)
+    elif isinstance(record, CustomerRecord):
+        for key in record.customer.all_subject_keys:
+            catalogue.claim_key(connection, namespace, "subject", key, record.id)
+
+
+def _record_meter(
+    connection: Connection,
+    resource: Resource,
+    meter: Meter,
+    uid: str | None,
+    generation: int,
+    at: datetime,
+    now: datetime,
+) -> str:
+    recorded = usage.record_meter(
+        connection,
+        resource.ref.namespace,
+        resource.ref.name,
+        meter,
+        uid=uid or "",
+        generation=generation,
+        acted_at=at,
+        now=now,
+    )
+    return recorded.id
+
+
+def _put(connection: Connection, namespace: str, record: Record, recorded_at: datetime) -> None:
+    _claim_keys(connection, namespace, record)
+    catalogue.record_versions(connection, namespace, [record], recorded_at=recorded_at)
+
+
+def _write(connection: Connection, resource: Resource, action: rc.Action, now: datetime) -> None:
+    ns = resource.ref.namespace
+    if isinstance(action, rc.Record):
+        _write_record(connection, resource, action, now)
+    elif isinstance(action, rc.ImplyCustomer):
+        _create_identity(
+            connection, action.id, ns, IMPLIED_CUSTOMER_KIND, action.customer.key, action.at
+        )
+        _put(connection, ns, CustomerRecord(action.id, action.customer, action.at), now)
+    elif isinstance(action, rc.Amend):
+        _write_amend(connection, resource, action, now)
+    elif isinstance(action, rc.Reset):
+        _create_identity(
+            connection, action.id, ns, action.ref.kind.value, action.ref.name, action.at
+        )
+        _log(connection, action.id, _APPLIED, action.uid, action.generation, action.at, action.spec)
+        _put(connection, ns, action.entitlement, now)
+    elif isinstance(action, rc.End):
+        current = catalogue.find_record(connection, action.id)
+        if isinstance(current, Entitlement):
+            _put(connection, ns, _replace_active_to(current, action.at), now)
+    elif isinstance(action, rc.Void):
+        current = catalogue.find_record(connection, action.id)
+        if isinstance(current, Grant):
+            _put(connection, ns, _replace_void_at(current, action.at), now)
+    elif isinstance(action, rc.Adopt):
+        spec = _current_spec(connection, action.id)
+        _log(connection, action.id, _APPLIED, action.uid, action.generation, action.at, spec)
+    elif isinstance(action, rc.Orphan):
+        _log(connection, action.id, _DELETED, resource.uid, resource.generation, action.at)
+
+
+def _write_record(
+    connection: Connection, resource: Resource, action: rc.Record, now: datetime
+) -> None:
+    ns = resource.ref.namespace
+    record = action.record
+    if isinstance(record, Meter):
+        record_id = _record_meter(
+            connection, resource, record, action.uid, action.generation, action.at, now
+        )
+        created_at = action.at
+    else:
+        record_id = action.id
+        _create_identity(
+            connection, record_id, ns, action.ref.kind.value, action.ref.name, action.at
+        )
+        created_at = action.at
+    if isinstance(record, Customer):
+        created_at = _created_at(connection, record_id)  # an implied customer keeps its instant
+    catalogue.claim_key(connection, ns, _ref_space(action.ref.kind), action.ref.name, record_id)
+    _log(connection, record_id, _APPLIED, action.uid, action.generation, action.at, action.spec)
+    _put(connection, ns, _catalogue_record(record, record_id, created_at), now)
+
+
+def _created_at(connection: Connection, record_id: str) -> datetime:
+    created: datetime = connection.execute(
+        select(_RESOURCES.c.created_at).where(_RESOURCES.c.id == record_id)
+    ).scalar_one()
+    return created
+
+
+def _write_amend(
+    connection: Connection, resource: Resource, action: rc.Amend, now: datetime
+) -> None:
+    ns = resource.ref.namespace
+    _log(connection, action.id, _APPLIED, resource.uid, action.generation, action.at, action.spec)
+    record = action.record
+    if record is None:
+        return
+    if isinstance(record, Meter):
+        _record_meter(connection, resource, record, resource.uid, action.generation, action.at, now)
+    created_at = _created_at(connection, action.id)
+    _put(connection, ns, _catalogue_record(record, action.id, created_at), now)
+
+
+def _current_spec(connection: Connection, record_id: str) -> Spec | None:
+    row = connection.execute(
+        select(_LOG.c.spec)
+        .where(_LOG.c.resource_id == record_id, _LOG.c.action == _APPLIED)
+        .order_by(_LOG.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if row is None else _load_spec(row)
+
+
+def _replace_active_to(entitlement: Entitlement, at: datetime) -> Entitlement:
+    return replace(entitlement, active_to=at)
+
+
+def _replace_void_at(grant: Grant, at: datetime) -> Grant:
+    return replace(grant, void_at=at)
+
+
+# --- the outcome -----------------------------------------------------------------------------
+
+_REASONS = {
+    "Record": "Recorded",
+    "Amend": "Amended",
+    "Reset": "ResetApplied",
+    "End": "Ended",
+    "Void": "Voided",
+    "Adopt": "Adopted",
+    "Orphan": "Orphaned",
+}
+
+
+def _outcome(
+    connection: Connection,
+    resource: Resource,
+    actions: Sequence[rc.Action],
+    own: rc.Own | None,
+) -> Outcome:
+    ref = resource.ref
+    for action in actions:
+        if isinstance(action, rc.Wait):
+            return Outcome(
+                "Wait", action.reason.value, action.message, {}, action.until, tuple(actions)
+            )
+        if isinstance(action, rc.Conflict):
+            return Outcome(
+                "Conflict", action.reason.value, action.message, {}, None, tuple(actions)
+            )
+        if isinstance(action, rc.Refuse):
+            message = "; ".join(str(error) for error in action.errors)
+            return Outcome("Refuse", "Invalid", message, {}, None, tuple(actions))
+        if isinstance(action, rc.Noop):
+            status = {"appliedAt": format_rfc3339(action.at)}
+            return Outcome("Noop", action.reason, action.message, status, None, tuple(actions))
+    writes = [a for a in actions if rc.is_write(a) and not isinstance(a, rc.ImplyCustomer)]
+    verb = type(writes[-1]).__name__ if writes else "Unchanged"
+    record_id = _find_identity(connection, ref)
+    status = {} if record_id is None else _status(connection, record_id, ref)
+    if verb == "Unchanged":
+        message = f"{ref.kind.value} {ref.namespace}/{ref.name} is recorded as written"
+        return Outcome("Unchanged", "Recorded", message, status, None, tuple(actions))
+    past = {"Reset": "Applied the reset of"}.get(verb, _REASONS.get(verb, verb))
+    message = f"{past} {ref.kind.value} {ref.namespace}/{ref.name}"
+    if record_id is not None:
+        message += f" (ledger id {record_id})"
+    return Outcome(verb, _REASONS.get(verb, verb), message, status, None, tuple(actions))
+
+
+def _instant(value: datetime | None) -> str | None:
+    return None if value is None else format_rfc3339(value)
+
+
+def _status(connection: Connection, record_id: str, ref: Ref) -> dict[str, Any]:
+    """Return the status fields the CRD declares for the record: ids and effective values."""
+    if ref.kind is Kind.ENTITLEMENT_RESET:
+        return {"id": record_id}
+    record = catalogue.find_record(connection, record_id)
+    if isinstance(record, MeterRecord):
+        return {"id": record_id, "slug": record.meter.slug}
+    if isinstance(record, FeatureRecord):
+        return {"id": record_id, "key": record.feature.key}
+    if isinstance(record, CustomerRecord):
+        return {
+            "id": record_id,
+            "key": record.customer.key,
+            "subjectKeys": list(record.customer.all_subject_keys),
+        }
+    if isinstance(record, Entitlement):
+        return _entitlement_status(connection, record)
+    if isinstance(record, Grant):
+        return _grant_status(connection, record)
+    return {"id": record_id}
+
+
+def _entitlement_status(connection: Connection, e: Entitlement) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "id": e.id,
+        "customerKey": e.customer_key,
+        "activeFrom": _instant(e.start),
+        "activeTo": _instant(e.active_to),
+    }
+    feature_id = catalogue.key_owner(connection, e.namespace, "feature", e.feature_key)
+    customer_id = catalogue.key_owner(connection, e.namespace, "subject", e.customer_key)
+    if feature_id is not None:
+        status["featureId"] = feature_id
+    if customer_id is not None:
+        status["customerId"] = customer_id
+    if e.usage_period:
+        first = e.usage_period[0].recurrence
+        status["usagePeriod"] = {
+            "interval": first.interval.enum_name() or first.interval.iso(),
+            "anchor": format_rfc3339(first.anchor),
+        }
+    if e.measure_usage_from is not None:
+        status["measureUsageFrom"] = format_rfc3339(e.measure_usage_from)
+        status["lastReset"] = format_rfc3339(last_reset(e))
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def _grant_status(connection: Connection, g: Grant) -> dict[str, Any]:
+    names = connection.execute(
+        select(_RESOURCES.c.name).where(_RESOURCES.c.id == g.entitlement_id)
+    ).scalar_one_or_none()
+    status: dict[str, Any] = {
+        "id": g.id,
+        "entitlementId": g.entitlement_id,
+        "entitlement": names,
+        "effectiveAt": format_rfc3339(g.effective_at),
+        "expiresAt": _instant(expires_at(g)),
+        "priority": g.priority,
+        "minRolloverAmount": float(g.min_rollover_amount),
+        "maxRolloverAmount": float(g.rollover_cap),
+        "voidedAt": _instant(g.void_at),
+        "nextRecurrence": _instant(next_recurrence_after(g, g.effective_at))
+        if g.recurrence is not None
+        else None,
+    }
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def current_period_status(entitlement: Entitlement, now: datetime) -> dict[str, str] | None:
+    """Return ``currentUsagePeriod`` at ``now`` for an entitlement with a usage period."""
+    if not entitlement.usage_period:
+        return None
+    period = current_period(entitlement.usage_period, now)
+    return {"from": format_rfc3339(period.start), "to": format_rfc3339(period.end)}
