@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -41,7 +41,14 @@ class Refusal:
     retry_at: datetime | None = None
 
 
-ApplyFn = Callable[[Any, Any, datetime], Outcome]
+class ApplyFn(Protocol):
+    """``allotment.ledger.apply.apply_resource``."""
+
+    def __call__(
+        self, connection: Any, resource: Any, now: datetime, *, force_orphan: bool = ...
+    ) -> Outcome: ...
+
+
 ValuesFn = Callable[[Any, Sequence[tuple[str, str]], datetime], Mapping[tuple[str, str], Any]]
 
 
@@ -53,7 +60,7 @@ class SqlLedgerGateway:
         self._apply = apply
         self._values = values
 
-    def apply(self, obj: Mapping[str, Any], now: datetime) -> Outcome:
+    def apply(self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False) -> Outcome:
         """Parse and reconcile ``obj`` at ``now`` in one write transaction."""
         try:
             resource = parse_resource(obj)
@@ -61,7 +68,7 @@ class SqlLedgerGateway:
             return Refusal("InvalidSpec", f"{error}: fix the field and apply again")
         try:
             with self._ledger.write() as connection:
-                return self._apply(connection, resource, now)
+                return self._apply(connection, resource, now, force_orphan=orphan)
         except OperationalError as error:
             raise LedgerUnavailableError(f"the ledger is unreachable: {error.orig}") from error
         except PoolTimeoutError as error:

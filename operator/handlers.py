@@ -60,8 +60,8 @@ async def delete(*, body: kopf.Body, memo: Any, param: Any = None, **_: Any) -> 
         return  # deleting a Meter, Feature, Customer or reset never changes the ledger (D3)
     orphan = await _deletion_orphans(runtime, kind, ref)
     try:
-        obj = parsing.object_of(kind, body, orphan=orphan)
-        outcome = await runtime.apply(obj, runtime.clock())
+        obj = parsing.object_of(kind, body)
+        outcome = await runtime.apply(obj, runtime.clock(), orphan=orphan)
     except Exception as error:  # unreachable or failing: the object goes, the ledger stays as is
         message = f"Left {ref} in the ledger as it was: the ledger did not apply it ({error})"
         runtime.events.warn(body, "LedgerUnavailable", message)

@@ -60,12 +60,10 @@ def plain(value: Any) -> Any:
     return copy.copy(value)
 
 
-def object_of(kind: Kind, body: Mapping[str, Any], *, orphan: bool = False) -> dict[str, Any]:
-    """Return the object the ledger reconciles; ``orphan`` forces ``deletionPolicy: Orphan``."""
+def object_of(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the object the ledger reconciles: identity, instants and spec as written."""
     metadata = body.get("metadata") or {}
     spec = plain(body.get("spec") or {})
-    if orphan and kind.has_deletion_policy:
-        spec["deletionPolicy"] = ORPHAN
     return {
         "apiVersion": str(body.get("apiVersion") or API_VERSION),
         "kind": kind.name,

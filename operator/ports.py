@@ -66,9 +66,10 @@ class LedgerUnavailableError(RuntimeError):
 class LedgerGateway(Protocol):
     """The ledger as the operator drives it: one transaction per call."""
 
-    def apply(self, obj: Mapping[str, Any], now: datetime) -> Outcome:
+    def apply(self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False) -> Outcome:
         """Parse ``obj`` (a Kubernetes object), reconcile it at ``now`` and commit; raise
-        ``LedgerUnavailableError`` when the database cannot be reached."""
+        ``LedgerUnavailableError`` when the database cannot be reached. ``orphan`` orphans a
+        deleted object whatever its deletionPolicy (its namespace or CRD is going, D3)."""
 
     def values(
         self, refs: Sequence[tuple[str, str]], now: datetime

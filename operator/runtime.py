@@ -11,6 +11,7 @@ Must not: hold module-level state; everything lives on the instance built at sta
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -63,11 +64,13 @@ class Runtime:
     waiting: WaitingRegistry = field(default_factory=WaitingRegistry)
     entitlements: EntitlementIndex = field(default_factory=EntitlementIndex)
 
-    async def apply(self, obj: Mapping[str, Any], now: datetime) -> Outcome:
+    async def apply(
+        self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False
+    ) -> Outcome:
         """Reconcile ``obj`` in the ledger without blocking the event loop."""
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self.ledger.apply, obj, now),
+                asyncio.to_thread(functools.partial(self.ledger.apply, orphan=orphan), obj, now),
                 timeout=self.settings.ledger_timeout_seconds,
             )
         except TimeoutError as error:

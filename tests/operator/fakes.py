@@ -29,13 +29,15 @@ class FakeLedger:
 
     answer: Callable[[Mapping[str, Any]], FakeOutcome]
     applied: list[Mapping[str, Any]] = field(default_factory=list)
+    orphaned: list[bool] = field(default_factory=list)
     reachable: bool = True
     current_values: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
 
-    def apply(self, obj: Mapping[str, Any], now: datetime) -> FakeOutcome:
+    def apply(self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False) -> FakeOutcome:
         if not self.reachable:
             raise LedgerUnavailableError("connection refused")
         self.applied.append(obj)
+        self.orphaned.append(orphan)
         return self.answer(obj)
 
     def values(

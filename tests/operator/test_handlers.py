@@ -190,16 +190,16 @@ async def run_delete(runtime: Runtime, kind: Any, obj: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "terminating", "broken", "sent"),
+    ("policy", "terminating", "broken", "forced"),
     [
-        pytest.param("Apply", False, False, "Apply", id="apply-voids"),
-        pytest.param(None, False, False, None, id="default-orphans"),
-        pytest.param("Apply", True, False, "Orphan", id="namespace-deletion-orphans"),
-        pytest.param("Apply", False, True, "Orphan", id="unknown-namespace-state-orphans"),
+        pytest.param("Apply", False, False, False, id="apply-voids"),
+        pytest.param(None, False, False, False, id="default-orphans-in-the-ledger"),
+        pytest.param("Apply", True, False, True, id="namespace-deletion-orphans"),
+        pytest.param("Apply", False, True, True, id="unknown-namespace-state-orphans"),
     ],
 )
 async def test_deleting_a_grant_follows_its_deletion_policy(
-    policy: str | None, terminating: bool, broken: bool, sent: str | None
+    policy: str | None, terminating: bool, broken: bool, forced: bool
 ) -> None:
     ledger = FakeLedger(lambda obj: FakeOutcome("Void", "Voided"))
     runtime = make_runtime(ledger, FakeKube(terminating=terminating, broken=broken))
@@ -209,7 +209,8 @@ async def test_deleting_a_grant_follows_its_deletion_policy(
 
     (given,) = ledger.applied
     assert given["metadata"]["deletionTimestamp"] == "2026-03-01T11:59:00Z"
-    assert given["spec"].get("deletionPolicy") == sent
+    assert given["spec"].get("deletionPolicy") == policy
+    assert ledger.orphaned == [forced]
 
 
 async def test_deleting_never_waits_for_an_unreachable_ledger() -> None:
