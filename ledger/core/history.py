@@ -2,9 +2,10 @@
 
 Role: ``balance_history`` returns the exact burn-down segments between ``from`` and ``to`` and
 OpenMeter's approximate windowed history: one window per HOUR/DAY (or MINUTE/MONTH) in a time
-zone, including windows without usage, each with its usage and the balance at its start, taken
-from the last engine segment starting at or before the window and reduced by the usage since,
-floored at 0. A grant that activates inside a window therefore shows from the next window on.
+zone, including windows without usage, each with its usage and the balance at its start: the
+balance of the last engine segment starting at or before the window, reduced by the usage since
+the segment began and then window by window, each time floored at 0 (as OpenMeter computes it).
+A grant that activates inside a window therefore shows from the next window on.
 
 Must not: read the clock, log, or do I/O (time zones arrive as ``tzinfo`` objects).
 """
@@ -123,30 +124,32 @@ def balance_history(
 
     windows: list[Window] = []
     cursor = _window_floor(start, window_size, zone)
+    current: Segment | None = None
+    balance = ZERO
     while cursor < end:
         nxt = _window_next(cursor, window_size, zone)
         if cursor >= measure_from:
             window_end = min(nxt, end)
-            windows.append(
-                Window(
-                    cursor,
-                    window_end,
-                    usage(cursor, window_end),
-                    _balance_at(phases, usage, cursor),
-                )
-            )
+            segment = _segment_at(phases, cursor)
+            if segment is None:
+                balance = ZERO
+            elif segment is not current:
+                # first window of a segment: deduct the usage since the segment began
+                balance = max(ZERO, segment.balance_at_start - usage(segment.start, cursor))
+            current = segment
+            reported = usage(max(cursor, start), window_end)  # counted from ``from`` on
+            windows.append(Window(cursor, window_end, reported, balance))
+            balance = max(ZERO, balance - usage(cursor, window_end))
         cursor = nxt
     return BalanceHistory(tuple(windows), segments)
 
 
-def _balance_at(phases: list[Segment], usage: UsageQuery, instant: datetime) -> Decimal:
-    """Approximate the balance at ``instant`` from the last phase starting at or before it."""
+def _segment_at(phases: list[Segment], instant: datetime) -> Segment | None:
+    """Return the last engine phase starting at or before ``instant``."""
     chosen = None
     for phase in phases:
         if phase.start <= instant:
             chosen = phase
         else:
             break
-    if chosen is None:
-        return ZERO
-    return max(ZERO, chosen.balance_at_start - usage(chosen.start, instant))
+    return chosen

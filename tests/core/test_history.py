@@ -71,14 +71,30 @@ def test_day_windows_follow_the_time_zone() -> None:
         [grant("a", 5, "2024-01-01T00:00")],
         Aggregation.SUM,
         series({"2024-01-01T23:30": 2}),
-        start=T("2024-01-02T00:00"),
+        start=T("2024-01-01T23:00"),
         end=T("2024-01-03T00:00"),
         window_size=WindowSize.DAY,
         zone=ZoneInfo("Europe/Berlin"),
     )
-    assert [(w.start, w.usage) for w in history.windows] == [
-        (T("2024-01-01T23:00"), D(2)),
-        (T("2024-01-02T23:00"), D(0)),
+    assert [(w.start, w.usage, w.balance_at_start) for w in history.windows] == [
+        (T("2024-01-01T23:00"), D(2), D(5)),
+        (T("2024-01-02T23:00"), D(0), D(3)),
+    ]
+
+
+def test_first_window_counts_usage_from_the_requested_start_only() -> None:
+    history = balance_history(
+        JAN,
+        [grant("a", 50, "2024-01-01T00:00")],
+        Aggregation.SUM,
+        series({"2024-01-01T10:10": 4, "2024-01-01T10:40": 6}),
+        start=T("2024-01-01T10:30"),
+        end=T("2024-01-01T12:00"),
+        window_size=WindowSize.HOUR,
+    )
+    assert [(w.start, w.usage, w.balance_at_start) for w in history.windows] == [
+        (T("2024-01-01T10:00"), D(6), D(50)),
+        (T("2024-01-01T11:00"), D(0), D(40)),
     ]
 
 
