@@ -23,8 +23,9 @@ from typing import Any
 import celpy
 import celpy.celtypes as ct
 import jsonschema
-from allotment.cli.manifests import JSONPath
 from celpy.evaluation import CELEvalError
+
+from allotment.cli.manifests import JSONPath
 
 _OBJECT_META_FIELDS = frozenset(
     {

@@ -13,8 +13,10 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -269,8 +271,9 @@ class CRDVersion:
     schema: Mapping[str, Any]
 
 
-def load_crds() -> dict[tuple[str, str], CRDVersion]:
-    """Load the CRDs shipped in ``allotment.crds``, keyed by (apiVersion, kind)."""
+@cache
+def load_crds() -> Mapping[tuple[str, str], CRDVersion]:
+    """Load the CRDs shipped in ``allotment.crds``, keyed by (apiVersion, kind); read once."""
     catalog: dict[tuple[str, str], CRDVersion] = {}
     for entry in sorted(resources.files("allotment.crds").iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".yaml"):
@@ -288,4 +291,4 @@ def load_crds() -> dict[tuple[str, str], CRDVersion]:
                 schema=version["schema"]["openAPIV3Schema"],
             )
             catalog[(f"{item.group}/{item.version}", item.kind)] = item
-    return catalog
+    return MappingProxyType(catalog)

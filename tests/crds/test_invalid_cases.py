@@ -1,0 +1,76 @@
+"""The shared invalid-manifest table: `validate` refuses each case with its expected fragment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .cli import CASES, run_validate
+
+INVALID = sorted(path for path in (CASES / "invalid").iterdir() if path.is_dir())
+
+
+def _case(path: Path) -> object:
+    return pytest.param(path, id=path.name)
+
+
+def test_the_table_covers_every_constraint_class_and_every_rule() -> None:
+    names = {path.name for path in INVALID}
+    for constraint in (
+        "enum",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "required",
+        "unknown-field",
+        "max-length",
+        "min-length",
+        "type",
+        "set-duplicate",
+    ):
+        assert any(name.startswith(f"schema-{constraint}") for name in names), constraint
+    expected = {(path / "expected.txt").read_text().strip() for path in INVALID}
+    for crd in sorted((CASES.parents[1] / "crds").glob("*.yaml")):
+        for message in _rule_messages(yaml.safe_load(crd.read_text())):
+            assert message in expected, f"{crd.name}: no case for the rule: {message}"
+
+
+def _rule_messages(node: object) -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        for rule in node.get("x-kubernetes-validations", []):
+            found.append(rule["message"])
+        for value in node.values():
+            found.extend(_rule_messages(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_rule_messages(value))
+    return found
+
+
+@pytest.mark.parametrize("case", [_case(path) for path in INVALID])
+def test_validate_refuses_the_case_with_its_expected_fragment(case: Path) -> None:
+    expected = (case / "expected.txt").read_text().strip()
+    argv: list[str | Path] = [case / "new.yaml"]
+    if (case / "old.yaml").exists():
+        argv += ["--previous", case / "old.yaml"]
+    result = run_validate(*argv)
+    assert result.code == 1, result.out
+    assert len(result.error_lines) == 1, result.out
+    assert expected in result.error_lines[0]
+
+
+@pytest.mark.parametrize("case", [_case(path) for path in INVALID if (path / "old.yaml").exists()])
+def test_the_old_version_of_a_transition_case_is_valid(case: Path) -> None:
+    result = run_validate(case / "old.yaml")
+    assert result.code == 0, result.out
+
+
+@pytest.mark.parametrize("case", [_case(path) for path in INVALID if (path / "old.yaml").exists()])
+def test_a_transition_case_passes_without_previous(case: Path) -> None:
+    result = run_validate(case / "new.yaml")
+    assert result.code == 0, result.out
+    assert "transition rules (immutable fields) and removal checks were skipped" in result.out
