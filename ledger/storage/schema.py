@@ -251,3 +251,25 @@ class ReconcileLogRow(Base):
     generation: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(Instant())
     spec: Mapped[str | None] = mapped_column(Text)
+
+
+class BalanceSnapshotRow(Base):
+    """A cached engine state of one entitlement at an instant (spec §8.6); deletable, never edited.
+
+    ``meter_id`` lets a late event invalidate the snapshots after its minute without reading
+    the catalogue (over-invalidating is safe: a snapshot is only a cache).
+    """
+
+    __tablename__ = "balance_snapshots"
+    __table_args__ = (
+        UniqueConstraint("entitlement_id", "at"),
+        Index(None, "meter_id", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH))
+    entitlement_id: Mapped[str] = mapped_column(String(ULID_LENGTH))
+    meter_id: Mapped[str] = mapped_column(ForeignKey("meters.id"))
+    at: Mapped[datetime] = mapped_column(Instant())
+    document: Mapped[str] = mapped_column(Text)
+    recorded_at: Mapped[datetime] = mapped_column(Instant())

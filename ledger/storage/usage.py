@@ -7,8 +7,9 @@ a unique constraint with ``INSERT ... ON CONFLICT DO NOTHING``, so concurrent wr
 an event twice; the first copy counts. Raw events are kept for the horizon (default 32 days),
 which is also the dedup horizon: an event older than the horizon is refused, so a duplicate of a
 pruned event can never be stored. An event no meter can evaluate is stored and reported, not
-counted. ``record_meter`` records a Meter (D1 identity) and builds its buckets from the raw
-events inside the horizon. Each batch appends one usage entry to the change feed.
+counted. Usage of a minute deletes the cached balance snapshots after that minute (a late event
+invalidates later snapshots). ``record_meter`` records a Meter (D1 identity) and builds its
+buckets from the raw events inside the horizon. Each batch appends one usage entry to the feed.
 
 It must not commit, read the clock, or apply a feature's group-by filters at write time: those
 are applied when usage is read (``read_buckets``).
@@ -42,7 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
 from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339, truncate_to_minute
-from allotment.ledger.storage import feed, records
+from allotment.ledger.storage import feed, records, snapshots
 from allotment.ledger.storage.jsonpath import MISSING, JsonPath, compile_path
 from allotment.ledger.storage.schema import (
     MeterGroupByRow,
@@ -499,6 +500,11 @@ def ingest(
             for key, value, distinct in evaluations[index]:
                 _accumulate(deltas, key, value, distinct, events[index].time)
     changes = _apply_deltas(connection, namespace, deltas)
+    earliest: dict[str, datetime] = {}
+    for meter_id, _, _, minute in deltas:
+        earliest[meter_id] = min(minute, earliest.get(meter_id, minute))
+    for meter_id, minute in sorted(earliest.items()):
+        snapshots.invalidate_usage_after(connection, meter_id, minute)
     position = feed.append(connection, namespace, changes, recorded_at=received_at)
     uncounted = tuple(
         Uncounted(index, events[index].source, events[index].id, reason)
@@ -866,3 +872,47 @@ def prune_events(
     """Delete raw events older than the horizon (their buckets stay) and return how many."""
     result = connection.execute(delete(_EVENTS).where(_EVENTS.c.time < now - horizon))
     return int(result.rowcount)
+
+
+def load_bucket_states(
+    connection: Connection, namespace: str, *, since: datetime | None = None
+) -> list[BucketState]:
+    """Return every bucket of ``namespace`` (from minute ``since`` on) as absolute states.
+
+    One query per table: the namespace's meters, buckets and (for UNIQUE_COUNT meters) distinct
+    values. This is the bulk load a sidecar starts from before following the feed.
+    """
+    meters = {
+        row.id: (row.slug, row.aggregation)
+        for row in connection.execute(
+            select(_METERS.c.id, _METERS.c.slug, _METERS.c.aggregation).where(
+                _METERS.c.namespace == namespace
+            )
+        )
+    }
+    query = select(_BUCKETS).where(_BUCKETS.c.namespace == namespace)
+    if since is not None:
+        query = query.where(_BUCKETS.c.minute >= since)
+    rows = connection.execute(query.order_by(_BUCKETS.c.minute, _BUCKETS.c.id)).all()
+    distinct: dict[int, set[str]] = defaultdict(set)
+    if any(agg == Aggregation.UNIQUE_COUNT.value for _, agg in meters.values()):
+        values = select(_VALUES.c.bucket_id, _VALUES.c.value).where(
+            _VALUES.c.namespace == namespace
+        )
+        for value in connection.execute(values):
+            distinct[value.bucket_id].add(value.value)
+    return [
+        BucketState(
+            meter_id=row.meter_id,
+            meter_slug=meters[row.meter_id][0],
+            subject=row.subject,
+            groups=tuple(sorted(json.loads(row.group_key).items())),
+            minute=row.minute,
+            event_count=row.event_count,
+            value_sum=row.value_sum,
+            latest_time=row.latest_time,
+            latest_value=row.latest_value,
+            distinct=frozenset(distinct.get(row.id, ())),
+        )
+        for row in rows
+    ]

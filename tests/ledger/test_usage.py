@@ -249,3 +249,27 @@ def test_pruning_keeps_buckets(ledger: Ledger) -> None:
     with ledger.write() as conn:
         assert usage.prune_events(conn, now=T0 + usage.DEFAULT_HORIZON + timedelta(minutes=1)) == 1
     assert total(ledger) == Decimal(10)
+
+
+def test_a_namespace_load_matches_the_feeds_latest_bucket_states(ledger: Ledger) -> None:
+    record(ledger, Meter("users", "prompt", Aggregation.UNIQUE_COUNT, "$.user"), name="users")
+    record(ledger)
+    ingest(ledger, event(1, user="ann"), event(2, user="bob", tokens=5))
+    ingest(ledger, event(3, user="ann", at=T0 + timedelta(minutes=3)))
+    with ledger.read() as conn:
+        loaded = usage.load_bucket_states(conn, NS)
+        followed: dict[tuple[str, str, datetime], usage.BucketState] = {}
+        for entry in feed.read_feed(conn, NS, after=0):
+            if entry.kind == usage.USAGE_CHANGE:
+                for payload in entry.payload["buckets"]:
+                    state = usage.BucketState.from_payload(payload)
+                    followed[(state.meter_slug, state.subject, state.minute)] = state
+    assert sorted(loaded, key=lambda s: (s.meter_slug, s.minute)) == sorted(
+        followed.values(), key=lambda s: (s.meter_slug, s.minute)
+    )
+    assert {(s.meter_slug, s.minute, s.distinct, s.value_sum) for s in loaded} == {
+        ("users", T0, frozenset({"ann", "bob"}), Decimal(0)),
+        ("users", T0 + timedelta(minutes=3), frozenset({"ann"}), Decimal(0)),
+        ("gpt_4_tokens", T0, frozenset(), Decimal(15)),
+        ("gpt_4_tokens", T0 + timedelta(minutes=3), frozenset(), Decimal(10)),
+    }
