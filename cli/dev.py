@@ -173,7 +173,8 @@ class DevLoop:
         if violations:
             title = f"{key[0]} {key[1]}/{key[2]}"
             for violation in violations:
-                self.say(f"Refused {title} ({where}): {violation}")
+                hint = f" ({violation.hint})" if violation.hint else ""
+                self.say(f"Refused {title} ({where}): {violation.message}{hint}")
             if old is not None:
                 self.say(f"  {title} stays as it was applied")
             return None
