@@ -2,10 +2,11 @@
 
 Role: the narrow interface between the in-memory view and the ledger's read contract (DESIGN
 D10, D11). A ``LedgerSource`` loads one namespace in bulk (``load``: one query per table) and
-returns the changes committed after a feed position (``changes_since``). Records carry the ledger
-ids the OpenMeter shapes need (``id``, ``featureId``, ``customerId``) beside the core's domain
-objects. Usage arrives as ``UsageBucketState``: the *absolute* contents of one per-minute bucket,
-so applying it twice, or once from local ingestion and once from the feed, never counts twice.
+returns the changes committed after a feed position (``changes_since``). Records are the read
+contract's (``allotment.ledger.storage.codec``: the core's domain objects with the ledger ids the
+OpenMeter shapes need). Usage arrives as ``UsageBucketState`` (storage's ``BucketState``): the
+*absolute* contents of one per-minute bucket, whose event count only grows, so applying it
+twice, or once from local ingestion and once from the feed, never counts twice.
 
 It must not compute balances (the core does) nor hold a database connection itself.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
 from typing import Literal, Protocol, TypeAlias
 
-from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
+from allotment.ledger.core.model import Entitlement, Grant
+from allotment.ledger.storage.codec import CustomerRecord, FeatureRecord, MeterRecord
+from allotment.ledger.storage.usage import BucketState as UsageBucketState
 
 __all__ = [
     "CONTRACT_VERSIONS",
@@ -37,52 +38,6 @@ __all__ = [
 CONTRACT_VERSIONS = (1,)
 
 RecordKind = Literal["customer", "feature", "meter", "entitlement", "grant"]
-
-
-@dataclass(frozen=True)
-class CustomerRecord:
-    """A customer with its ledger id."""
-
-    id: str
-    customer: Customer
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class FeatureRecord:
-    """A feature with its ledger id."""
-
-    id: str
-    feature: Feature
-    created_at: datetime
-    archived_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class MeterRecord:
-    """A meter with its ledger id."""
-
-    id: str
-    meter: Meter
-
-
-@dataclass(frozen=True)
-class UsageBucketState:
-    """The absolute contents of one usage bucket (meter, subject, group-by values, minute).
-
-    ``event_count`` only grows as events are committed into the bucket, so a state with a
-    smaller count than the one held is older and is ignored.
-    """
-
-    meter_slug: str
-    subject: str
-    minute: datetime
-    event_count: int
-    value_sum: Decimal
-    group: tuple[tuple[str, str], ...] = ()
-    latest_time: datetime | None = None
-    latest_value: Decimal | None = None
-    distinct: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

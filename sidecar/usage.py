@@ -124,9 +124,9 @@ class UsageStore:
     def put(self, bucket: UsageBucketState) -> bool:
         """Store a bucket state; return whether it changed what the store holds."""
         by_group = self._series.setdefault((bucket.meter_slug, bucket.subject), {})
-        series = by_group.get(bucket.group)
+        series = by_group.get(bucket.groups)
         if series is None:
-            series = by_group[bucket.group] = Series()
+            series = by_group[bucket.groups] = Series()
         before = len(series.minutes)
         changed = series.put(bucket)
         self.bucket_count += len(series.minutes) - before

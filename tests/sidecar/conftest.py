@@ -1,0 +1,141 @@
+"""Fixtures of the sidecar tier: a migrated ledger on SQLite and PostgreSQL, a seeder, a clock
+the test moves, and a running sidecar app reached over real HTTP with ``aiohttp_client``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from allotment.ledger.storage import migrate
+from allotment.ledger.storage.engine import Ledger, open_ledger
+from allotment.sidecar.app import create_app
+from allotment.sidecar.compute import CoreValueEngine
+from allotment.sidecar.keys import FOLLOWER, VIEW
+from allotment.sidecar.ledger_source import StorageSource
+from allotment.sidecar.settings import SidecarSettings
+from allotment.sidecar.view import View
+from tests.sidecar.seed import NS, T0, Seeder
+
+WAIT_LIMIT_SECONDS = 20.0
+
+
+@pytest.fixture
+def ledger(ledger_url: str) -> Iterator[Ledger]:
+    """Yield a ledger migrated to head, then close it."""
+    migrate.upgrade(ledger_url)
+    opened = open_ledger(ledger_url)
+    try:
+        yield opened
+    finally:
+        opened.dispose()
+
+
+@pytest.fixture
+def seeder(ledger: Ledger) -> Seeder:
+    """Return a seeder writing namespace ``team-a`` at T0."""
+    return Seeder(ledger)
+
+
+@dataclass
+class Clock:
+    """A clock the test moves by hand."""
+
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0 + timedelta(days=1))
+
+
+@dataclass
+class Sidecar:
+    """A running sidecar app and its client."""
+
+    client: TestClient[Any, Any]
+    app: web.Application
+
+    @property
+    def view(self) -> View:
+        return self.app[VIEW]
+
+    async def caught_up(self, position: int) -> None:
+        """Wait until the view has applied the feed up to ``position``."""
+        follower = self.app[FOLLOWER]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_LIMIT_SECONDS
+        while self.view.position is None or self.view.position < position:
+            if loop.time() > deadline:
+                raise AssertionError(
+                    f"the sidecar did not reach ledger version {position}: at "
+                    f"{self.view.position}, last error {follower.last_error}"
+                )
+            follower.wake.set()
+            await asyncio.sleep(0.01)
+
+    async def ready(self) -> None:
+        """Wait until the first load is done."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_LIMIT_SECONDS
+        while not self.view.ready:
+            if loop.time() > deadline:
+                raise AssertionError(f"not ready: {self.app[FOLLOWER].last_error}")
+            await asyncio.sleep(0.01)
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        """GET ``path`` and return (status, JSON body, headers)."""
+        response = await self.client.get(path, **kwargs)
+        body = await response.json(content_type=None) if await response.read() else None
+        return response.status, body, response.headers
+
+    async def post(self, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        """POST ``path`` and return (status, JSON body or None, headers)."""
+        response = await self.client.post(path, **kwargs)
+        raw = await response.read()
+        body = await response.json(content_type=None) if raw else None
+        return response.status, body, response.headers
+
+
+StartSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest.fixture
+def start_sidecar(
+    ledger_url: str,
+    ledger: Ledger,
+    clock: Clock,
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> StartSidecar:
+    """Return a function starting a sidecar for ``team-a`` on this ledger (ready by default)."""
+
+    async def start(*, wait_ready: bool = True, **overrides: Any) -> Sidecar:
+        settings = replace(
+            SidecarSettings(
+                database_url=ledger_url,
+                namespace=NS,
+                poll_interval=timedelta(milliseconds=20),
+                probe_host="127.0.0.1",
+            ),
+            **overrides,
+        )
+        view = View(NS, CoreValueEngine(), freeze_gc=False)
+        app = create_app(settings, view, open_source=StorageSource.open, clock=clock)
+        sidecar = Sidecar(await aiohttp_client(app), app)
+        if wait_ready:
+            await sidecar.ready()
+        return sidecar
+
+    return start
