@@ -15,6 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from allotment.ledger.core.model import (
     CalendarDuration,
@@ -299,6 +301,8 @@ CASES = [
     pytest.param(Case((*BASE[:3], (make("Entitlement", "customer-1-gpt-4", ENT_RAW, t=at(days=5)), at(days=5))),
                       GRANT, at(days=5), [("Record", at(days=5))]),
                  id="D2-waited-grant-acts-when-entitlement-recorded"),
+    pytest.param(Case((FEATURE, (make("Meter", "tokens", METER_RAW, t=at(days=2)), at(days=2))), FEATURE,
+                      at(days=3), [("Record", at(days=2))]), id="D2-waited-feature-acts-when-meter-recorded"),
     # --- validation that needs context ---
     pytest.param(Case((METER,), make("Feature", "f", {"meterSlug": "tokens", "meterGroupByFilters": {"region": "eu"}}),
                       T0, [("Refuse", "spec.meterGroupByFilters")]), id="feature-filter-not-a-meter-column"),
@@ -610,3 +614,153 @@ def test_conflict_names_the_conflicting_entitlement() -> None:
     assert conflict.message.startswith(
         f"entitlement with id {first} already exists for feature gpt_4_tokens and customer customer-1"
     )
+
+
+# --- properties: idempotence for every kind, and any apply order converges (D6) ---------------
+
+HORIZON = at(days=120)
+MINUTES = st.integers(min_value=0, max_value=90 * 24 * 60)
+
+
+def instant(minutes: int, seconds: int = 0) -> datetime:
+    return T0 + timedelta(minutes=minutes, seconds=seconds)
+
+
+@st.composite
+def catalogues(draw: st.DrawFn, *, safe_instants: bool) -> list[Resource]:
+    """Draw a namespace's objects: meters, features, customers, entitlements, grants, resets.
+
+    At most one entitlement per customer and feature and one reset per entitlement (those are
+    first come, first served by design). With ``safe_instants`` every grant's effectiveAt and
+    voidAt lie after its creation, so no cross-object check depends on what was applied first.
+    """
+    when = lambda: instant(draw(MINUTES), draw(st.integers(0, 59)))  # noqa: E731
+    resources = [
+        make("Meter", "tokens", METER_RAW, t=when()),
+        make("Feature", "gpt-4-tokens", FEATURE_RAW, t=when()),
+        make("Feature", "plain", {}, t=when()),
+        make("Customer", "customer-1", CUSTOMER_RAW, t=when()),
+    ]
+    holders = {"customer-1": [{"customer": "customer-1"}, {"subject": "user-1"}, {"subject": "customer-1"}],
+               "anon": [{"subject": "anon"}]}  # fmt: skip
+    metered: list[tuple[str, str]] = []
+    for customer, forms in holders.items():
+        for feature in ("gpt_4_tokens", "plain"):
+            if not draw(st.booleans()):
+                continue
+            name = f"{customer}-{feature}".replace("_", "-")
+            raw: dict[str, Any] = {**draw(st.sampled_from(forms)), "featureKey": feature}
+            if feature == "plain":
+                raw["type"] = "boolean"
+            else:
+                raw |= {
+                    "type": "metered",
+                    "usagePeriod": {"interval": draw(st.sampled_from(["DAY", "WEEK", "MONTH"]))},
+                }
+                if draw(st.booleans()):
+                    raw["issueAfterReset"] = draw(st.integers(1, 500))
+                metered.append((name, customer))
+            if draw(st.booleans()):
+                raw["activeTo"] = format_rfc3339(instant(draw(MINUTES) + 30 * 24 * 60))
+            resources.append(make("Entitlement", name, raw, t=when()))
+    for i in range(draw(st.integers(0, 4))):
+        if not metered:
+            break
+        name, customer = draw(st.sampled_from(metered))
+        t = when()
+        target = draw(
+            st.sampled_from(
+                [{"entitlement": name}, {**holders[customer][-1], "featureKey": "gpt_4_tokens"}]
+            )
+        )
+        raw = {**target, "amount": draw(st.integers(1, 1000))}
+        if draw(st.booleans()):
+            raw["priority"] = draw(st.integers(0, 5))
+        low = 0 if safe_instants else -40 * 24 * 60
+        if draw(st.booleans()):
+            raw["effectiveAt"] = format_rfc3339(
+                t + timedelta(minutes=draw(st.integers(low, 40 * 24 * 60)))
+            )
+        if draw(st.booleans()):
+            raw["voidAt"] = format_rfc3339(
+                t + timedelta(minutes=draw(st.integers(low, 40 * 24 * 60)))
+            )
+        resources.append(make("Grant", f"grant-{i}", raw, t=t))
+    for name, _ in metered:
+        if draw(st.booleans()):
+            t = when()
+            offset = draw(st.integers(-20 * 24 * 60, 20 * 24 * 60))
+            resources.append(
+                make(
+                    "EntitlementReset",
+                    f"reset-{name}",
+                    {
+                        "entitlement": name,
+                        "effectiveAt": format_rfc3339(t + timedelta(minutes=offset)),
+                    },
+                    t=t,
+                )
+            )
+    return resources
+
+
+def converge(resources: Sequence[Resource]) -> Ledger:
+    """Reconcile every object in ``resources`` order, pass after pass, until nothing is written."""
+    ledger = Ledger()
+    for _ in range(len(resources) + 1):
+        wrote = False
+        for resource in resources:
+            actions = ledger.reconcile(resource, HORIZON)
+            if any(is_write(a) for a in actions):
+                ledger.apply(actions)
+                wrote = True
+        if not wrote:
+            return ledger
+    raise AssertionError("reconciliation did not converge")
+
+
+def canonical(ledger: Ledger) -> object:
+    """Return the ledger with generated ids replaced by the identities they were given to."""
+    names = {own.id: f"{ref.kind.value}/{ref.name}" for ref, own in ledger.own.items()}
+    names |= {
+        i: f"implicit/{c.customer.key}" for i, c in ledger.customers.items() if c.name is None
+    }
+    return (
+        {ref: replace(own, id="") for ref, own in ledger.own.items()},
+        sorted((m.name, m.created_at, repr(m.meter)) for m in ledger.meters.values()),
+        sorted((f.name, f.created_at, repr(f.feature)) for f in ledger.features.values()),
+        # An implicit customer is recorded by whichever entitlement names its subject first, so
+        # only its instant may depend on the order (nothing waits for it, no amount uses it).
+        sorted(
+            (str(c.name), c.created_at if c.name else None, repr(c.customer))
+            for c in ledger.customers.values()
+        ),
+        {names[i]: replace(e, id="") for i, e in ledger.entitlements.items()},
+        {
+            names[i]: replace(g, id="", entitlement_id=names[g.entitlement_id])
+            for i, g in ledger.grants.items()
+        },
+    )
+
+
+@given(catalogues(safe_instants=False))
+def test_every_kind_is_idempotent_once_converged(resources: list[Resource]) -> None:
+    ledger = converge(resources)
+    before = ledger.snapshot()
+    for resource in resources:
+        assert [a for a in ledger.reconcile(resource, HORIZON) if is_write(a)] == []
+    deletions = [replace(r, deleted_at=HORIZON) for r in resources]
+    for resource in deletions:
+        ledger.apply(ledger.reconcile(resource, HORIZON))
+    money = (dict(ledger.entitlements), dict(ledger.grants))
+    assert money == (before[4], before[5]), "deleting with the default Orphan policy moved money"
+    for resource in deletions:
+        assert ledger.reconcile(resource, HORIZON) == ()
+
+
+@given(st.data())
+def test_any_apply_order_converges_to_the_same_ledger(data: st.DataObject) -> None:
+    resources = data.draw(catalogues(safe_instants=True))
+    first = converge(resources)
+    second = converge(data.draw(st.permutations(resources)))
+    assert canonical(first) == canonical(second)
