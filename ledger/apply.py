@@ -396,7 +396,7 @@ def _replace_void_at(grant: Grant, at: datetime) -> Grant:
 _REASONS = {
     "Record": "Recorded",
     "Amend": "Amended",
-    "Reset": "ResetApplied",
+    "Reset": "Applied",
     "End": "Ended",
     "Void": "Voided",
     "Adopt": "Adopted",
@@ -447,7 +447,7 @@ def _instant(value: datetime | None) -> str | None:
 def _status(connection: Connection, record_id: str, ref: Ref) -> dict[str, Any]:
     """Return the status fields the CRD declares for the record: ids and effective values."""
     if ref.kind is Kind.ENTITLEMENT_RESET:
-        return {"id": record_id}
+        return _reset_status(connection, record_id, ref)
     record = catalogue.find_record(connection, record_id)
     if isinstance(record, MeterRecord):
         return {"id": record_id, "slug": record.meter.slug}
@@ -464,6 +464,29 @@ def _status(connection: Connection, record_id: str, ref: Ref) -> dict[str, Any]:
     if isinstance(record, Grant):
         return _grant_status(connection, record)
     return {"id": record_id}
+
+
+def _reset_status(connection: Connection, record_id: str, ref: Ref) -> dict[str, Any]:
+    row = connection.execute(
+        select(_LOG.c.at, _LOG.c.spec)
+        .where(_LOG.c.resource_id == record_id, _LOG.c.action == _APPLIED)
+        .order_by(_LOG.c.id)
+        .limit(1)
+    ).one_or_none()
+    if row is None:
+        return {}
+    status: dict[str, Any] = {"appliedAt": format_rfc3339(row.at)}
+    spec = _load_spec(row.spec)
+    target = getattr(spec, "target", None)
+    name = getattr(target, "entitlement", None)
+    if name is not None:
+        status["entitlement"] = name
+        entitlement_id = catalogue.key_owner(
+            connection, ref.namespace, _ref_space(Kind.ENTITLEMENT), name
+        )
+        if entitlement_id is not None:
+            status["entitlementId"] = entitlement_id
+    return status
 
 
 def _entitlement_status(connection: Connection, e: Entitlement) -> dict[str, Any]:
