@@ -1106,6 +1106,9 @@ def _edit_entitlement_timelines(
     isSoftLimit from ``at``, preserveOverageAtReset for resets from ``at``."""
     changes: list[Change] = []
     metered = entitlement.type is EntitlementType.METERED and bool(entitlement.usage_period)
+    if not metered and old.usage_period != new.usage_period:
+        entitlement = _with_informational_period(entitlement, new, at)
+        changes.append(Change("spec.usagePeriod", at, new.usage_period))
     if metered and new.usage_period is not None and old.usage_period != new.usage_period:
         interval = new.usage_period.interval.duration
         edited = edit_interval(entitlement, interval, at)
@@ -1126,6 +1129,19 @@ def _edit_entitlement_timelines(
         entitlement = edit_preserve_overage(entitlement, value, at)
         changes.append(Change("spec.preserveOverageAtReset", at, value))
     return entitlement, changes
+
+
+def _with_informational_period(
+    entitlement: Entitlement, spec: EntitlementSpec, at: datetime
+) -> Entitlement:
+    """Replace a static or boolean entitlement's usage period: it only informs (spec §4.1)."""
+    if spec.usage_period is None:
+        return replace(entitlement, usage_period=())
+    old = entitlement.usage_period
+    anchor = old[0].recurrence.anchor if old else (spec.usage_period.anchor or at)
+    start = old[0].start if old else truncate_to_minute(at)
+    timeline = new_usage_period(spec.usage_period.interval.duration, anchor, start)
+    return replace(entitlement, usage_period=timeline)
 
 
 def _edit_grant(

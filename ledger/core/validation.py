@@ -249,9 +249,16 @@ _METERED_ONLY = (
 )
 
 
+def _check_holder(customer: str | None, subject: str | None, errors: Errors) -> None:
+    for name, value in (("customer", customer), ("subject", subject)):
+        if value is not None and not 1 <= len(value) <= _TEXT_MAX:
+            errors.append(ValidationError(f"spec.{name}", f"{name} must be 1 to 256 characters"))
+
+
 def _check_entitlement(spec: EntitlementSpec, errors: Errors) -> None:
     if (spec.customer is None) == (spec.subject is None):
         errors.append(ValidationError("spec.customer", "set exactly one of customer or subject"))
+    _check_holder(spec.customer, spec.subject, errors)
     _check_key(spec.feature_key, "spec.featureKey", "featureKey", False, errors)
     if spec.type is EntitlementType.METERED:
         _check_metered(spec, errors)
@@ -338,6 +345,7 @@ def _check_unmetered(spec: EntitlementSpec, errors: Errors) -> None:
 
 
 def _check_target(target: Target, errors: Errors) -> None:
+    _check_holder(target.customer, target.subject, errors)
     by_customer = target.customer is not None or target.subject is not None
     if (target.entitlement is not None) == by_customer:
         errors.append(

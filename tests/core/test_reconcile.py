@@ -407,6 +407,14 @@ CASES = [
     pytest.param(Case((*BASE, GRANT), edited(GRANT, GRANT_RAW, voidAt="2026-06-01T00:00:00Z"), at(days=10),
                       [("Amend",), ("Void", datetime(2026, 6, 1, tzinfo=UTC))]),
                  id="D4-future-void-recorded-takes-effect-when-it-arrives"),
+    pytest.param(Case(BASE, make("Grant", "g", {**GRANT_RAW, "voidAt": "2025-12-01T00:00:00Z"}, t=at(days=40)),
+                      at(days=40), [("Record", at(days=40))]), id="D4-grant-created-voided-in-the-past"),
+    pytest.param(Case((make("Feature", "plain", {}), CUSTOMER,
+                       make("Entitlement", "e", {"customer": "customer-1", "featureKey": "plain", "type": "boolean"})),
+                      make("Entitlement", "e", {"customer": "customer-1", "featureKey": "plain", "type": "boolean",
+                                                "usagePeriod": {"interval": "DAY"}}, generation=2),
+                      at(days=1), [("Amend", ("spec.usagePeriod", at(days=1)))]),
+                 id="D4-informational-usage-period-of-boolean"),
     pytest.param(Case((*BASE, GRANT), edited(GRANT, GRANT_RAW, amount=10), at(days=10), [("Refuse", "spec.amount")]),
                  id="D4-grant-amount-immutable"),
     pytest.param(Case((CUSTOMER,), edited(CUSTOMER, {"usageAttribution": {"subjectKeys": ["user-1", "user-2"]}}),
@@ -547,6 +555,17 @@ def test_interval_edit_becomes_a_timeline_entry_not_an_override() -> None:
     assert entitlement.usage_period[-1].recurrence.interval == CalendarDuration(weeks=1)
     assert entitlement.active_to is None
     assert all(g.void_at is None for g in ledger.grants.values())
+
+
+def test_grant_created_with_a_past_void_is_voided_from_the_current_period() -> None:
+    ledger = Ledger()
+    for resource in BASE:
+        ledger.settle(resource)
+    ledger.settle(
+        make("Grant", "g", {**GRANT_RAW, "voidAt": "2025-12-01T00:00:00Z"}, t=at(days=40))
+    )
+    (grant,) = ledger.grants.values()
+    assert (grant.effective_at, grant.void_at) == (at(days=40), FEB)
 
 
 def test_orphaned_record_keeps_its_money() -> None:

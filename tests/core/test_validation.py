@@ -232,6 +232,18 @@ def test_valid_resources_pass(body: dict[str, Any]) -> None:
             id="neither-customer-nor-subject",
         ),
         pytest.param(
+            obj("Entitlement", {**METERED, "customer": ""}),
+            "spec.customer",
+            "customer must be 1 to 256 characters",
+            id="customer-empty",
+        ),
+        pytest.param(
+            obj("Grant", {"subject": "s" * 257, "featureKey": "f", "amount": 1}),
+            "spec.subject",
+            "subject must be 1 to 256 characters",
+            id="grant-subject-too-long",
+        ),
+        pytest.param(
             obj("Entitlement", {**METERED, "featureKey": "F"}),
             "spec.featureKey",
             "featureKey",
