@@ -750,11 +750,10 @@ def _create_entitlement(
     if errors:
         return (Refuse(ref, errors),)
     at = max([at, feature.created_at, *([holder.created_at] if holder.created_at else [])])
-    blocking = _overlapping(recorded.entitlements, holder.key, spec, at)
-    if blocking is not None and blocking.active_to is None:
-        return (_entitlement_conflict(ref, blocking, spec.feature_key, holder.key),)
-    if blocking is not None and blocking.active_to is not None:
-        at = max(at, blocking.active_to)  # waited for the other entitlement to end (D2)
+    start = _start_after_others(recorded.entitlements, holder.key, spec, at)
+    if isinstance(start, Entitlement):
+        return (_entitlement_conflict(ref, start, spec.feature_key, holder.key),)
+    at = start
     entitlement = _new_entitlement(desired, spec, holder.key, at, new_id)
     actions: list[Action] = []
     if holder.implied is not None:
@@ -762,6 +761,28 @@ def _create_entitlement(
         actions.append(ImplyCustomer(ref.namespace, implied_id, at, holder.implied))
     actions.append(_record(desired, new_id, at, entitlement))
     return tuple(actions)
+
+
+def _start_after_others(
+    entitlements: Sequence[Entitlement], customer_key: str, spec: EntitlementSpec, at: datetime
+) -> datetime | Entitlement:
+    """Return when a new entitlement acts: ``at``, or after the entitlements it would overlap end.
+
+    At most one entitlement per customer and feature is active at any instant (spec §4 rule 1).
+    An overlapping one that has an end makes the new one wait for it (D2); one without an end,
+    or an explicit activeFrom or activeTo that cannot fit after it, is returned as the conflict.
+    """
+    for _ in range(len(entitlements) + 1):
+        blocking = _overlapping(entitlements, customer_key, spec, at)
+        if blocking is None:
+            return at
+        end = blocking.active_to
+        if end is None or spec.active_from is not None:
+            return blocking
+        if spec.active_to is not None and spec.active_to <= end:
+            return blocking
+        at = max(at, end)
+    return at
 
 
 def _overlapping(
@@ -800,7 +821,14 @@ def _entitlement_conflict(ref: Ref, other: Entitlement, feature: str, customer: 
 def _new_entitlement(
     desired: Resource, spec: EntitlementSpec, customer_key: str, at: datetime, new_id: str
 ) -> Entitlement:
-    """Build the ledger entitlement, resolving the defaults that mean "now" to ``at`` (D2)."""
+    """Build the ledger entitlement, resolving the defaults that mean "now" (D2).
+
+    They resolve to the acting instant ``at``, or to ``activeFrom`` when that is later: a
+    scheduled entitlement never counts usage from before it gives access.
+    """
+    created_at = at
+    if spec.active_from is not None:
+        at = max(at, spec.active_from)
     timeline: tuple[UsagePeriodEntry, ...] = ()
     measure_from: datetime | None = None
     if spec.usage_period is not None:
@@ -820,7 +848,7 @@ def _new_entitlement(
         customer_key=customer_key,
         feature_key=spec.feature_key,
         type=spec.type,
-        created_at=at,
+        created_at=created_at,
         usage_period=timeline,
         measure_usage_from=measure_from,
         issue_after_reset=(Versioned(since, issue),) if issue is not None else (),

@@ -360,6 +360,18 @@ CASES = [
     pytest.param(Case(BASE, make("Entitlement", "later", {**ENT_RAW, "activeFrom": "2026-05-01T00:00:00Z"},
                                  t=at(days=1)), at(days=1), [("Conflict", "EntitlementConflict")]),
                  id="scheduled-entitlement-overlapping-an-open-one"),
+    pytest.param(Case((*BASE, edited(ENT, ENT_RAW, activeTo="2026-03-01T00:00:00Z")),
+                      make("Entitlement", "second", {**ENT_RAW, "activeTo": "2026-02-15T00:00:00Z"}, t=at(days=1)),
+                      at(days=1), [("Conflict", "EntitlementConflict")]),
+                 id="second-entitlement-ending-before-the-first-ends-conflicts"),
+    pytest.param(Case((*BASE, edited(ENT, ENT_RAW, activeTo="2026-03-01T00:00:00Z")),
+                      make("Entitlement", "second", {**ENT_RAW, "activeFrom": "2026-02-01T00:00:00Z"}, t=at(days=1)),
+                      at(days=1), [("Conflict", "EntitlementConflict")]),
+                 id="second-entitlement-explicit-start-inside-the-first-conflicts"),
+    pytest.param(Case((*BASE, edited(ENT, ENT_RAW, activeTo="2026-03-01T00:00:00Z")),
+                      make("Entitlement", "second", {**ENT_RAW, "activeFrom": "2026-03-01T00:00:00Z"}, t=at(days=1)),
+                      at(days=1), [("Record", at(days=1))]),
+                 id="second-entitlement-scheduled-after-the-first"),
     # --- D1: identity ---
     pytest.param(Case(BASE, ENT, at(days=1), []), id="D1-same-object-nothing-to-do"),
     pytest.param(Case(BASE, make("Entitlement", "customer-1-gpt-4", ENT_RAW, t=at(days=7), uid="new-uid"),
@@ -517,6 +529,17 @@ def test_defaults_meaning_now_resolve_to_the_acting_instant() -> None:
     assert (grant.effective_at, grant.priority, grant.max_rollover_amount) == (at(days=4), 0, None)
     assert grant.rollover_cap == Decimal(50)
     assert grant.entitlement_id == entitlement.id
+
+
+def test_scheduled_entitlement_measures_usage_from_its_start() -> None:
+    ledger = Ledger()
+    for resource in BASE[:3]:
+        ledger.settle(resource)
+    ledger.settle(make("Entitlement", "e", {**ENT_RAW, "activeFrom": "2026-03-01T00:00:00Z"}))
+    (entitlement,) = ledger.entitlements.values()
+    assert (entitlement.created_at, entitlement.start) == (T0, MAR)
+    assert entitlement.measure_usage_from == MAR
+    assert entitlement.usage_period[0].recurrence.anchor == MAR
 
 
 def test_current_period_start_measures_from_the_anchor_boundary() -> None:
