@@ -1,9 +1,11 @@
 """Reconciliation: one pure function from a desired resource and the recorded state to actions.
 
 Role: ``reconcile(desired, recorded, now, new_id)`` decides what the ledger must do so that it
-holds ``desired`` (DESIGN D1-D6): create a record, amend it with D4 timeline entries, end an
-entitlement, void a grant, apply a manual reset, re-adopt a re-created object, orphan a deleted
-one, or do nothing yet and say why (wait for a reference or an instant, a conflict, a refusal).
+holds ``desired`` (DESIGN D1-D6): create a record (and the implicit customer a subject names),
+amend it with D4 timeline entries, end an entitlement, void a grant, apply a manual reset,
+re-adopt a re-created object, orphan a deleted one, let a Customer absorb the implicit customer
+of its subjects, or do nothing yet and say why (wait for a reference or an instant, a conflict,
+a refusal, a reset with nothing to reset).
 The operator and ``allotment dev`` both drive it; storage applies the actions in one
 transaction. It is level-based and idempotent: reconciling the same desired resource against the
 state after its actions were applied yields no writing action.
