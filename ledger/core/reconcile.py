@@ -249,8 +249,9 @@ class Absorb:
     """Customer ``id`` (key ``key``) takes over implicit customer ``implicit_id`` from ``at``.
 
     Storage re-points the entitlements of ``implicit_key`` to ``key`` and drops the implicit
-    customer; the entitlements and their grants keep their ids (D5: a subject belongs to at
-    most one customer per namespace). No amount changes.
+    customer, freeing its key and subject; the entitlements and their grants keep their ids (D5:
+    a subject belongs to at most one customer per namespace). No amount changes. It comes before
+    the Record or Amend of the customer, so per-namespace key constraints hold throughout.
     """
 
     ref: Ref
@@ -613,7 +614,7 @@ def _create_customer(
     if isinstance(absorbed, Conflict):
         return (absorbed,)
     record = _record(desired, new_id, at, customer)
-    return (record, *_absorb(desired.ref, new_id, customer, absorbed, at))
+    return (*_absorb(desired.ref, new_id, customer, absorbed, at), record)
 
 
 def _check_customer_keys(
@@ -1106,7 +1107,7 @@ def _edit_customer(
         return (absorbed,)
     changes = _plain_changes(old, spec, ("name", "metadata", "subject_keys"), at)
     amend = _amend(desired, own, at, changes, customer)
-    return (amend, *_absorb(desired.ref, own.id, customer, absorbed, at))
+    return (*_absorb(desired.ref, own.id, customer, absorbed, at), amend)
 
 
 def _edit_entitlement(
