@@ -35,7 +35,7 @@ def test_an_unquoted_timestamp_passes_a_date_time_field() -> None:
 def test_a_null_field_is_dropped_as_kubectl_apply_drops_it(row: dict[str, str]) -> None:
     schema = load_crds()[("allotment.dev/v1alpha1", "Entitlement")].schema
     body = load_yaml(
-        "apiVersion: allotment.dev/v1alpha1\nkind: Entitlement\nmetadata: {name: n}\n"
+        "apiVersion: allotment.dev/v1alpha1\nkind: Entitlement\nmetadata: {name: scalar-null}\n"
         "spec:\n  customer: c\n  featureKey: f\n  type: boolean\n"
         f"  activeTo: {row['yaml']}\n"
     )
