@@ -27,6 +27,7 @@ from datetime import datetime
 from .model import Aggregation, CalendarDuration, EntitlementType
 from .resources import (
     CustomerSpec,
+    DeletionPolicy,
     EntitlementResetSpec,
     EntitlementSpec,
     FeatureSpec,
@@ -53,6 +54,7 @@ __all__ = [
     "identity_of",
     "is_at_least_one_hour",
     "reset_before_period",
+    "warn_on_removal",
 ]
 
 KEY_PATTERN = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
@@ -671,3 +673,26 @@ def reset_before_period(at: datetime, period_start: datetime) -> ValidationError
         f"reset at {format_rfc3339(at)} is before current usage period start "
         f"{format_rfc3339(period_start)}: set effectiveAt within the current period, or omit it",
     )
+
+
+def warn_on_removal(resource: Resource) -> str | None:
+    """Return the D3 warning for removing ``resource`` from Git or the cluster, if it needs one.
+
+    Deleting an Entitlement or Grant with deletionPolicy Orphan (the default) keeps it active in
+    the ledger unless its spec already ends it (activeTo, voidAt); ``validate``, ``plan`` and the
+    webhooks say so, since a reviewer reading the diff sees a removal.
+    """
+    spec = resource.spec
+    if resource.deletion_policy is DeletionPolicy.APPLY:
+        return None
+    if isinstance(spec, EntitlementSpec) and spec.active_to is None:
+        return (
+            f"removing {resource.ref} keeps it active in the ledger (deletionPolicy Orphan): set "
+            "spec.activeTo first, or spec.deletionPolicy: Apply to end it when deleted"
+        )
+    if isinstance(spec, GrantSpec) and spec.void_at is None:
+        return (
+            f"removing {resource.ref} keeps its amount in the ledger (deletionPolicy Orphan): set "
+            "spec.voidAt first, or spec.deletionPolicy: Apply to void it when deleted"
+        )
+    return None

@@ -29,6 +29,7 @@ from allotment.ledger.core.validation import (
     identity_of,
     is_at_least_one_hour,
     reset_before_period,
+    warn_on_removal,
 )
 
 
@@ -815,3 +816,28 @@ def test_validation_errors_compare_by_field_and_message() -> None:
     assert ValidationError("a", "b") == ValidationError("a", "b")
     assert ValidationError("a", "b") != ValidationError("a", "c")
     assert len({ValidationError("a", "b"), ValidationError("a", "b")}) == 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "warned"),
+    [
+        pytest.param("Entitlement", METERED, True, id="entitlement-orphaned-stays-active"),
+        pytest.param(
+            "Entitlement", {**METERED, "activeTo": T1}, False, id="entitlement-ended-in-spec"
+        ),
+        pytest.param(
+            "Entitlement", {**METERED, "deletionPolicy": "Apply"}, False, id="entitlement-apply"
+        ),
+        pytest.param("Grant", GRANT, True, id="grant-orphaned-keeps-amount"),
+        pytest.param("Grant", {**GRANT, "voidAt": T1}, False, id="grant-voided-in-spec"),
+        pytest.param("Grant", {**GRANT, "deletionPolicy": "Apply"}, False, id="grant-apply"),
+        pytest.param("Customer", {}, False, id="other-kinds-never-move-money"),
+    ],
+)
+def test_removal_warns_when_the_ledger_keeps_money_active(
+    kind: str, spec: dict[str, Any], warned: bool
+) -> None:
+    warning = warn_on_removal(parse_resource(obj(kind, spec)))
+    assert (warning is not None) is warned
+    if warning is not None:
+        assert "deletionPolicy" in warning
