@@ -112,10 +112,11 @@ def create_app(
             settings,
             view,
             clock,
+            open_source,
             on_reload=_count_reload(app[METRICS]),
             on_error=lambda _error: app[METRICS].feed_errors.inc(),
         )
-        app.cleanup_ctx.append(_follow_ledger(open_source))
+        app.cleanup_ctx.append(_follow_ledger)
     return app
 
 
@@ -145,23 +146,13 @@ async def _measure_gc(app: web.Application) -> AsyncIterator[None]:
     metrics.remove_gc_callback()
 
 
-def _follow_ledger(
-    open_source: SourceOpener,
-) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    @contextlib.asynccontextmanager
-    async def follow(app: web.Application) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        settings = app[SETTINGS]
-        source = await loop.run_in_executor(None, open_source, settings)
-        follower = app[FOLLOWER]
-        follower.source = source
-        task = asyncio.create_task(follower.run(), name="allotment-feed-follower")
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await loop.run_in_executor(None, source.close)
-
-    return follow
+async def _follow_ledger(app: web.Application) -> AsyncIterator[None]:
+    follower = app[FOLLOWER]
+    task = asyncio.create_task(follower.run(), name="allotment-feed-follower")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await follower.close()

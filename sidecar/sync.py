@@ -1,6 +1,7 @@
 """Following the ledger: the first load, then the change feed by cursor, reloading on a new epoch.
 
-Role: one asyncio task per sidecar. It loads the namespace in bulk (in a worker thread: the
+Role: one asyncio task per sidecar. It opens the ledger (retrying while it is unreachable or
+at a schema this sidecar does not read, reported in /status, never crashing the app), loads the namespace in bulk (in a worker thread: the
 ledger driver is blocking), then polls ``changes_since(position)`` every ``poll_interval`` and
 applies each batch to the view on the event loop, so lookups never see a half-applied batch and
 need no lock. A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
@@ -39,14 +40,15 @@ class Follower:
         settings: SidecarSettings,
         view: View,
         clock: Callable[[], datetime],
-        source: LedgerSource | None = None,
+        open_source: Callable[[SidecarSettings], LedgerSource],
         *,
         on_reload: Callable[[float], None] | None = None,
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
         self.view = view
-        self.source = source
+        self.open_source = open_source
+        self.source: LedgerSource | None = None
         self.clock = clock
         self.wake = asyncio.Event()
         self.last_error: str | None = None
@@ -58,6 +60,9 @@ class Follower:
         backoff = self.settings.poll_interval.total_seconds()
         while True:
             try:
+                if self.source is None:
+                    loop = asyncio.get_running_loop()
+                    self.source = await loop.run_in_executor(None, self.open_source, self.settings)
                 if not self.view.ready:
                     await self.reload()
                 more = await self.poll_once()
@@ -74,6 +79,12 @@ class Follower:
                     self._on_error(error)
                 backoff = min(max(backoff * 2, 0.05), MAX_BACKOFF_SECONDS)
             await self._sleep(backoff)
+
+    async def close(self) -> None:
+        """Release the source's connections."""
+        if self.source is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.source.close)
+            self.source = None
 
     def _source(self) -> LedgerSource:
         if self.source is None:

@@ -17,13 +17,23 @@ from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
-from allotment.sidecar.keys import FOLLOWER, VIEW
+from allotment.sidecar.keys import CLOCK, FOLLOWER, VIEW
 from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
 from tests.sidecar.seed import NS, T0, Seeder
 
 WAIT_LIMIT_SECONDS = 20.0
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Wait until ``predicate()`` holds (polling the event loop), or fail saying ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_LIMIT_SECONDS
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -84,6 +94,17 @@ class Sidecar:
                     f"{self.view.position}, last error {follower.last_error}"
                 )
             follower.wake.set()
+            await asyncio.sleep(0.01)
+
+    async def polled(self) -> None:
+        """Wake the follower and wait for a poll that started at or after the clock's now."""
+        target = self.app[CLOCK]()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_LIMIT_SECONDS
+        while self.view.synced_at is None or self.view.synced_at < target:
+            if loop.time() > deadline:
+                raise AssertionError(f"no poll succeeded: {self.app[FOLLOWER].last_error}")
+            self.app[FOLLOWER].wake.set()
             await asyncio.sleep(0.01)
 
     async def ready(self) -> None:
