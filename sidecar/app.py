@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .compute import EngineUnavailableError
+from .ingest import install_ingestion
 from .keys import CLOCK, FOLLOWER, METRICS, SETTINGS, VIEW, Clock
 from .metrics import SidecarMetrics
 from .problems import ProblemError, from_error, problem_response
@@ -106,6 +107,7 @@ def create_app(
     app[CLOCK] = clock
     app[METRICS] = metrics or SidecarMetrics()
     app.add_routes(ROUTES)
+    install_ingestion(app)
     app.cleanup_ctx.append(_measure_gc)
     if open_source is not None:
         app[FOLLOWER] = Follower(

@@ -23,7 +23,7 @@ from allotment.ledger.core.history import HistoryError
 from allotment.ledger.core.model import Entitlement, EntitlementType
 from allotment.ledger.core.periods import last_reset
 
-from . import ofrep
+from . import ingest, ofrep
 from .compute import HistoryWindow
 from .freshness import apply_stale_policy, stale_at
 from .keys import CLOCK, FOLLOWER, METRICS, SETTINGS, VIEW
@@ -343,6 +343,8 @@ ROUTES = [
     web.post("/api/v1/meters", refuse("Meter", "create a meter", "")),
     web.put("/api/v1/meters/{meter}", refuse("Meter", "update a meter", "")),
     web.delete("/api/v1/meters/{meter}", refuse("Meter", "delete a meter", "")),
+    # usage (DESIGN D9): CloudEvents committed to the ledger
+    web.post("/api/v1/events", ingest.post_events),
     # OFREP
     web.post("/ofrep/v1/evaluate/flags/{key}", ofrep.evaluate_flag),
     web.post("/ofrep/v1/evaluate/flags", ofrep.evaluate_flags),
