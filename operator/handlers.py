@@ -95,13 +95,26 @@ def write_status(
 
 
 def announce(runtime: Runtime, ref: ObjectRef, body: Mapping[str, Any], outcome: Outcome) -> None:
-    """Post an Event and a log line for what the ledger did ("Recorded Grant ns/name")."""
-    verb = EVENT_VERBS.get(outcome.action)
-    if verb is None:
-        return
-    message = f"{verb} {ref}" + (f": {outcome.message}" if outcome.message else "")
-    runtime.events.info(body, verb, message)
-    logger.info(message)
+    """Post an Event and a log line per thing the ledger did ("Voided Grant ns/name")."""
+    for verb in _verbs(outcome):
+        message = f"{verb} {ref}"
+        runtime.events.info(body, verb, message)
+        logger.info("%s (%s)", message, outcome.message or outcome.reason)
+
+
+def _verbs(outcome: Outcome) -> list[str]:
+    """Return the past-tense verbs of every write in ``outcome`` (``actions`` when it has them).
+
+    A deletion that applied its policy also leaves an Orphan marker; the Event names what was
+    applied (Voided, Ended), not the marker.
+    """
+    names = [type(action).__name__ for action in getattr(outcome, "actions", ())]
+    verbs = [EVENT_VERBS[name] for name in names if name in EVENT_VERBS]
+    if not verbs and outcome.action in EVENT_VERBS:
+        verbs = [EVENT_VERBS[outcome.action]]
+    if len(verbs) > 1:
+        verbs = [verb for verb in verbs if verb != "Orphaned"]
+    return list(dict.fromkeys(verbs))
 
 
 async def settle(

@@ -116,15 +116,16 @@ async def cleanup(memo: Any, **_: Any) -> None:
             close()
 
 
-def build_registry() -> Any:
-    """Return a Kopf registry with every allotment handler, hook and webhook."""
+def build_registry(*, webhooks: bool = True) -> Any:
+    """Return a Kopf registry with every allotment handler and hook, and the webhooks if asked."""
     registry = kopf.OperatorRegistry()
     # In-cluster service account, else the kubeconfig: the same loader as kube.py's client.
     kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
     kopf.on.startup(id="configure", registry=registry)(configure)
     kopf.on.cleanup(id="cleanup", registry=registry)(cleanup)
     handlers.register(registry)
-    admission.register(registry)
+    if webhooks:  # Kopf refuses to run admission handlers without a server
+        admission.register(registry)
     return registry
 
 
@@ -135,7 +136,7 @@ def run(settings: OperatorSettings, *, ready: Any = None, stop: Any = None) -> N
     namespaces = list(settings.namespaces)
     asyncio.run(
         kopf.operator(
-            registry=build_registry(),
+            registry=build_registry(webhooks=settings.webhook is not None),
             memo=memo,
             standalone=True,
             clusterwide=not namespaces,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -245,3 +246,28 @@ def test_every_kind_has_one_stable_reconcile_id_on_create_update_and_resume() ->
         "reconcile-grant",
         "reconcile-meter",
     ]
+
+
+@dataclass(frozen=True)
+class Void:
+    pass
+
+
+@dataclass(frozen=True)
+class Orphan:
+    pass
+
+
+@dataclass(frozen=True)
+class OutcomeWithActions(FakeOutcome):
+    actions: tuple[object, ...] = ()
+
+
+async def test_an_applied_deletion_announces_the_void_not_the_orphan_marker() -> None:
+    outcome = OutcomeWithActions("Orphan", "Orphaned", actions=(Void(), Orphan()))
+    runtime = make_runtime(FakeLedger(lambda obj: outcome))
+    spec = {"entitlement": "e", "amount": 5, "deletionPolicy": "Apply"}
+
+    await run_delete(runtime, GRANT, body("Grant", "g", spec, deleting=True))
+
+    assert runtime.events.posted == [("Normal", "Voided", "Voided Grant default/g")]  # type: ignore[attr-defined]
