@@ -292,6 +292,8 @@ async def _serve(loop_state: DevLoop, settings: SidecarSettings, clock: Clock) -
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()
+    while not view.ready:  # answer only once the first load is done (what /readyz says)
+        await asyncio.sleep(0.02)
     loop_state.say(
         f"Serving namespace {settings.namespace} on "
         f"http://{settings.listen_host}:{settings.listen_port} (watching {_paths(loop_state.paths)})"
