@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
 
 from .freshness import apply_stale_policy, stale_at
+from .ingest_precheck import apply_requested_usage, requested_usage_of_context
 from .keys import CLOCK, SETTINGS, VIEW
 from .parsing import OfrepContext, parse_ofrep_context
 from .serialize import dumps
@@ -39,7 +41,12 @@ def _error(status: int, code: str, details: str, key: str | None = None) -> web.
 
 
 def _evaluate(
-    request: web.Request, view: View, feature: FeatureRecord, targeting_key: str, now: datetime
+    request: web.Request,
+    view: View,
+    feature: FeatureRecord,
+    targeting_key: str,
+    now: datetime,
+    requested: Decimal | None = None,
 ) -> dict[str, Any]:
     key = feature.feature.key
     customer = view.customer_by_subject(targeting_key)
@@ -58,6 +65,7 @@ def _evaluate(
     value = view.value(entitlement, now)
     if stale:
         value, _ = apply_stale_policy(request, view, entitlement, value)
+    value = apply_requested_usage(entitlement, value, requested)
     metadata: dict[str, Any] = {
         "entitled": True,
         "type": entitlement.type.value,
@@ -119,7 +127,11 @@ async def evaluate_flag(request: web.Request) -> web.Response:
             "context.targetingKey is required: a customer key or subject key",
             key,
         )
-    body = _evaluate(request, view, feature, context.targeting_key, request.app[CLOCK]())
+    try:
+        requested = requested_usage_of_context(context.attributes)
+    except ValueError as error:
+        return _error(400, "INVALID_CONTEXT", str(error), key)
+    body = _evaluate(request, view, feature, context.targeting_key, request.app[CLOCK](), requested)
     return web.Response(text=dumps(body), content_type="application/json")
 
 
@@ -137,8 +149,14 @@ async def evaluate_flags(request: web.Request) -> web.StreamResponse:
             "TARGETING_KEY_MISSING",
             "context.targetingKey is required: a customer key or subject key",
         )
+    try:
+        requested = requested_usage_of_context(context.attributes)
+    except ValueError as error:
+        return _error(400, "INVALID_CONTEXT", str(error))
     now = request.app[CLOCK]()
-    flags = [_evaluate(request, view, f, context.targeting_key, now) for f in view.features()]
+    flags = [
+        _evaluate(request, view, f, context.targeting_key, now, requested) for f in view.features()
+    ]
     text = dumps({"flags": flags})
     digest = hashlib.sha256()
     digest.update(request.app[SETTINGS].namespace.encode())

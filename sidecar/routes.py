@@ -26,6 +26,7 @@ from allotment.ledger.core.periods import last_reset
 from . import ingest, ofrep
 from .compute import HistoryWindow
 from .freshness import apply_stale_policy, stale_at
+from .ingest_precheck import apply_requested_usage, parse_requested_usage
 from .keys import CLOCK, FOLLOWER, METRICS, SETTINGS, VIEW
 from .metrics import CONTENT_TYPE_LATEST
 from .openapi import openapi_document
@@ -115,6 +116,7 @@ def _value(
             headers["Allotment-Stale-Policy"] = policy.value
     else:
         value = view.value_at(entitlement, at)
+    value = apply_requested_usage(entitlement, value, parse_requested_usage(request.query))
     return json_response(value_v2(value) if v2 else value_v1(value), headers=headers)
 
 
