@@ -218,7 +218,8 @@ def _wait_http(
             last = str(exc)
         time.sleep(0.25)
     raise ControlPlaneError(
-        f"{record.name} not ready at {url} after {timeout:.0f}s (last: {last}):\n{_tail(record.log)}"
+        f"{record.name} not ready at {url} after {timeout:.0f}s (last: {last}):\n"
+        f"{_tail(record.log)}"
     )
 
 
@@ -305,7 +306,7 @@ class ControlPlane:
         return base64.b64encode(self.ca.cert.read_bytes()).decode()
 
     def issue_serving_cert(self, name: str, sans: Sequence[str] = tls.LOOPBACK_SANS) -> tls.KeyPair:
-        """A server certificate signed by this control plane's CA (e.g. for a webhook on 127.0.0.1)."""
+        """A server certificate signed by this control plane's CA (for a webhook on 127.0.0.1)."""
         return tls.issue(self.ca, self.state_dir / "pki", name, common_name=name, sans=sans)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -337,7 +338,8 @@ class ControlPlane:
         pki = state_dir / "pki"
         ca = tls.create_ca(pki)
         serving = tls.issue(ca, pki, "apiserver", common_name="kube-apiserver",
-                            sans=(*tls.LOOPBACK_SANS, "IP:10.0.0.1", "DNS:kubernetes.default.svc"))  # fmt: skip
+                            sans=(*tls.LOOPBACK_SANS, "IP:10.0.0.1",
+                                  "DNS:kubernetes.default.svc"))  # fmt: skip
         sa_key = tls.create_signing_key(pki / "service-account.key")
         token = secrets.token_hex(16)
         tokens = state_dir / "tokens.csv"
@@ -535,7 +537,8 @@ def cmd_up(state_dir: Path, kubeconfig: Path) -> int:
     current = ControlPlane.attach(state_dir)
     if current is not None and current.running():
         print(
-            f"control plane already running at {current.url} (kubeconfig {_rel(current.kubeconfig)})"
+            f"control plane already running at {current.url} "
+            f"(kubeconfig {_rel(current.kubeconfig)})"
         )
         return 0
     if current is not None:
@@ -552,7 +555,8 @@ def cmd_up(state_dir: Path, kubeconfig: Path) -> int:
         server = json.loads(version.stdout).get("serverVersion", {}).get("gitVersion", "?")
     kc = _rel(plane.kubeconfig)
     print(
-        f"control plane up in {time.monotonic() - started:.1f}s: kube-apiserver {server} at {plane.url}\n"
+        f"control plane up in {time.monotonic() - started:.1f}s: "
+        f"kube-apiserver {server} at {plane.url}\n"
         f"  etcd {plane.etcd_url}; PIDs {', '.join(f'{p.name}={p.pid}' for p in plane.processes)}; "
         f"logs in {_rel(plane.state_dir)}/\n"
         f"  binaries: {plane.binaries.source}\n"

@@ -99,7 +99,8 @@ def resolve(*, build: bool) -> Binaries:
     if not build:
         raise BinariesUnavailable(
             f"no kube-apiserver/etcd cached in {cache_dir()}: run "
-            "`python -m tests.harness.cluster build` (5-18 min on 2 cores with a cold Go cache, ~3.5 GiB of Go caches), "
+            "`python -m tests.harness.cluster build` "
+            "(5-18 min on 2 cores with a cold Go cache, ~3.5 GiB of Go caches), "
             "or set KUBEBUILDER_ASSETS to a folder with etcd, kube-apiserver and kubectl"
         )
     CACHE_ROOT.mkdir(parents=True, exist_ok=True)
