@@ -29,7 +29,13 @@ from allotment.ledger.core.periods import current_period, last_reset
 from allotment.ledger.core.resources import Kind, Ref, Resource, Spec
 from allotment.ledger.core.timeutil import format_rfc3339
 from allotment.ledger.storage import catalogue, usage
-from allotment.ledger.storage.codec import CustomerRecord, FeatureRecord, MeterRecord, Record
+from allotment.ledger.storage.codec import (
+    CustomerRecord,
+    FeatureRecord,
+    MeterRecord,
+    Record,
+    Removed,
+)
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import ReconcileLogRow, ResourceRow
 
@@ -306,6 +312,8 @@ def _write(connection: Connection, resource: Resource, action: rc.Action, now: d
             connection, action.id, ns, IMPLIED_CUSTOMER_KIND, action.customer.key, action.at
         )
         _put(connection, ns, CustomerRecord(action.id, action.customer, action.at), now)
+    elif isinstance(action, rc.Absorb):
+        _write_absorb(connection, ns, action, now)
     elif isinstance(action, rc.Amend):
         _write_amend(connection, resource, action, now)
     elif isinstance(action, rc.Reset):
@@ -327,6 +335,23 @@ def _write(connection: Connection, resource: Resource, action: rc.Action, now: d
         _log(connection, action.id, _APPLIED, action.uid, action.generation, action.at, spec)
     elif isinstance(action, rc.Orphan):
         _log(connection, action.id, _DELETED, resource.uid, resource.generation, action.at)
+
+
+def _write_absorb(connection: Connection, ns: str, action: rc.Absorb, now: datetime) -> None:
+    """Move the implicit customer's entitlements to the declaring customer, then retire it (D5).
+
+    The entitlements keep their ids, grants and usage; only their customer key changes. The
+    implicit customer's record leaves the current catalogue and frees its keys.
+    """
+    for record in catalogue.current_records(connection, ns, kinds=["entitlement"]):
+        if isinstance(record, Entitlement) and record.customer_key == action.implicit_key:
+            _put(connection, ns, replace(record, customer_key=action.key), now)
+    implicit = catalogue.find_record(connection, action.implicit_id)
+    if isinstance(implicit, CustomerRecord):
+        for key in implicit.customer.all_subject_keys:
+            catalogue.release_key(connection, ns, "subject", key, action.implicit_id)
+        removed = Removed(action.implicit_id, "customer", action.at)
+        catalogue.record_versions(connection, ns, [removed], recorded_at=now)
 
 
 def _write_record(

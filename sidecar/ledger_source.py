@@ -28,6 +28,7 @@ from allotment.ledger.storage.codec import (
     CustomerRecord,
     FeatureRecord,
     MeterRecord,
+    Removed,
     decode_record,
 )
 from allotment.ledger.storage.engine import Ledger, current_revision, open_ledger
@@ -35,7 +36,7 @@ from allotment.ledger.storage.schema import MeterRow, UsageBucketRow, UsageBucke
 from allotment.ledger.storage.usage import BucketState
 
 from .settings import SidecarSettings
-from .source import Change, FeedBatch, LoadedNamespace
+from .source import Change, FeedBatch, LoadedNamespace, RecordRemoved
 
 __all__ = ["StorageSource"]
 
@@ -109,7 +110,10 @@ class StorageSource:
 def _decode(entry: feed.FeedRecord) -> list[Change]:
     kind, payload = entry.kind, entry.payload
     if kind == catalogue.RECORD_CHANGE:
-        return [decode_record(payload)]
+        record = decode_record(payload)
+        if isinstance(record, Removed):
+            return [RecordRemoved(record.removed_kind, record.id)]  # type: ignore[arg-type]
+        return [record]
     if kind == usage.USAGE_CHANGE:
         return [BucketState.from_payload(b) for b in payload.get("buckets", ())]
     if kind == usage.METER_CHANGE:

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, func, insert, select
 
-from allotment.ledger.storage.codec import Record, decode_record, encode_record
+from allotment.ledger.storage.codec import Record, Removed, decode_record, encode_record
 from allotment.ledger.storage.feed import Change, append
 from allotment.ledger.storage.schema import CatalogueKeyRow, CatalogueVersionRow
 
@@ -117,23 +117,28 @@ def _latest(namespace: str) -> Any:
 def current_records(
     connection: Connection, namespace: str, kinds: Iterable[str] | None = None
 ) -> list[Record]:
-    """Return the current version of every record in ``namespace`` (optionally of some kinds)."""
+    """Return the current version of every record in ``namespace`` (optionally of some kinds).
+
+    A removed record (its last version a removal) is not current.
+    """
     query = _latest(namespace)
     if kinds is not None:
         query = query.where(_VERSIONS.c.kind.in_(list(kinds)))
     rows = connection.execute(query.order_by(_VERSIONS.c.resource_id))
-    return [decode_record(json.loads(row.document)) for row in rows]
+    records = (decode_record(json.loads(row.document)) for row in rows)
+    return [record for record in records if not isinstance(record, Removed)]
 
 
 def find_record(connection: Connection, record_id: str) -> Record | None:
-    """Return the current version of one record, or None when it was never recorded."""
+    """Return the current version of one record; None when never recorded or removed."""
     row = connection.execute(
         select(_VERSIONS.c.document)
         .where(_VERSIONS.c.resource_id == record_id)
         .order_by(_VERSIONS.c.version.desc())
         .limit(1)
     ).one_or_none()
-    return None if row is None else decode_record(json.loads(row.document))
+    record = None if row is None else decode_record(json.loads(row.document))
+    return None if isinstance(record, Removed) else record
 
 
 def key_owner(connection: Connection, namespace: str, space: str, key: str) -> str | None:

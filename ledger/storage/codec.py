@@ -41,6 +41,7 @@ __all__ = [
     "FeatureRecord",
     "MeterRecord",
     "Record",
+    "Removed",
     "decode_record",
     "encode_record",
 ]
@@ -76,7 +77,19 @@ class MeterRecord:
     created_at: datetime
 
 
-Record = CustomerRecord | FeatureRecord | MeterRecord | Entitlement | Grant
+@dataclass(frozen=True)
+class Removed:
+    """A record taken out of the current catalogue (an implicit customer a Customer absorbed).
+
+    Its earlier versions stay; it is no longer among the current records.
+    """
+
+    id: str
+    removed_kind: str
+    removed_at: datetime
+
+
+Record = CustomerRecord | FeatureRecord | MeterRecord | Entitlement | Grant | Removed
 
 
 # --- scalars ---------------------------------------------------------------------------------
@@ -322,8 +335,23 @@ def _decode_meter(d: Mapping[str, Any]) -> MeterRecord:
     return MeterRecord(d["id"], meter, _parse_instant(d["createdAt"]))
 
 
+def _encode_removed(r: Removed) -> Document:
+    return {
+        "kind": "removed",
+        "id": r.id,
+        "removedKind": r.removed_kind,
+        "removedAt": _instant(r.removed_at),
+    }
+
+
+def _decode_removed(d: Mapping[str, Any]) -> Removed:
+    return Removed(d["id"], d["removedKind"], _parse_instant(d["removedAt"]))
+
+
 def encode_record(record: Record) -> Document:
     """Return the JSON document of a record (contract version 1)."""
+    if isinstance(record, Removed):
+        return _encode_removed(record)
     if isinstance(record, Entitlement):
         return _encode_entitlement(record)
     if isinstance(record, Grant):
@@ -341,6 +369,7 @@ _DECODERS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
     "customer": _decode_customer,
     "feature": _decode_feature,
     "meter": _decode_meter,
+    "removed": _decode_removed,
 }
 
 

@@ -13,6 +13,7 @@ from allotment.ledger.apply import Outcome, apply_resource
 from allotment.ledger.core.model import Entitlement, Grant
 from allotment.ledger.core.resources import parse_resource
 from allotment.ledger.storage import catalogue
+from allotment.ledger.storage.codec import CustomerRecord
 from allotment.ledger.storage.engine import Ledger
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -198,3 +199,28 @@ def test_an_edit_acts_at_the_instant_its_generation_was_first_seen(ledger: Ledge
             if isinstance(r, Entitlement)
         ]
     assert [(v.since, v.value) for v in entitlement.is_soft_limit][-1] == (first_seen, True)
+
+
+def test_a_customer_declared_after_an_entitlement_by_subject_absorbs_the_implicit_customer(
+    ledger: Ledger,
+) -> None:
+    meter, feature = stamp(SEED[0]), stamp(SEED[1])
+    by_subject = copy.deepcopy(SEED[3])
+    del by_subject["spec"]["customer"]
+    by_subject["spec"]["subject"] = "acme-prod"
+    customer = {
+        "apiVersion": "allotment.dev/v1alpha1",
+        "kind": "Customer",
+        "metadata": {"name": "acme"},
+        "spec": {"usageAttribution": {"subjectKeys": ["acme-prod", "acme-staging"]}},
+    }
+    bodies = [meter, feature, stamp(by_subject), stamp(customer)]
+    for body in bodies:
+        assert apply(ledger, body).ready
+    with ledger.read() as connection:
+        records = catalogue.current_records(connection, "default")
+    customers = [r.customer.key for r in records if isinstance(r, CustomerRecord)]
+    entitlements = [(r.name, r.customer_key) for r in records if isinstance(r, Entitlement)]
+    assert customers == ["acme"]
+    assert entitlements == [("customer-1-gpt-4-tokens", "acme")]
+    assert {apply(ledger, body).action for body in bodies} == {"Unchanged"}
