@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-_SQLITE_INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# SQLite stores instants as "YYYY-MM-DDTHH:MM:SS.ffffffZ": fixed width, so text order is time order.
 
 
 def format_amount(value: Decimal) -> str:
@@ -31,7 +31,7 @@ def format_instant(value: datetime) -> str:
     """Return the fixed-width text SQLite stores for an aware instant."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise TypeError(f"naive datetime {value!r}: instants must be aware (UTC)")
-    return value.astimezone(UTC).strftime(_SQLITE_INSTANT_FORMAT)
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class Instant(TypeDecorator[datetime]):
@@ -60,7 +60,7 @@ class Instant(TypeDecorator[datetime]):
         if value is None:
             return None
         if isinstance(value, str):
-            return datetime.strptime(value, _SQLITE_INSTANT_FORMAT).replace(tzinfo=UTC)
+            return datetime.fromisoformat(value)
         if not isinstance(value, datetime):
             raise TypeError(f"unexpected instant from the database: {value!r}")
         return value.astimezone(UTC)

@@ -26,19 +26,18 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
+    String,
     Table,
-    and_,
     bindparam,
-    case,
     delete,
     func,
     insert,
     select,
-    tuple_,
+    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
@@ -52,7 +51,7 @@ from allotment.ledger.storage.schema import (
     UsageBucketValueRow,
     UsageEventRow,
 )
-from allotment.ledger.storage.types import format_amount
+from allotment.ledger.storage.types import Amount, Instant, format_amount
 
 DEFAULT_HORIZON = timedelta(days=32)
 METER_KIND = "Meter"
@@ -472,27 +471,31 @@ def ingest(
             reasons[index] = "; ".join(failures) or f"no meter has event type {event.type!r}"
 
     ordered = sorted(first_copies.items())  # lock the unique index in one order: no deadlock
+    rows = [
+        {
+            "namespace": namespace,
+            "source": source,
+            "event_id": event_id,
+            "event_type": events[index].type,
+            "subject": events[index].subject,
+            "time": events[index].time,
+            "data": json.dumps(events[index].data, default=_json_default, sort_keys=True),
+            "received_at": received_at,
+            "counted": bool(evaluations[index]),
+        }
+        for (source, event_id), index in ordered
+    ]
     stored: set[tuple[str, str]] = set()
-    for start in range(0, len(ordered), _CHUNK):
-        rows = [
-            {
-                "namespace": namespace,
-                "source": source,
-                "event_id": event_id,
-                "event_type": events[index].type,
-                "subject": events[index].subject,
-                "time": events[index].time,
-                "data": json.dumps(events[index].data, default=_json_default, sort_keys=True),
-                "received_at": received_at,
-                "counted": bool(evaluations[index]),
-            }
-            for (source, event_id), index in ordered[start : start + _CHUNK]
-        ]
-        statement = _dialect_insert(connection, _EVENTS).values(rows)
-        statement = statement.on_conflict_do_nothing(
-            index_elements=["namespace", "source", "event_id"]
-        ).returning(_EVENTS.c.source, _EVENTS.c.event_id)
-        stored.update((row.source, row.event_id) for row in connection.execute(statement))
+    if rows and connection.dialect.name == "postgresql":
+        result = connection.execute(_PG_INSERT_EVENTS, _columns(rows))
+        stored.update((row.source, row.event_id) for row in result)
+    elif rows:
+        statement = (
+            sqlite_insert(_EVENTS)
+            .on_conflict_do_nothing(index_elements=["namespace", "source", "event_id"])
+            .returning(_EVENTS.c.source, _EVENTS.c.event_id)
+        )
+        stored.update((row.source, row.event_id) for row in connection.execute(statement, rows))
 
     deltas: dict[_Key, _Delta] = {}
     for (source, event_id), index in ordered:
@@ -531,10 +534,66 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _dialect_insert(connection: Connection, table: Table) -> Any:
-    if connection.dialect.name == "postgresql":
-        return pg_insert(table)
-    return sqlite_insert(table)
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Turn rows into one list per column, the parameters of an ``unnest`` insert."""
+    return {name: [row[name] for row in rows] for name in rows[0]}
+
+
+# On PostgreSQL batches go in as one array per column through ``unnest``: one short statement
+# whose text never changes, so it is parsed and planned once, whatever the batch size.
+_PG_INSERT_EVENTS = text(
+    """
+    INSERT INTO usage_events
+        (namespace, source, event_id, event_type, subject, time, data, received_at, counted)
+    SELECT * FROM unnest(
+        CAST(:namespace AS text[]), CAST(:source AS text[]), CAST(:event_id AS text[]),
+        CAST(:event_type AS text[]), CAST(:subject AS text[]), CAST(:time AS timestamptz[]),
+        CAST(:data AS text[]), CAST(:received_at AS timestamptz[]), CAST(:counted AS boolean[]))
+    ON CONFLICT (namespace, source, event_id) DO NOTHING
+    RETURNING source, event_id
+    """
+)
+_PG_NEWER = (
+    "EXCLUDED.latest_time IS NOT NULL "
+    "AND (b.latest_time IS NULL OR EXCLUDED.latest_time > b.latest_time)"
+)
+_PG_UPSERT_BUCKETS = text(
+    f"""
+    INSERT INTO usage_buckets AS b
+        (namespace, meter_id, subject, group_key, minute, event_count, value_sum,
+         latest_time, latest_value)
+    SELECT * FROM unnest(
+        CAST(:namespace AS text[]), CAST(:meter_id AS text[]), CAST(:subject AS text[]),
+        CAST(:group_key AS text[]), CAST(:minute AS timestamptz[]),
+        CAST(:event_count AS bigint[]), CAST(:value_sum AS numeric[]),
+        CAST(:latest_time AS timestamptz[]), CAST(:latest_value AS numeric[]))
+    ON CONFLICT (namespace, meter_id, subject, group_key, minute) DO UPDATE SET
+        event_count = b.event_count + EXCLUDED.event_count,
+        value_sum = b.value_sum + EXCLUDED.value_sum,
+        latest_time = CASE WHEN {_PG_NEWER} THEN EXCLUDED.latest_time ELSE b.latest_time END,
+        latest_value = CASE WHEN {_PG_NEWER} THEN EXCLUDED.latest_value ELSE b.latest_value END
+    RETURNING id, meter_id, subject, group_key, minute, event_count, value_sum, latest_time,
+        latest_value
+    """
+).columns(
+    id=BigInteger(),
+    meter_id=String(),
+    subject=String(),
+    group_key=String(),
+    minute=Instant(),
+    event_count=BigInteger(),
+    value_sum=Amount(),
+    latest_time=Instant(),
+    latest_value=Amount(),
+)
+_PG_INSERT_VALUES = text(
+    """
+    INSERT INTO usage_bucket_values (bucket_id, value, namespace)
+    SELECT * FROM unnest(
+        CAST(:bucket_id AS bigint[]), CAST(:value AS text[]), CAST(:namespace AS text[]))
+    ON CONFLICT (bucket_id, value) DO NOTHING
+    """
+)
 
 
 def _backfill(
@@ -656,29 +715,12 @@ def _stored(row: Any) -> _Stored:
 def _upsert_buckets_postgresql(
     connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
 ) -> dict[_Key, _Stored]:
-    stored: dict[_Key, _Stored] = {}
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        statement = pg_insert(_BUCKETS).values(
-            [_bucket_row(namespace, k, deltas[k]) for k in chunk]
-        )
-        excluded = statement.excluded
-        newer = and_(
-            excluded.latest_time.is_not(None),
-            (_BUCKETS.c.latest_time.is_(None)) | (excluded.latest_time > _BUCKETS.c.latest_time),
-        )
-        upsert = statement.on_conflict_do_update(
-            index_elements=list(_BUCKET_KEY),
-            set_={
-                "event_count": _BUCKETS.c.event_count + excluded.event_count,
-                "value_sum": _BUCKETS.c.value_sum + excluded.value_sum,
-                "latest_time": case((newer, excluded.latest_time), else_=_BUCKETS.c.latest_time),
-                "latest_value": case((newer, excluded.latest_value), else_=_BUCKETS.c.latest_value),
-            },
-        ).returning(*_BUCKETS.c)
-        for row in connection.execute(upsert):
-            stored[(row.meter_id, row.subject, row.group_key, row.minute)] = _stored(row)
-    return stored
+    """Add to the buckets in the database itself: concurrent writers serialise on each row."""
+    rows = [_bucket_row(namespace, key, deltas[key]) for key in keys]
+    return {
+        (row.meter_id, row.subject, row.group_key, row.minute): _stored(row)
+        for row in connection.execute(_PG_UPSERT_BUCKETS, _columns(rows))
+    }
 
 
 def _upsert_buckets_sqlite(
@@ -687,26 +729,32 @@ def _upsert_buckets_sqlite(
     """Read, add and write in Python: amounts are exact text, and SQLite has one writer."""
     stored: dict[_Key, _Stored] = {}
     existing: dict[_Key, Any] = {}
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
+    by_meter: dict[str, list[_Key]] = defaultdict(list)
+    for key in keys:
+        by_meter[key[0]].append(key)
+    for meter_id, meter_keys in by_meter.items():
+        wanted = set(meter_keys)
         rows = connection.execute(
             select(_BUCKETS).where(
                 _BUCKETS.c.namespace == namespace,
-                tuple_(
-                    _BUCKETS.c.meter_id, _BUCKETS.c.subject, _BUCKETS.c.group_key, _BUCKETS.c.minute
-                ).in_(chunk),
+                _BUCKETS.c.meter_id == meter_id,
+                _BUCKETS.c.minute >= min(k[3] for k in meter_keys),
+                _BUCKETS.c.minute <= max(k[3] for k in meter_keys),
+                _BUCKETS.c.subject.in_(sorted({k[1] for k in meter_keys})),
             )
         )
         for row in rows:
-            existing[(row.meter_id, row.subject, row.group_key, row.minute)] = row
+            key = (row.meter_id, row.subject, row.group_key, row.minute)
+            if key in wanted:
+                existing[key] = row
     updates = []
-    new_keys = []
+    new_rows = []
     for key in keys:
         found = existing.get(key)
-        if found is None:
-            new_keys.append(key)
-            continue
         delta = deltas[key]
+        if found is None:
+            new_rows.append(_bucket_row(namespace, key, delta))
+            continue
         latest_time, latest_value = found.latest_time, found.latest_value
         if delta.latest is not None and (latest_time is None or delta.latest[0] > latest_time):
             latest_time, latest_value = delta.latest
@@ -720,8 +768,8 @@ def _upsert_buckets_sqlite(
         updates.append(
             {
                 "bucket_id": found.id,
-                "new_count": found.event_count + delta.count,
-                "new_sum": found.value_sum + delta.total,
+                "new_count": stored[key].event_count,
+                "new_sum": stored[key].value_sum,
                 "new_latest_time": latest_time,
                 "new_latest_value": latest_value,
             }
@@ -738,14 +786,8 @@ def _upsert_buckets_sqlite(
             ),
             updates,
         )
-    for start in range(0, len(new_keys), _CHUNK):
-        chunk = new_keys[start : start + _CHUNK]
-        statement = (
-            insert(_BUCKETS)
-            .values([_bucket_row(namespace, k, deltas[k]) for k in chunk])
-            .returning(*_BUCKETS.c)
-        )
-        for row in connection.execute(statement):
+    if new_rows:
+        for row in connection.execute(insert(_BUCKETS).returning(*_BUCKETS.c), new_rows):
             stored[(row.meter_id, row.subject, row.group_key, row.minute)] = _stored(row)
     return stored
 
@@ -764,13 +806,13 @@ def _add_distinct(
     ]
     if not rows:
         return {}
-    for start in range(0, len(rows), _CHUNK):
-        statement = (
-            _dialect_insert(connection, _VALUES)
-            .values(rows[start : start + _CHUNK])
-            .on_conflict_do_nothing(index_elements=["bucket_id", "value"])
+    if connection.dialect.name == "postgresql":
+        connection.execute(_PG_INSERT_VALUES, _columns(rows))
+    else:
+        connection.execute(
+            sqlite_insert(_VALUES).on_conflict_do_nothing(index_elements=["bucket_id", "value"]),
+            rows,
         )
-        connection.execute(statement)
     return _distinct_values(
         connection, sorted({stored[key].id for key in deltas if deltas[key].distinct})
     )

@@ -1,0 +1,210 @@
+"""Benchmark: usage ingestion into the ledger next to a raw bulk load of the same rows.
+
+Prints one JSON object per database. For each: ``ingest`` is ``usage.ingest`` in committed
+batches (dedup, meter evaluation, per-minute buckets, feed entry, all in one transaction per
+batch); ``raw`` loads the same event rows into a scratch copy of ``usage_events`` with no
+evaluation, PostgreSQL ``COPY`` or SQLite ``executemany``, in as many transactions. The ratio
+``ingest / raw`` is the number to track; absolute rates depend on the machine.
+
+Usage::
+
+    python -m bench.ledger                       # SQLite (temp file) and a throwaway PostgreSQL
+    python -m bench.ledger --db sqlite:///x.db   # one given database (must be empty or migrated)
+    python -m bench.ledger --events 50000 --batch 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from allotment.ledger.core.model import Aggregation, Meter
+from allotment.ledger.storage import migrate, usage
+from allotment.ledger.storage.engine import Ledger, open_ledger
+from tests.harness.postgres import PostgresUnavailable, running_postgres
+
+NS = "bench"
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+METERS = (
+    Meter("tokens", "prompt", Aggregation.SUM, "$.tokens", {"model": "$.model"}),
+    Meter("prompts", "prompt", Aggregation.COUNT),
+)
+COLUMNS = (
+    "namespace",
+    "source",
+    "event_id",
+    "event_type",
+    "subject",
+    "time",
+    "data",
+    "received_at",
+    "counted",
+)
+
+
+def make_events(count: int, subjects: int) -> list[usage.IncomingEvent]:
+    """Return ``count`` distinct events over one day, spread over ``subjects`` customers."""
+    return [
+        usage.IncomingEvent(
+            id=f"e{i}",
+            source="bench",
+            type="prompt",
+            subject=f"customer-{i % subjects}",
+            time=T0 + timedelta(seconds=(i * 7) % 86_400),
+            data={"tokens": Decimal(i % 1000), "model": ("gpt-4", "gpt-3")[i % 2]},
+        )
+        for i in range(count)
+    ]
+
+
+def raw_rows(events: list[usage.IncomingEvent], received_at: datetime) -> list[tuple[Any, ...]]:
+    """Return the ``usage_events`` rows of ``events`` as the raw load writes them."""
+    return [
+        (
+            NS,
+            e.source,
+            e.id,
+            e.type,
+            e.subject,
+            e.time,
+            json.dumps({"tokens": int(e.data["tokens"]), "model": e.data["model"]}),
+            received_at,
+            True,
+        )
+        for e in events
+    ]
+
+
+def bench_ingest(ledger: Ledger, events: list[usage.IncomingEvent], batch: int) -> float:
+    """Ingest ``events`` in batches; return events per second."""
+    received = T0 + timedelta(days=1)
+    with ledger.write() as conn:
+        for number, meter in enumerate(METERS):
+            usage.record_meter(
+                conn,
+                NS,
+                meter.slug,
+                meter,
+                uid=str(number),
+                generation=1,
+                acted_at=T0,
+                now=received,
+            )
+    started = time.perf_counter()
+    for start in range(0, len(events), batch):
+        with ledger.write() as conn:
+            usage.ingest(conn, NS, events[start : start + batch], received_at=received)
+    return len(events) / (time.perf_counter() - started)
+
+
+def bench_raw(ledger: Ledger, events: list[usage.IncomingEvent], batch: int) -> float:
+    """Bulk-load the same rows into a scratch table; return rows per second."""
+    rows = raw_rows(events, T0 + timedelta(days=1))
+    if ledger.dialect == "postgresql":
+        url = ledger.url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(url) as conn:
+            conn.execute("CREATE TABLE raw_events (LIKE usage_events INCLUDING ALL)")
+            conn.commit()
+            started = time.perf_counter()
+            for start in range(0, len(rows), batch):
+                with conn.cursor().copy(
+                    f"COPY raw_events ({', '.join(COLUMNS)}) FROM STDIN"
+                ) as copy:
+                    for row in rows[start : start + batch]:
+                        copy.write_row(row)
+                conn.commit()
+            return len(rows) / (time.perf_counter() - started)
+    sqlite_rows = [
+        (
+            *row[:5],
+            row[5].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            row[6],
+            row[7].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            1,
+        )
+        for row in rows
+    ]
+    raw = ledger.writer.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("CREATE TABLE raw_events AS SELECT * FROM usage_events WHERE 0")
+        cursor.execute("CREATE UNIQUE INDEX raw_dedup ON raw_events (namespace, source, event_id)")
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        started = time.perf_counter()
+        for start in range(0, len(sqlite_rows), batch):
+            cursor.execute("BEGIN IMMEDIATE")
+            cursor.executemany(
+                f"INSERT INTO raw_events ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                sqlite_rows[start : start + batch],
+            )
+            cursor.execute("COMMIT")
+        return len(sqlite_rows) / (time.perf_counter() - started)
+    finally:
+        raw.close()
+
+
+def measure(url: str, events: list[usage.IncomingEvent], batch: int) -> dict[str, Any]:
+    """Migrate ``url``, run both loads, and return the numbers."""
+    migrate.upgrade(url)
+    ledger = open_ledger(url)
+    try:
+        ingest_rate = bench_ingest(ledger, events, batch)
+        raw_rate = bench_raw(ledger, events, batch)
+        return {
+            "database": ledger.dialect,
+            "events": len(events),
+            "batch": batch,
+            "meters": len(METERS),
+            "ingest_events_per_s": round(ingest_rate),
+            "raw_rows_per_s": round(raw_rate),
+            "raw_method": "COPY" if ledger.dialect == "postgresql" else "executemany",
+            "ingest_over_raw": round(ingest_rate / raw_rate, 3),
+        }
+    finally:
+        ledger.dispose()
+
+
+@contextlib.contextmanager
+def default_databases() -> Iterator[list[str]]:
+    """Yield a temporary SQLite URL and, when it can be started, a throwaway PostgreSQL's."""
+    with tempfile.TemporaryDirectory(prefix="allotment-bench-") as folder:
+        urls = [f"sqlite:///{Path(folder) / 'ledger.db'}"]
+        try:
+            with running_postgres() as server:
+                urls.append(server.url)
+                yield urls
+                return
+        except PostgresUnavailable as error:
+            print(json.dumps({"database": "postgresql", "skipped": str(error)}))
+        yield urls
+
+
+def main() -> None:
+    """Run the benchmark and print JSON lines."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", help="one ledger URL instead of SQLite + a throwaway PostgreSQL")
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=200)
+    parser.add_argument("--subjects", type=int, default=100)
+    args = parser.parse_args()
+    events = make_events(args.events, args.subjects)
+    if args.db:
+        print(json.dumps(measure(args.db, events, args.batch)))
+        return
+    with default_databases() as urls:
+        for url in urls:
+            print(json.dumps(measure(url, events, args.batch)))
+
+
+if __name__ == "__main__":
+    main()
