@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from allotment.ledger.core.resources import ParseError, parse_resource
 from allotment.ledger.storage.engine import Ledger, open_ledger
+from allotment.operator import ledger_values
 from allotment.operator.ports import REFUSE, LedgerUnavailableError, Outcome
 
 APPLY_MODULE = "allotment.ledger.apply"
@@ -106,4 +107,5 @@ def open_gateway(url: str) -> SqlLedgerGateway:
     except BaseException:
         ledger.dispose()
         raise
-    return SqlLedgerGateway(ledger, apply, getattr(glue, "entitlement_values", None))
+    values = getattr(glue, "entitlement_values", None) or ledger_values.entitlement_values
+    return SqlLedgerGateway(ledger, apply, values)

@@ -121,8 +121,8 @@ def ledger_identities(db_url: str, namespace: str) -> dict[tuple[str, str], str]
     return {(row.kind, row.name): row.id for row in rows}
 
 
-@pytest.mark.parametrize("example", [pytest.param(ex, id=ex.name) for ex in EXAMPLES])
-def test_an_example_applied_in_name_order_becomes_ready(setup: Setup, example: Path) -> None:
+def apply_until_ready(setup: Setup, example: Path) -> list[dict[str, Any]]:
+    """Apply the example one object at a time in name order; return them once all are Ready."""
     namespace = setup.namespaces[example.name]
     objects = example_objects(example)
     assert objects, f"{example} holds no objects"
@@ -141,6 +141,14 @@ def test_an_example_applied_in_name_order_becomes_ready(setup: Setup, example: P
             f"not Ready:\n{describe(get_all(setup.plane, namespace))}\n"
             f"operator log:\n{setup.operator.tail(30)}"
         )
+    return found
+
+
+@pytest.mark.parametrize("example", [pytest.param(ex, id=ex.name) for ex in EXAMPLES])
+def test_an_example_applied_in_name_order_becomes_ready(setup: Setup, example: Path) -> None:
+    namespace = setup.namespaces[example.name]
+    objects = example_objects(example)
+    found = apply_until_ready(setup, example)
 
     identities = ledger_identities(setup.db_url, namespace)
     for obj in found:
@@ -157,6 +165,26 @@ def test_an_example_applied_in_name_order_becomes_ready(setup: Setup, example: P
             m.startswith("Recorded ") and m.endswith(f"{namespace}/{obj['metadata']['name']}")
             for m in messages
         ), f"no Recorded event for {obj['kind']} {obj['metadata']['name']}"
+
+
+def test_the_walkthrough_entitlement_shows_its_value(setup: Setup) -> None:
+    """`kubectl get entitlements` shows BALANCE 1000000 and USAGE 0 (examples/01 README)."""
+    apply_until_ready(setup, EXAMPLES[0])
+    namespace = setup.namespaces[EXAMPLES[0].name]
+
+    def value() -> dict[str, Any] | None:
+        obj = json.loads(
+            kubectl_ok(setup.plane, "get", "entitlement", "customer-1-gpt-4-tokens",
+                       "-n", namespace, "-o", "json")
+        )  # fmt: skip
+        found: dict[str, Any] | None = (obj.get("status") or {}).get("value")
+        return found
+
+    shown = wait_until(value, timeout=30, what="status.value to be written")
+    assert shown["hasAccess"] is True
+    assert (shown["balance"], shown["usage"], shown["overage"]) == (1000000, 0, 0)
+    table = kubectl_ok(setup.plane, "get", "entitlements", "-n", namespace)
+    assert "1000000" in table.splitlines()[1]
 
 
 def test_deleting_a_grant_with_policy_apply_voids_it_and_lets_it_go(setup: Setup) -> None:

@@ -144,16 +144,14 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def running_operator(
+def _start(
     db_url: str,
     kubeconfig: Path,
     folder: Path,
     namespaces: Sequence[str],
-    extra: Sequence[str] = (),
-    startup_timeout: float = 60.0,
-) -> Iterator[OperatorProcess]:
-    """Run ``allotment operator`` until the block ends; wait until Kopf reports it alive."""
+    extra: Sequence[str],
+    startup_timeout: float,
+) -> OperatorProcess:
     port = free_port()
     liveness = f"http://127.0.0.1:{port}/healthz"
     args = [sys.executable, "-m", "allotment.cli.main", "operator", "--db", db_url,
@@ -170,15 +168,41 @@ def running_operator(
             args, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     process = OperatorProcess(popen=popen, log=log, liveness=liveness)
+    deadline = started + startup_timeout
+    while not _healthy(liveness):
+        if not process.alive() or time.monotonic() > deadline:
+            process.stop()
+            raise OperatorStartError(process.tail())
+        time.sleep(0.05)
+    process.started_in = time.monotonic() - started
+    return process
+
+
+class OperatorStartError(AssertionError):
+    """The operator did not become alive; the message is its log's tail."""
+
+
+@contextlib.contextmanager
+def running_operator(
+    db_url: str,
+    kubeconfig: Path,
+    folder: Path,
+    namespaces: Sequence[str],
+    extra: Sequence[str] = (),
+    startup_timeout: float = 60.0,
+) -> Iterator[OperatorProcess]:
+    """Run ``allotment operator`` until the block ends; wait until Kopf reports it alive.
+
+    A port taken between choosing it and binding it (a busy machine) is retried with another.
+    """
+    for attempt in range(3):
+        try:
+            process = _start(db_url, kubeconfig, folder, namespaces, extra, startup_timeout)
+            break
+        except OperatorStartError as error:
+            if "address already in use" not in str(error) or attempt == 2:
+                raise AssertionError(f"the operator did not start:\n{error}") from None
     try:
-        deadline = started + startup_timeout
-        while not _healthy(liveness):
-            if not process.alive():
-                raise AssertionError(f"the operator exited at startup:\n{process.tail()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the operator did not become alive:\n{process.tail()}")
-            time.sleep(0.05)
-        process.started_in = time.monotonic() - started
         yield process
     finally:
         process.stop()
