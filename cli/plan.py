@@ -1,0 +1,389 @@
+"""``allotment plan``: what applying the desired YAML would do to the ledger, before it is applied.
+
+Role: the command line of the plan. It builds a scratch SQLite ledger holding the current state
+(from ``--current DIR`` the way ``allotment dev`` builds one, or copied from a live ledger with
+``--db URL`` in a read-only transaction), applies ``--desired DIR`` to it with the same admission
+and reconciliation the cluster runs, and prints the resources created, changed and deleted (and
+what their deletionPolicy does), per customer and feature the grant changes and the value before
+and after at ``--now``, orphans, refusals worded as the cluster words them, and a summary line.
+Exit 0 when the plan is computed, 1 when anything would be refused, 2 for usage errors.
+
+It must never write to the ledger given with ``--db`` (it only reads it, in a read-only
+transaction, and works on a copy) and never talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from allotment.cli.plan_build import FixedClock, PlanLoop, build_plan
+from allotment.cli.plan_model import VALUE_FIELDS, EntitlementPlan, Plan, ResourcePlan
+from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339
+from allotment.ledger.storage import migrate
+from allotment.ledger.storage.engine import SchemaMismatchError, open_ledger
+
+__all__ = ["compute_plan", "register", "render_json", "render_text", "run"]
+
+_NOT_RECORDED = ("Wait", "Conflict", "Refuse", "Noop")
+NO_USAGE = "none (--current DIR has no usage; values assume zero usage)"
+
+
+class PlanUsageError(ValueError):
+    """The command line cannot be planned as given (exit 2)."""
+
+
+def compute_plan(
+    desired: list[Path],
+    now: datetime,
+    *,
+    current: list[Path] | None = None,
+    db: str | None = None,
+) -> Plan:
+    """Return the plan of applying ``desired`` over ``current`` YAML or the ledger at ``db``."""
+    for path in [*desired, *(current or [])]:
+        if not path.exists():
+            raise PlanUsageError(f"no such file or directory: {path}")
+    with tempfile.TemporaryDirectory(prefix="allotment-plan-") as scratch:
+        url = f"sqlite:///{Path(scratch) / 'plan.db'}"
+        migrate.upgrade(url)
+        ledger = open_ledger(url)
+        try:
+            loop = PlanLoop([], ledger, FixedClock(now), sys.stderr)
+            notes: list[str] = []
+            if db is not None:
+                from allotment.cli.plan_db import stage_from_ledger
+
+                usage = stage_from_ledger(db, ledger, loop, desired, current, now, notes)
+            else:
+                loop.paths = list(current or [])
+                loop.sync()
+                notes.extend(_current_problems(loop))
+                loop.not_recorded.update(
+                    key
+                    for key, tracked in loop.tracked.items()
+                    if tracked.outcome is None or tracked.outcome.action in _NOT_RECORDED
+                )
+                usage = NO_USAGE
+            return build_plan(loop, desired, now, usage=usage, notes=notes)
+        finally:
+            ledger.dispose()
+
+
+def _current_problems(loop: PlanLoop) -> Iterator[str]:
+    """Say what the current set itself cannot record (the cluster refused it already)."""
+    for lines in loop.admission.values():
+        for line in lines:
+            if line.startswith("Refused "):
+                yield f"in the current set: {line.removeprefix('Refused ')}"
+    for line in loop.other:
+        if line.startswith(("Refused", "Skipped")):
+            yield f"in the current set: {line.removeprefix('Refused ')}"
+    for key, tracked in sorted(loop.tracked.items()):
+        outcome = tracked.outcome
+        if outcome is not None and not outcome.ready:
+            kind, namespace, name = key
+            yield (
+                f"in the current set: {kind} {namespace}/{name} is not recorded: "
+                f"{outcome.reason}: {outcome.message}"
+            )
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+def _amount(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f") if value == value.to_integral_value() else str(value)
+    if value is None:
+        return "-"
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _resource_lines(resource: ResourcePlan) -> Iterator[str]:
+    verb = {"create": "create", "change": "change", "delete": "delete", "unchanged": "no change"}
+    head = f"{resource.title}: {verb[resource.change]}"
+    if resource.refused:
+        head += " REFUSED"
+    elif resource.waiting is not None:
+        head += " (would wait)"
+    elif resource.deletion is not None:
+        head += f": {resource.deletion.description}"
+    yield head
+    for change in resource.fields:
+        line = f"    {change.path}: {_amount(change.before)} -> {_amount(change.after)}"
+        if change.note:
+            line += f" ({change.note})"
+        yield line
+    for refusal in resource.refusals:
+        yield f"    refused: {refusal}"
+    if resource.waiting is not None:
+        yield f"    waits: {resource.waiting}"
+    for warning in resource.warnings:
+        yield f"    warning: {warning}"
+
+
+def _entitlement_lines(plan: EntitlementPlan) -> Iterator[str]:
+    state = ""
+    if plan.before is None:
+        state = " (new)"
+    elif plan.after is None:
+        state = " (no longer recorded)"
+    yield (
+        f"{plan.customer} / {plan.feature}: Entitlement {plan.namespace}/{plan.entitlement}{state}"
+    )
+    for grant in plan.grants:
+        sign = "+" if grant.change == "new" else ""
+        yield f"    grant {grant.name}: {sign}{_amount(grant.amount)} {grant.description}"
+    for note in plan.notes:
+        yield f"    {note}"
+    before, after = plan.before or {}, plan.after or {}
+    for name in VALUE_FIELDS:
+        if name not in before and name not in after:
+            continue
+        old, new = _amount(before.get(name)), _amount(after.get(name))
+        marker = "" if old == new else "   (changes)"
+        yield f"    {name:<26} {old:>12} -> {new:<12}{marker}".rstrip()
+
+
+def render_text(plan: Plan, out: TextIO) -> None:
+    """Print the plan for a reviewer."""
+    out.write(f"plan at {format_rfc3339(plan.now)}\n")
+    out.write(f"usage: {plan.usage}\n")
+    for note in plan.notes:
+        out.write(f"note: {note}\n")
+    if plan.resources:
+        out.write("\nresources:\n")
+        for resource in plan.resources:
+            for line in _resource_lines(resource):
+                out.write(f"  {line}\n")
+    orphans = [
+        r for r in plan.resources if r.deletion is not None and r.deletion.effect == "orphaned"
+    ]
+    if orphans:
+        out.write("\norphans (deleted objects whose ledger records stay):\n")
+        for resource in orphans:
+            out.write(f"  {resource.title}\n")
+    if plan.entitlements:
+        out.write(f"\nentitlement values at {format_rfc3339(plan.now)} (before -> after):\n")
+        for entitlement in plan.entitlements:
+            for line in _entitlement_lines(entitlement):
+                out.write(f"  {line}\n")
+    refusals = [(r.title, line) for r in plan.resources for line in r.refusals]
+    if refusals or plan.problems:
+        out.write("\nrefused (as the cluster would refuse it):\n")
+        for title, line in refusals:
+            out.write(f"  {title}: {line}\n")
+        for line in plan.problems:
+            out.write(f"  {line}\n")
+    out.write(f"\n{plan.summary()}\n")
+
+
+# --- json ------------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        return format_rfc3339(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """Return the plan as the JSON document ``--format json`` prints."""
+    document: dict[str, Any] = _jsonable(
+        {
+            "now": plan.now,
+            "usage": plan.usage,
+            "notes": list(plan.notes),
+            "resources": [
+                {
+                    "kind": r.kind,
+                    "namespace": r.namespace,
+                    "name": r.name,
+                    "change": r.change,
+                    "result": r.result,
+                    "message": r.message,
+                    "fields": [
+                        {"path": f.path, "before": f.before, "after": f.after, "note": f.note}
+                        for f in r.fields
+                    ],
+                    "deletion": None
+                    if r.deletion is None
+                    else {
+                        "policy": r.deletion.policy,
+                        "effect": r.deletion.effect,
+                        "at": r.deletion.at,
+                        "description": r.deletion.description,
+                    },
+                    "refusals": list(r.refusals),
+                    "waiting": r.waiting,
+                    "warnings": list(r.warnings),
+                }
+                for r in plan.resources
+            ],
+            "entitlements": [
+                {
+                    "namespace": e.namespace,
+                    "customer": e.customer,
+                    "feature": e.feature,
+                    "entitlement": e.entitlement,
+                    "id": e.id,
+                    "before": e.before,
+                    "after": e.after,
+                    "valueChanged": e.value_changed,
+                    "grants": [
+                        {
+                            "name": g.name,
+                            "id": g.id,
+                            "change": g.change,
+                            "amount": g.amount,
+                            "at": g.at,
+                            "description": g.description,
+                        }
+                        for g in e.grants
+                    ],
+                    "notes": list(e.notes),
+                }
+                for e in plan.entitlements
+            ],
+            "orphans": [
+                {"kind": r.kind, "namespace": r.namespace, "name": r.name}
+                for r in plan.resources
+                if r.deletion is not None and r.deletion.effect == "orphaned"
+            ],
+            "refusals": [
+                {"kind": r.kind, "namespace": r.namespace, "name": r.name, "message": line}
+                for r in plan.resources
+                for line in r.refusals
+            ]
+            + [{"message": line} for line in plan.problems],
+            "summary": {
+                "create": plan.count("create"),
+                "change": plan.count("change"),
+                "delete": plan.count("delete"),
+                "orphaned": plan.deletions("orphaned"),
+                "ended": plan.deletions("ended"),
+                "voided": plan.deletions("voided"),
+                "unchanged": plan.unchanged,
+                "valueChanges": plan.value_changes,
+                "refused": plan.refused,
+                "line": plan.summary(),
+            },
+        }
+    )
+    return document
+
+
+def render_json(plan: Plan, out: TextIO) -> None:
+    """Print the plan as one JSON document."""
+    json.dump(plan_document(plan), out, indent=2)
+    out.write("\n")
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def hide_password(url: str) -> str:
+    """Return ``url`` with its password masked, for printing."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<an unreadable URL>"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``allotment plan``: 0 when computed, 1 when anything would be refused, 2 on misuse."""
+    if args.current is None and args.db is None:
+        print("allotment plan: give --current DIR, --db URL, or both", file=sys.stderr)
+        return 2
+    try:
+        now = parse_rfc3339(args.now) if args.now else datetime.now(UTC)
+    except ValueError as error:
+        print(f"allotment plan: --now: {error}", file=sys.stderr)
+        return 2
+    try:
+        plan = compute_plan(
+            [Path(p) for p in args.desired],
+            now,
+            current=[Path(p) for p in args.current] if args.current else None,
+            db=args.db,
+        )
+    except PlanUsageError as error:
+        print(f"allotment plan: {error}", file=sys.stderr)
+        return 2
+    except SchemaMismatchError as error:
+        print(f"allotment plan: {error}", file=sys.stderr)
+        return 2
+    except SQLAlchemyError as error:
+        where = hide_password(args.db) if args.db else "the scratch ledger"
+        print(f"allotment plan: cannot read {where}: {error.__class__.__name__}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        render_json(plan, sys.stdout)
+    else:
+        render_text(plan, sys.stdout)
+    return 1 if plan.refused else 0
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``plan`` subcommand."""
+    parser = subparsers.add_parser(
+        "plan",
+        help="show what applying the desired YAML would do to the ledger",
+        description=(
+            "Show what applying the desired manifests would do: resources created, changed and "
+            "deleted (and what deletionPolicy does to the ledger), per customer and feature the "
+            "grant changes and the entitlement value before and after, orphans, and refusals "
+            "worded as the cluster words them. The current state comes from --current DIR (the "
+            "manifests as applied now, for example the base branch: no usage, values assume "
+            "zero usage) or from --db URL (the live ledger, with its usage). --db is never "
+            "written to: plan reads it in one read-only transaction and copies what it needs "
+            "(records, reconciliation log, usage buckets of the namespaces concerned) into a "
+            "scratch SQLite ledger, then works on the copy. With both, --current says which "
+            "objects the change removes. Exit 0 when the plan is computed (even with changes), "
+            "1 when anything would be refused, 2 for usage errors."
+        ),
+    )
+    parser.add_argument(
+        "--desired",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="the manifests as they would be applied (file or directory; repeatable)",
+    )
+    parser.add_argument(
+        "--current",
+        action="append",
+        metavar="DIR",
+        help="the manifests as applied now (file or directory; repeatable)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        help="read the current state and usage from this ledger (read-only; never written)",
+    )
+    parser.add_argument(
+        "--now", metavar="TIME", help="the RFC 3339 instant to plan at (default: wall time)"
+    )
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default text)"
+    )
+    parser.set_defaults(handler=run)
