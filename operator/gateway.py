@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from allotment.ledger.core.resources import ParseError, parse_resource
 from allotment.ledger.storage.engine import Ledger, open_ledger
 from allotment.operator import ledger_values
-from allotment.operator.ports import REFUSE, LedgerUnavailableError, Outcome
+from allotment.operator.ports import (
+    REFUSE,
+    LedgerConflictError,
+    LedgerUnavailableError,
+    Outcome,
+)
 
 APPLY_MODULE = "allotment.ledger.apply"
 
@@ -53,6 +58,11 @@ class ApplyFn(Protocol):
 ValuesFn = Callable[[Any, Sequence[tuple[str, str]], datetime], Mapping[tuple[str, str], Any]]
 
 
+def _is_serialization_failure(error: OperationalError) -> bool:
+    """PostgreSQL's serialization failure or deadlock (SQLSTATE 40001, 40P01): a lost race."""
+    return getattr(error.orig, "sqlstate", None) in ("40001", "40P01")
+
+
 class SqlLedgerGateway:
     """``ports.LedgerGateway`` over an open ``Ledger``."""
 
@@ -70,7 +80,11 @@ class SqlLedgerGateway:
         try:
             with self._ledger.write() as connection:
                 return self._apply(connection, resource, now, force_orphan=orphan)
+        except IntegrityError as error:
+            raise LedgerConflictError(f"a concurrent change won: {error.orig}") from error
         except OperationalError as error:
+            if _is_serialization_failure(error):
+                raise LedgerConflictError(f"a concurrent change won: {error.orig}") from error
             raise LedgerUnavailableError(f"the ledger is unreachable: {error.orig}") from error
         except PoolTimeoutError as error:
             raise LedgerUnavailableError(f"no ledger connection available: {error}") from error

@@ -21,7 +21,14 @@ import kopf
 from allotment.operator import parsing, status
 from allotment.operator.kinds import GROUP, KINDS, VERSION, Kind
 from allotment.operator.parsing import ObjectRef
-from allotment.operator.ports import EVENT_VERBS, REFUSE, WAIT, LedgerUnavailableError, Outcome
+from allotment.operator.ports import (
+    EVENT_VERBS,
+    REFUSE,
+    WAIT,
+    LedgerConflictError,
+    LedgerUnavailableError,
+    Outcome,
+)
 from allotment.operator.runtime import Runtime, runtime_of
 
 logger = logging.getLogger(__name__)
@@ -34,20 +41,22 @@ def _kind(param: Any) -> Kind:
 
 
 async def reconcile(
-    *, body: kopf.Body, patch: kopf.Patch, memo: Any, param: Any = None, **_: Any
+    *, body: kopf.Body, patch: kopf.Patch, memo: Any, param: Any = None, retry: int = 0, **_: Any
 ) -> None:
     """Reconcile one object into the ledger and write its status (create, update, resume)."""
     kind, runtime = _kind(param), runtime_of(memo)
     ref, now = parsing.ref_of(kind, body), runtime.clock()
     try:
         outcome = await runtime.apply(parsing.object_of(kind, body), now)
+    except LedgerConflictError as error:  # a lost race: try again soon, status unchanged
+        raise kopf.TemporaryError(f"{ref}: {error}", delay=min(60, 2**retry)) from error
     except LedgerUnavailableError as error:
         write_status(patch, body, status.unavailable(f"{error}; retrying"), {}, now)
         delay = runtime.settings.wait_retry_seconds
         raise kopf.TemporaryError(f"{ref}: {error}", delay=delay) from error
     verdict = status.verdict_of(outcome)
     write_status(patch, body, verdict, outcome.status, now)
-    await settle(runtime, param, ref, body, outcome, now)
+    await settle(runtime, kind, ref, body, outcome, now)
 
 
 async def delete(*, body: kopf.Body, memo: Any, param: Any = None, **_: Any) -> None:

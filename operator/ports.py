@@ -63,6 +63,10 @@ class LedgerUnavailableError(RuntimeError):
     """The ledger could not be reached or did not answer in time (a temporary condition)."""
 
 
+class LedgerConflictError(RuntimeError):
+    """A concurrent transaction won a race (a unique key, a serialization failure): retry."""
+
+
 class LedgerGateway(Protocol):
     """The ledger as the operator drives it: one transaction per call."""
 

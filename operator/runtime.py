@@ -63,20 +63,29 @@ class Runtime:
     clock: Callable[[], datetime]
     waiting: WaitingRegistry = field(default_factory=WaitingRegistry)
     entitlements: EntitlementIndex = field(default_factory=EntitlementIndex)
+    writers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     async def apply(
         self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False
     ) -> Outcome:
-        """Reconcile ``obj`` in the ledger without blocking the event loop."""
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(functools.partial(self.ledger.apply, orphan=orphan), obj, now),
-                timeout=self.settings.ledger_timeout_seconds,
-            )
-        except TimeoutError as error:
-            raise LedgerUnavailableError(
-                f"the ledger did not answer within {self.settings.ledger_timeout_seconds:g}s"
-            ) from error
+        """Reconcile ``obj`` in the ledger without blocking the event loop.
+
+        At most ``writers`` transactions run at once (one on SQLite, D14), so a burst of objects
+        (a resume of thousands) queues here instead of timing out in the pool; the timeout
+        covers the transaction itself.
+        """
+        async with self.writers:
+            try:
+                return await asyncio.wait_for(
+                    asyncio.to_thread(
+                        functools.partial(self.ledger.apply, orphan=orphan), obj, now
+                    ),
+                    timeout=self.settings.ledger_timeout_seconds,
+                )
+            except TimeoutError as error:
+                raise LedgerUnavailableError(
+                    f"the ledger did not answer within {self.settings.ledger_timeout_seconds:g}s"
+                ) from error
 
 
 def runtime_of(memo: Mapping[str, Any]) -> Runtime:

@@ -48,6 +48,7 @@ class OperatorSettings:
     sidecar: SidecarSettings = SidecarSettings()
     liveness_endpoint: str | None = None
     ledger_timeout_seconds: float = 10.0
+    ledger_writers: int = 4  # concurrent reconcile transactions on PostgreSQL (SQLite: 1)
     wait_retry_seconds: float = 30.0
     conflict_retry_seconds: float = 120.0
     max_wait_seconds: float = 3600.0

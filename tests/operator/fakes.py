@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from allotment.operator.ports import LedgerUnavailableError
+from allotment.operator.ports import LedgerConflictError, LedgerUnavailableError
 from allotment.operator.runtime import Runtime
 from allotment.operator.settings import OperatorSettings
 
@@ -31,11 +31,14 @@ class FakeLedger:
     applied: list[Mapping[str, Any]] = field(default_factory=list)
     orphaned: list[bool] = field(default_factory=list)
     reachable: bool = True
+    racing: bool = False
     current_values: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
 
     def apply(self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False) -> FakeOutcome:
         if not self.reachable:
             raise LedgerUnavailableError("connection refused")
+        if self.racing:
+            raise LedgerConflictError("duplicate key value violates unique constraint")
         self.applied.append(obj)
         self.orphaned.append(orphan)
         return self.answer(obj)

@@ -170,6 +170,19 @@ async def test_an_unreachable_ledger_is_a_temporary_error_and_says_so() -> None:
     assert conditions_of(patch)["Reconciling"]["status"] == "True"
 
 
+async def test_a_lost_race_retries_soon_without_touching_status() -> None:
+    ledger = FakeLedger(lambda obj: FakeOutcome("Record", "Recorded"), racing=True)
+    runtime = make_runtime(ledger)
+    patch = kopf.Patch()
+    with pytest.raises(kopf.TemporaryError) as raised:
+        await handlers.reconcile(
+            body=body("Customer", "c", {}), patch=patch, memo={MEMO_KEY: runtime},
+            param=CUSTOMER, retry=3,
+        )  # fmt: skip
+    assert raised.value.delay == 8
+    assert "status" not in patch
+
+
 async def test_ready_keeps_its_transition_time_when_nothing_flips() -> None:
     ledger = FakeLedger(lambda obj: FakeOutcome("Unchanged", "Recorded"))
     runtime = make_runtime(ledger)
