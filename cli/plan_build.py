@@ -227,7 +227,7 @@ def _resource_plan(
         reconciled = outcome is not None and outcome.action != "Unchanged"
         if not fields and not reconciled:
             change = "unchanged"  # metadata only, or the ledger already holds it as written
-    refusals = list(_refusals(admission))
+    refusals = list(_refusals(admission, f"{kind} {namespace}/{name}"))
     waiting = None
     if outcome is not None and not outcome.ready:
         if outcome.action == "Wait":
@@ -258,11 +258,20 @@ def _resource_plan(
     )
 
 
-def _refusals(lines: Iterable[str]) -> Iterable[str]:
-    """Admission lines as the apiserver words them (without dev's "stays as it was" lines)."""
+def _refusals(lines: Iterable[str], title: str) -> Iterable[str]:
+    """Admission lines as the apiserver words them, each after the file and line it is about.
+
+    ``allotment dev`` says ``Refused TITLE (FILE:LINE): MESSAGE``; the plan names the object
+    already, so it keeps ``FILE:LINE: MESSAGE`` (and drops dev's "stays as it was" lines).
+    """
     for line in lines:
-        if line.startswith("Refused "):
-            yield line.removeprefix("Refused ")
+        if not line.startswith("Refused "):
+            continue
+        text = line.removeprefix("Refused ")
+        if text.startswith(f"{title} ("):
+            where, _, message = text.removeprefix(f"{title} (").partition("): ")
+            text = f"{where}: {message}"
+        yield text
 
 
 # --- spec differences ------------------------------------------------------------------------
