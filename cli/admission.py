@@ -406,33 +406,80 @@ def _is_transition_rule(rule: str) -> bool:
     return re.search(r"\boldSelf\b", rule) is not None
 
 
+@cache
+def _fields_read(rule: str) -> Mapping[str, bool] | None:
+    """The fields of self and oldSelf a rule reads, each mapped to True when the rule only tests
+    its presence (``has(self.f)``); None when the rule reads the whole object."""
+    if re.search(r"\b(?:self|oldSelf)\b(?!\.\w)", rule):
+        return None
+    reads: dict[str, bool] = {}
+    for match in re.finditer(r"(has\()?\b(?:self|oldSelf)\.(\w+)(\.\w+)?(\))?", rule):
+        presence_only = bool(match.group(1)) and match.group(3) is None and bool(match.group(4))
+        reads[match.group(2)] = reads.get(match.group(2), True) and presence_only
+    return reads
+
+
+def _project(value: Any, reads: Mapping[str, bool] | None) -> Any:
+    """Keep only what a rule reads of ``value`` (a field tested for presence becomes ``True``)."""
+    if reads is None or not isinstance(value, dict):
+        return value
+    return {
+        name: True if presence else value[name] for name, presence in reads.items() if name in value
+    }
+
+
+class RuleOutcomes:
+    """Remembers each rule's outcome by the part of self and oldSelf it reads, for one run:
+    objects written from the same pattern then cost one CEL evaluation per rule."""
+
+    def __init__(self) -> None:
+        self._outcomes: dict[tuple[str, str, str], bool | str] = {}
+
+    def evaluate(self, rule: str, schema: Mapping[str, Any], value: Any, old: Any) -> bool | str:
+        """Return whether the rule holds, or the evaluation error as text."""
+        reads = _fields_read(rule)
+        mine, previous = _project(value, reads), _project(old, reads)
+        key = (rule, json.dumps(mine, sort_keys=True), json.dumps(previous, sort_keys=True))
+        found = self._outcomes.get(key)
+        if found is None:
+            found = _evaluate(rule, schema, mine, previous)
+            self._outcomes[key] = found
+        return found
+
+
+def _evaluate(rule: str, schema: Mapping[str, Any], value: Any, old: Any) -> bool | str:
+    activation: dict[str, Any] = {"self": to_cel(value, schema)}
+    if _is_transition_rule(rule):
+        activation["oldSelf"] = to_cel(old, schema)
+    try:
+        return bool(_cel_program(rule).evaluate(activation))
+    except (CELEvalError, TypeError, ValueError, KeyError) as error:
+        return str(error) or type(error).__name__
+
+
 def cel_violations(
     value: Any,
     schema: Mapping[str, Any],
     old: Any = None,
     here: JSONPath = (),
     transitions: bool = True,
+    outcomes: RuleOutcomes | None = None,
 ) -> Iterator[Violation]:
     """Yield the CRD's CEL rules that ``value`` breaks (transition rules only with ``old``)."""
+    outcomes = outcomes if outcomes is not None else RuleOutcomes()
     for validation in schema.get("x-kubernetes-validations", ()):
         rule = validation["rule"]
-        transition = _is_transition_rule(rule)
-        if transition and (old is None or not transitions):
+        if _is_transition_rule(rule) and (old is None or not transitions):
             continue
-        activation: dict[str, Any] = {"self": to_cel(value, schema)}
-        if transition:
-            activation["oldSelf"] = to_cel(old, schema)
+        result = outcomes.evaluate(rule, schema, value, old)
         path = field_path(here)
-        try:
-            result = _cel_program(rule).evaluate(activation)
-        except (CELEvalError, TypeError, ValueError, KeyError) as error:
+        if isinstance(result, str):
             yield Violation(
                 here,
-                f"{path}: Invalid value: {go_value(value)}: rule evaluation failed: {error}",
+                f"{path}: Invalid value: {go_value(value)}: rule evaluation failed: {result}",
                 f"the rule was: {rule}",
             )
-            continue
-        if not bool(result):
+        elif not result:
             message = validation.get("message") or f"failed rule: {rule}"
             yield Violation(here, f"{path}: Invalid value: {go_value(value)}: {message}")
     if isinstance(value, dict):
@@ -443,10 +490,12 @@ def cel_violations(
             if child is None:
                 continue
             previous = old.get(key) if isinstance(old, dict) else None
-            yield from cel_violations(item, child, previous, (*here, key), transitions)
+            yield from cel_violations(item, child, previous, (*here, key), transitions, outcomes)
     elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
         for position, item in enumerate(value):
-            yield from cel_violations(item, schema["items"], None, (*here, position), transitions)
+            yield from cel_violations(
+                item, schema["items"], None, (*here, position), transitions, outcomes
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -487,9 +536,10 @@ def admit(
     body: Mapping[str, Any],
     schema: Mapping[str, Any],
     old: Mapping[str, Any] | None = None,
+    outcomes: RuleOutcomes | None = None,
 ) -> tuple[list[Violation], dict[str, Any]]:
     """Check one object against its CRD schema and rules; return the violations and the object
-    as stored (nulls pruned, defaults applied)."""
+    as stored (nulls pruned, defaults applied). Pass one ``outcomes`` to every call of a run."""
     violations = list(name_violations(body))
     violations.extend(find_unknown_fields(body, schema))
     stored: dict[str, Any] = prune_nulls_and_default(dict(body), schema)
@@ -497,5 +547,5 @@ def admit(
     if violations:
         return violations, stored
     previous = prune_nulls_and_default(dict(old), schema) if old is not None else None
-    violations.extend(cel_violations(stored, schema, previous))
+    violations.extend(cel_violations(stored, schema, previous, outcomes=outcomes))
     return violations, stored

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from allotment.cli.admission import Violation, admit, field_path, is_rfc3339
+from allotment.cli.admission import RuleOutcomes, Violation, admit, field_path, is_rfc3339
 from allotment.cli.manifests import (
     GROUP,
     CRDVersion,
@@ -128,6 +128,7 @@ def _load_set(
     previous: Mapping[tuple[str, str, str], Resource] | None,
 ) -> _Loaded:
     """Read, admit and index every document under ``paths``."""
+    outcomes = RuleOutcomes()
     findings: list[Finding] = []
     resources: list[Resource] = []
     files = documents = 0
@@ -160,7 +161,7 @@ def _load_set(
                     )
                 )
                 continue
-            resource, found = _admit_document(item, catalog, previous)
+            resource, found = _admit_document(item, catalog, previous, outcomes)
             findings.extend(found)
             if resource is not None:
                 resources.append(resource)
@@ -171,6 +172,7 @@ def _admit_document(
     document: Document,
     catalog: Mapping[tuple[str, str], CRDVersion],
     previous: Mapping[tuple[str, str, str], Resource] | None,
+    outcomes: RuleOutcomes,
 ) -> tuple[Resource | None, list[Finding]]:
     body = document.body
     subject = f"document {document.index}"
@@ -218,7 +220,7 @@ def _admit_document(
             )
         ]
     old = previous.get((kind_, namespace, name)) if previous is not None else None
-    violations, stored = admit(body, crd.schema, old.body if old is not None else None)
+    violations, stored = admit(body, crd.schema, old.body if old is not None else None, outcomes)
     findings = [_from_violation("error", document, subject, violation) for violation in violations]
     if "status" in body:
         findings.append(
@@ -299,15 +301,40 @@ def _instant(text: Any) -> datetime | None:
 
 
 class _Index:
-    """The set's objects by namespace, for reference and uniqueness checks."""
+    """The set's objects by namespace, for reference and uniqueness checks (built once)."""
 
     def __init__(self, resources: Iterable[Resource]) -> None:
         self.by_kind: dict[tuple[str, str], list[Resource]] = defaultdict(list)
         for resource in resources:
             self.by_kind[(resource.kind, resource.namespace)].append(resource)
+        self.customer_of_subject: dict[tuple[str, str], str] = {}
+        for (kind, namespace), items in self.by_kind.items():
+            if kind == "Customer":
+                for customer in items:
+                    for subject in customer_subjects(customer):
+                        self.customer_of_subject.setdefault(
+                            (namespace, subject), customer_key(customer)
+                        )
+        self.entitlement_by_name: dict[tuple[str, str], Resource] = {}
+        self.entitlements_by_pair: dict[tuple[str, str, str], list[Resource]] = defaultdict(list)
+        for entitlement in self.of_all("Entitlement"):
+            self.entitlement_by_name[(entitlement.namespace, entitlement.name)] = entitlement
+            pair = (
+                entitlement.namespace,
+                self.owner(entitlement),
+                str(entitlement.spec.get("featureKey")),
+            )
+            self.entitlements_by_pair[pair].append(entitlement)
 
     def of(self, kind: str, namespace: str) -> list[Resource]:
+        """The objects of one kind in one namespace."""
         return self.by_kind.get((kind, namespace), [])
+
+    def of_all(self, kind: str) -> Iterator[Resource]:
+        """The objects of one kind in every namespace."""
+        for (candidate, _), items in self.by_kind.items():
+            if candidate == kind:
+                yield from items
 
     def owner(self, entitlement_like: Resource) -> str:
         """The customer key an Entitlement (or a Grant's customer/subject) resolves to."""
@@ -315,23 +342,16 @@ class _Index:
         if "customer" in spec:
             return str(spec["customer"])
         subject = str(spec.get("subject", ""))
-        for customer in self.of("Customer", entitlement_like.namespace):
-            if subject in customer_subjects(customer):
-                return customer_key(customer)
-        return subject
+        return self.customer_of_subject.get((entitlement_like.namespace, subject), subject)
 
     def entitlements_for(self, referrer: Resource) -> list[Resource]:
         """The Entitlements a Grant or EntitlementReset refers to."""
         spec = referrer.spec
-        candidates = self.of("Entitlement", referrer.namespace)
         if "entitlement" in spec:
-            return [item for item in candidates if item.name == spec["entitlement"]]
-        owner = self.owner(referrer)
-        return [
-            item
-            for item in candidates
-            if item.spec.get("featureKey") == spec.get("featureKey") and self.owner(item) == owner
-        ]
+            found = self.entitlement_by_name.get((referrer.namespace, str(spec["entitlement"])))
+            return [found] if found is not None else []
+        pair = (referrer.namespace, self.owner(referrer), str(spec.get("featureKey")))
+        return list(self.entitlements_by_pair.get(pair, []))
 
 
 def cross_resource_findings(resources: Iterable[Resource]) -> Iterator[Finding]:
