@@ -161,11 +161,35 @@ def _load_set(
                     )
                 )
                 continue
-            resource, found = _admit_document(item, catalog, previous, outcomes)
-            findings.extend(found)
-            if resource is not None:
-                resources.append(resource)
+            for document in expand_lists(item):
+                resource, found = _admit_document(document, catalog, previous, outcomes)
+                findings.extend(found)
+                if resource is not None:
+                    resources.append(resource)
     return _Loaded(tuple(resources), tuple(findings), files, documents)
+
+
+def expand_lists(document: Document) -> list[Document]:
+    """Split a ``v1`` List (as ``kubectl get -o yaml`` writes) into its items, as kubectl does."""
+    body = document.body
+    if not (
+        isinstance(body, dict)
+        and body.get("apiVersion") == "v1"
+        and str(body.get("kind", "")).endswith("List")
+        and isinstance(body.get("items"), list)
+    ):
+        return [document]
+    items: list[Document] = []
+    for position, item in enumerate(body["items"]):
+        prefix: JSONPath = ("items", position)
+        lines = {
+            path[2:]: line
+            for path, line in document.lines.items()
+            if path[:2] == prefix and len(path) > 2
+        }
+        start = document.lines.get(prefix, document.line)
+        items.append(Document(document.path, document.index, start, item, lines))
+    return items
 
 
 def _admit_document(

@@ -244,3 +244,18 @@ def test_without_previous_the_skipped_checks_are_named() -> None:
 def test_the_invalid_table_is_read_through_directories_too() -> None:
     result = run_validate(CASES / "invalid" / "schema-enum-meter-aggregation")
     assert result.code == 1
+
+
+def test_the_items_of_a_list_are_each_validated(tmp_path: Path) -> None:
+    meter = METER.format(name="listed-meter", aggregation="AVERAGE")
+    items = "".join(
+        ("  - " if number == 0 else "    ") + line + "\n"
+        for number, line in enumerate(meter.splitlines())
+    )
+    path = write(tmp_path, "list.yaml", "apiVersion: v1\nkind: List\nitems:\n" + items)
+    result = run_validate(path)
+    assert result.code == 1
+    [line] = result.error_lines
+    assert line.startswith(
+        f"{path}:10: error: document 0, Meter default/listed-meter: spec.aggregation"
+    )
