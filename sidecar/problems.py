@@ -60,7 +60,7 @@ def problem_response(
         body["extensions"] = dict(extensions)
     return web.Response(
         status=status,
-        text=json.dumps(body),
+        body=json.dumps(body).encode(),  # no charset: the legacy Node SDK compares the type
         content_type=PROBLEM_JSON,
         headers=dict(headers or {}),
     )

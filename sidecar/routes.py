@@ -48,9 +48,13 @@ RESOURCE_API = "allotment.dev/v1alpha1"
 def json_response(
     body: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """Return a JSON response with exact numbers."""
+    """Return a JSON response with exact numbers.
+
+    The Content-Type is exactly ``application/json``, without a charset parameter (JSON is
+    UTF-8): the legacy OpenMeter Node SDK compares the header with that string.
+    """
     return web.Response(
-        status=status, text=dumps(body), content_type="application/json", headers=headers
+        status=status, body=dumps(body).encode(), content_type="application/json", headers=headers
     )
 
 
