@@ -118,8 +118,9 @@ def run_plan(*argv: str | Path) -> tuple[int, dict[str, Any]]:
 
 
 def _customer_1(body: dict[str, Any]) -> dict[str, Any]:
-    [value] = [e for e in body["entitlements"] if e["customer"] == "customer-1"]
-    return value
+    found: list[dict[str, Any]] = [e for e in body["entitlements"] if e["customer"] == "customer-1"]
+    assert len(found) == 1
+    return found[0]
 
 
 def test_plan_reads_live_usage_and_never_writes(live: Ledger, trees: tuple[Path, Path]) -> None:
