@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 import yaml
 
 from tests.harness.cluster import ControlPlane
+from tests.harness.postgres import server_url
 from tests.operator.running import (
     OperatorProcess,
     allotment,
@@ -63,12 +65,38 @@ class Setup:
     namespaces: dict[str, str]  # example folder name -> namespace
 
 
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+    ],
+)
+def operator_ledger(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A fresh ledger: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+        return
+    base: str = request.getfixturevalue("postgres_url")
+    name = f"allotment_operator_e2e_{secrets.token_hex(4)}"
+    admin = f"postgresql://{base.split('://', 1)[1]}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield server_url(base, name)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="module")
-def setup(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def setup(
+    control_plane: ControlPlane, operator_ledger: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setup]:
     folder = tmp_path_factory.mktemp("operator-e2e")
     install_crds(control_plane)
     kubeconfig = operator_kubeconfig(control_plane, folder)
-    db_url = f"sqlite:///{folder / 'ledger.db'}"
+    db_url = operator_ledger
     migrated = allotment("migrate", "--db", db_url)
     assert migrated.returncode == 0, migrated.stderr
     suffix = secrets.token_hex(3)
