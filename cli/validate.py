@@ -35,6 +35,7 @@ from allotment.cli.manifests import (
 Severity = Literal["error", "warning", "note"]
 
 _KEY_PATTERN = r"^[a-z0-9]+(?:_[a-z0-9]+)*$"
+_ULID_PATTERN = r"^[0-7][0-9a-hjkmnp-tv-z]{25}$"
 
 
 @dataclass(frozen=True)
@@ -278,16 +279,22 @@ def _derived_key_findings(resource: Resource) -> list[Finding]:
     if field is None or field in resource.spec:
         return []
     derived = resource.name.replace("-", "_")
-    if len(derived) <= 64 and re.match(_KEY_PATTERN, derived):
+    is_ulid = resource.kind == "Feature" and re.match(_ULID_PATTERN, derived) is not None
+    if len(derived) <= 64 and re.match(_KEY_PATTERN, derived) and not is_ulid:
         return []
+    problem = (
+        "which is a ULID (OpenMeter refuses feature keys that are)"
+        if is_ulid
+        else f"which does not match {_KEY_PATTERN} (at most 64 characters)"
+    )
     return [
         _finding_at(
             "error",
             resource.document,
             resource.title,
             ("metadata", "name"),
-            f"spec.{field}: metadata.name {resource.name!r} gives {field} {derived!r}, which does "
-            f"not match {_KEY_PATTERN} (at most 64 characters); the operator would refuse it",
+            f"spec.{field}: metadata.name {resource.name!r} gives {field} {derived!r}, {problem}; "
+            "the operator would refuse it",
             f"set spec.{field}",
         )
     ]

@@ -122,13 +122,6 @@ def test_directories_are_read_recursively_yaml_and_yml_only(tmp_path: Path) -> N
     assert "validate: 2 files, 2 documents, 2 allotment objects: 0 errors, 0 warnings" in result.out
 
 
-def test_a_name_that_cannot_give_a_slug_is_an_error(tmp_path: Path) -> None:
-    path = write(tmp_path, "m.yaml", METER.format(name="tokens.v2", aggregation="SUM"))
-    result = run_validate(path)
-    assert result.code == 1
-    assert "set spec.slug" in result.out
-
-
 @pytest.mark.parametrize(
     ("files", "fragment"),
     [
@@ -259,3 +252,34 @@ def test_the_items_of_a_list_are_each_validated(tmp_path: Path) -> None:
     assert line.startswith(
         f"{path}:10: error: document 0, Meter default/listed-meter: spec.aggregation"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind_and_spec", "name", "fragment"),
+    [
+        pytest.param(
+            METER.format(name="{name}", aggregation="SUM"),
+            "tokens.v2",
+            "set spec.slug",
+            id="meter-dot",
+        ),
+        pytest.param(
+            "apiVersion: allotment.dev/v1alpha1\nkind: Feature\nmetadata:\n  name: {name}\nspec:\n  name: X\n",
+            "01hzx3ndektsv4rrffq69g5fav",
+            "which is a ULID",
+            id="feature-ulid",
+        ),
+        pytest.param(
+            "apiVersion: allotment.dev/v1alpha1\nkind: Feature\nmetadata:\n  name: {name}\nspec:\n  name: X\n",
+            "gpt--4",
+            "set spec.key",
+            id="feature-double-dash",
+        ),
+    ],
+)
+def test_a_name_that_cannot_give_a_key_is_an_error(
+    tmp_path: Path, kind_and_spec: str, name: str, fragment: str
+) -> None:
+    result = run_validate(write(tmp_path, "x.yaml", kind_and_spec.replace("{name}", name)))
+    assert result.code == 1
+    assert fragment in result.out
