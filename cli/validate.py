@@ -14,7 +14,7 @@ import argparse
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -419,7 +419,7 @@ def _warn(resource: Resource, json_path: JSONPath, message: str, hint: str = "")
 
 
 def _duplicates(
-    items: list[Resource], key_of: Any, label: str, json_path: JSONPath
+    items: list[Resource], key_of: Callable[[Resource], str], label: str, json_path: JSONPath
 ) -> Iterator[Finding]:
     seen: dict[str, Resource] = {}
     for item in items:
@@ -591,6 +591,20 @@ def validate_paths(paths: list[Path], previous: list[Path] | None = None) -> Rep
     findings.extend(cross_resource_findings(loaded.resources))
     if old_set is not None:
         findings.extend(removal_findings(loaded.resources, old_set.resources))
+        unreadable = sum(1 for finding in old_set.findings if finding.severity == "error")
+        if unreadable:
+            findings.append(
+                Finding(
+                    "note",
+                    None,
+                    None,
+                    None,
+                    "validate",
+                    f"{unreadable} problems in --previous: objects there that are not valid were "
+                    "not compared (no transition rules, no removal check)",
+                    "run allotment validate on the --previous directory to see them",
+                )
+            )
     else:
         findings.append(
             Finding(
