@@ -234,6 +234,14 @@ def _resource_plan(
             waiting = f"{outcome.reason}: {outcome.message}"
         else:
             refusals.append(f"{outcome.reason}: {outcome.message}")
+    if (
+        change == "unchanged"
+        and key in loop.not_recorded
+        and outcome is not None
+        and outcome.ready
+        and outcome.action not in ("Unchanged", "Noop")
+    ):
+        change = "create"  # it waited or was refused so far, and this change records it
     if change == "unchanged" and not refusals and waiting is None:
         return None
     deletion = None
@@ -374,9 +382,14 @@ def _when(kind: str, path: str, entitlement: Entitlement | None, now: datetime) 
     if kind == "Entitlement" and path == "spec.preserveOverageAtReset":
         return f"for resets after {format_rfc3339(now)}"
     if kind == "Entitlement" and path == "spec.activeTo":
-        return "access ends then (an instant before the current period starts acts at its start)"
+        return (
+            "access ends at that instant; one before the current period's start acts at that start"
+        )
     if kind == "Grant" and path == "spec.voidAt":
-        return "the unused balance is gone from then (before the current period: from its start)"
+        return (
+            "the unused balance is gone from that instant; "
+            "one before the current period's start acts at that start"
+        )
     if path == "spec.deletionPolicy":
         return "decides what deleting the object will do to the ledger"
     if kind == "Customer" and path.startswith("spec.usageAttribution"):
