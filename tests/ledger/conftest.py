@@ -6,15 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
 
 
 @pytest.fixture
-def ledger(ledger_url: str) -> Iterator[Ledger]:
-    """Yield a ledger migrated to head with ``allotment migrate``'s code, then close it."""
-    migrate.upgrade(ledger_url)
-    opened = open_ledger(ledger_url)
+def ledger(migrated_ledger_url: str) -> Iterator[Ledger]:
+    """Yield a fresh ledger at the schema head (migrated by ``allotment migrate``'s code)."""
+    opened = open_ledger(migrated_ledger_url)
     try:
         yield opened
     finally:
