@@ -146,7 +146,10 @@ def _entitlement_lines(plan: EntitlementPlan) -> Iterator[str]:
     )
     for grant in plan.grants:
         sign = "+" if grant.change == "new" else ""
-        yield f"    grant {grant.name}: {sign}{_amount(grant.amount)} {grant.description}"
+        line = f"    grant {grant.name}: {sign}{_amount(grant.amount)} {grant.description}"
+        if grant.balance_before is not None or grant.balance_after is not None:
+            line += f"; balance {_amount(grant.balance_before)} -> {_amount(grant.balance_after)}"
+        yield line
     for note in plan.notes:
         yield f"    {note}"
     before, after = plan.before or {}, plan.after or {}
@@ -257,6 +260,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                             "amount": g.amount,
                             "at": g.at,
                             "description": g.description,
+                            "balanceBefore": g.balance_before,
+                            "balanceAfter": g.balance_after,
                         }
                         for g in e.grants
                     ],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -506,9 +506,18 @@ def _entitlement_plans(
                 continue
             old_grants = old_records.grants.get(entitlement_id, ()) if old_records else ()
             new_grants = new_records.grants.get(entitlement_id, ()) if new_records else ()
-            grants = tuple(_grant_changes(namespace, old_grants, new_grants, deleted))
-            value_before = _shown(before.values.get(namespace, {}).get(entitlement_id))
-            value_after = _shown(after.values.get(namespace, {}).get(entitlement_id))
+            raw_before = before.values.get(namespace, {}).get(entitlement_id)
+            raw_after = after.values.get(namespace, {}).get(entitlement_id)
+            grants = tuple(
+                replace(
+                    change,
+                    balance_before=_grant_balance(raw_before, change.id),
+                    balance_after=_grant_balance(raw_after, change.id),
+                )
+                for change in _grant_changes(namespace, old_grants, new_grants, deleted)
+            )
+            value_before = _shown(raw_before)
+            value_after = _shown(raw_after)
             plan = EntitlementPlan(
                 namespace=namespace,
                 customer=entitlement.customer_key,
@@ -528,6 +537,12 @@ def _entitlement_plans(
             ):
                 plans.append(plan)
     return tuple(sorted(plans, key=lambda p: (p.namespace, p.customer, p.feature, p.entitlement)))
+
+
+def _grant_balance(value: EntitlementValue | None, grant_id: str | None) -> Decimal | None:
+    if value is None or value.grant_balances is None or grant_id is None:
+        return None
+    return value.grant_balances.get(grant_id)
 
 
 def _grant_changes(

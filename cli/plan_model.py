@@ -77,6 +77,9 @@ class GrantChange:
     amount: Decimal
     at: datetime | None
     description: str
+    #: What is left of the grant at the plan's instant, before and after (None: not active).
+    balance_before: Decimal | None = None
+    balance_after: Decimal | None = None
 
 
 @dataclass(frozen=True)
