@@ -4,8 +4,9 @@ Role: append entries in the caller's write transaction, at positions allocated u
 transaction-level lock held until commit (on PostgreSQL a ``pg_advisory_xact_lock`` inside
 ``allotment_allocate_feed_positions``; on SQLite the single writer's ``BEGIN IMMEDIATE``), so a
 reader that has seen position P never later finds a newly committed entry below P: polling alone
-is correct. On PostgreSQL one ``NOTIFY allotment_feed`` is queued per appended batch and
-delivered at commit. Every entry carries the read-contract version it was written in
+is correct. On PostgreSQL ``NOTIFY allotment_feed, '<namespace>'`` is queued with each append
+and delivered at commit; PostgreSQL folds identical notifications of one transaction into one,
+so a listener gets at most one per committed transaction and namespace, and then polls. Every entry carries the read-contract version it was written in
 (``CONTRACT_VERSION``); readers accept the versions they know. ``ledger_epoch`` names this
 ledger's history; a restore rotates it and readers that see it change must reload.
 
@@ -96,7 +97,7 @@ def append(
     if connection.dialect.name == "postgresql":
         connection.execute(
             text("SELECT pg_notify(:channel, :message)"),
-            {"channel": NOTIFY_CHANNEL, "message": f"{namespace}:{last}"},
+            {"channel": NOTIFY_CHANNEL, "message": namespace},
         )
     return last
 
