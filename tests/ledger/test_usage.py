@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from allotment.ledger.core.model import Aggregation, Meter
-from allotment.ledger.storage import feed, usage
+from allotment.ledger.storage import feed, records, usage
 from allotment.ledger.storage.engine import Ledger
 from allotment.ledger.storage.records import IdentityConflictError
 
@@ -273,3 +273,23 @@ def test_a_namespace_load_matches_the_feeds_latest_bucket_states(ledger: Ledger)
         ("gpt_4_tokens", T0, frozenset(), Decimal(15)),
         ("gpt_4_tokens", T0 + timedelta(minutes=3), frozenset(), Decimal(10)),
     }
+
+
+def test_a_retried_revision_keeps_the_instant_first_recorded(ledger: Ledger) -> None:
+    with ledger.write() as conn:
+        usage.record_meter(conn, NS, "tokens", TOKENS, uid="u1", generation=1, acted_at=T0, now=NOW)
+        later = T0 + timedelta(minutes=5)
+        usage.record_meter(
+            conn, NS, "tokens", TOKENS, uid="u1", generation=1, acted_at=later, now=NOW
+        )
+        usage.record_meter(
+            conn, NS, "tokens", TOKENS, uid="u2", generation=1, acted_at=later, now=NOW
+        )
+        identity = records.find_identity(conn, NS, "Meter", "tokens")
+        assert identity is not None
+        history = records.revisions(conn, identity)
+    assert [(r.uid, r.action, r.acted_at) for r in history] == [
+        ("u1", "create", T0),
+        ("u2", "adopt", later),
+    ]
+    assert identity.created_at == T0
