@@ -7,6 +7,9 @@ transaction: identities, catalogue versions (which reach the sidecars through th
 (whose buckets storage builds from raw events), unique keys, and the reconciliation log (what
 was applied for which generation, when a generation was first seen, which objects are gone).
 The outcome says what happened in the words a status condition and an Event need.
+A Plan's generations live in the log only; a Subscription's entitlements are catalogue
+entitlements marked with it. Applying a Plan also rolls it out to its recorded subscribers, in
+the same transaction, so a Plan edit reaches the ledger without anyone re-applying them.
 
 It must not commit, read the clock, or decide anything the core decides.
 """
@@ -26,7 +29,16 @@ from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at, next_recurrence_after
 from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
 from allotment.ledger.core.periods import current_period, last_reset
-from allotment.ledger.core.resources import Kind, Ref, Resource, Spec
+from allotment.ledger.core.plans import subscription_entitlements
+from allotment.ledger.core.resources import (
+    Kind,
+    PlanSpec,
+    Ref,
+    Resource,
+    Spec,
+    SubscriptionSpec,
+    default_key,
+)
 from allotment.ledger.core.timeutil import format_rfc3339
 from allotment.ledger.storage import catalogue, usage
 from allotment.ledger.storage.codec import (
@@ -39,10 +51,20 @@ from allotment.ledger.storage.codec import (
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import ReconcileLogRow, ResourceRow
 
-__all__ = ["IMPLIED_CUSTOMER_KIND", "Outcome", "apply_resource"]
+__all__ = [
+    "IMPLIED_CUSTOMER_KIND",
+    "PLAN_GRANT_KIND",
+    "SUBSCRIPTION_ENTITLEMENT_KIND",
+    "Outcome",
+    "apply_resource",
+    "apply_subscribers",
+]
 
 #: The identity kind of a customer that exists because a subject named it (D5).
 IMPLIED_CUSTOMER_KIND = "ImpliedCustomer"
+#: The identity kinds of the records a Subscription's rollout creates (no resource of their own).
+SUBSCRIPTION_ENTITLEMENT_KIND = "SubscriptionEntitlement"
+PLAN_GRANT_KIND = "PlanGrant"
 
 _RESOURCES: Table = ResourceRow.__table__  # type: ignore[assignment]
 _LOG: Table = ReconcileLogRow.__table__  # type: ignore[assignment]
@@ -227,6 +249,7 @@ def apply_resource(
     namespace = _load_namespace(connection, resource.ref.namespace)
     record_id = _find_identity(connection, resource.ref)
     own = None if record_id is None else _own(connection, resource, record_id, now)
+    planned = resource.ref.kind in _PLAN_KINDS
     recorded = rc.Recorded(
         own=own,
         meters=namespace.recorded.meters,
@@ -234,10 +257,13 @@ def apply_resource(
         customers=namespace.recorded.customers,
         entitlements=namespace.recorded.entitlements,
         grants=namespace.recorded.grants,
+        plans=_load_plans(connection, resource.ref.namespace) if planned else (),
     )
     actions = rc.reconcile(resource, recorded, now, new_id(), force_orphan=force_orphan)
     for action in actions:
         _write(connection, resource, action, now)
+    if planned:
+        return _plan_outcome(connection, resource, actions, own, now)
     return _outcome(connection, resource, actions, own)
 
 
@@ -335,6 +361,34 @@ def _write(connection: Connection, resource: Resource, action: rc.Action, now: d
         _log(connection, action.id, _APPLIED, action.uid, action.generation, action.at, spec)
     elif isinstance(action, rc.Orphan):
         _log(connection, action.id, _DELETED, resource.uid, resource.generation, action.at)
+    elif isinstance(action, rc.Declare):
+        _create_identity(
+            connection, action.id, ns, action.ref.kind.value, action.ref.name, action.at
+        )
+        catalogue.claim_key(connection, ns, _ref_space(action.ref.kind), action.ref.name, action.id)
+        _log(connection, action.id, _APPLIED, action.uid, action.generation, action.at, action.spec)
+    elif isinstance(action, rc.Entitle):
+        entitlement = action.entitlement
+        _create_identity(
+            connection,
+            entitlement.id,
+            ns,
+            SUBSCRIPTION_ENTITLEMENT_KIND,
+            _identity_name(entitlement.name, entitlement.id),
+            entitlement.created_at,
+        )
+        _put(connection, ns, entitlement, now)
+    elif isinstance(action, rc.Fund):
+        grant = action.grant
+        _create_identity(
+            connection,
+            grant.id,
+            ns,
+            PLAN_GRANT_KIND,
+            _identity_name(grant.name, grant.id),
+            grant.created_at,
+        )
+        _put(connection, ns, grant, now)
 
 
 def _write_absorb(connection: Connection, ns: str, action: rc.Absorb, now: datetime) -> None:
@@ -566,3 +620,180 @@ def current_period_status(entitlement: Entitlement, now: datetime) -> dict[str, 
         return None
     period = current_period(entitlement.usage_period, now)
     return {"from": format_rfc3339(period.start), "to": format_rfc3339(period.end)}
+
+
+# --- plans and subscriptions -----------------------------------------------------------------
+
+_PLAN_KINDS = (Kind.PLAN, Kind.SUBSCRIPTION)
+_NAME_MAX = 253
+
+
+def _identity_name(name: str, record_id: str) -> str:
+    """Return a record's identity name: its name, shortened with its id when too long."""
+    if len(name) <= _NAME_MAX:
+        return name
+    return f"{name[: _NAME_MAX - len(record_id) - 1]}~{record_id}"
+
+
+@dataclass(frozen=True)
+class _Logged:
+    """A Plan or Subscription as its log holds it: the last applied generation, if any."""
+
+    id: str
+    name: str
+    created_at: datetime
+    uid: str | None
+    generation: int
+    at: datetime
+    spec: Spec
+    deleted: bool
+
+
+def _logged(connection: Connection, namespace: str, kind: Kind) -> list[_Logged]:
+    """Return every recorded object of ``kind`` in ``namespace`` with its last applied row."""
+    identities = connection.execute(
+        select(_RESOURCES.c.id, _RESOURCES.c.name, _RESOURCES.c.created_at)
+        .where(_RESOURCES.c.namespace == namespace, _RESOURCES.c.kind == kind.value)
+        .order_by(_RESOURCES.c.name)
+    ).all()
+    found: list[_Logged] = []
+    for identity in identities:
+        rows = connection.execute(
+            select(_LOG).where(_LOG.c.resource_id == identity.id).order_by(_LOG.c.id)
+        ).all()
+        applied = [row for row in rows if row.action == _APPLIED]
+        if not applied:
+            continue
+        last = applied[-1]
+        deleted = any(row.action == _DELETED and row.uid == last.uid for row in rows)
+        found.append(
+            _Logged(
+                identity.id,
+                identity.name,
+                identity.created_at,
+                last.uid,
+                last.generation,
+                last.at,
+                _load_spec(last.spec),
+                deleted,
+            )
+        )
+    return found
+
+
+def _load_plans(connection: Connection, namespace: str) -> tuple[rc.RecordedPlan, ...]:
+    plans: list[rc.RecordedPlan] = []
+    for logged in _logged(connection, namespace, Kind.PLAN):
+        spec = logged.spec
+        if not isinstance(spec, PlanSpec):
+            continue
+        key = spec.key if spec.key is not None else default_key(logged.name)
+        plans.append(
+            rc.RecordedPlan(
+                logged.id,
+                logged.name,
+                key,
+                logged.generation,
+                logged.at,
+                logged.created_at,
+                spec,
+                logged.deleted,
+            )
+        )
+    return tuple(plans)
+
+
+def apply_subscribers(
+    connection: Connection, namespace: str, plan_key: str, now: datetime
+) -> list[tuple[Ref, Outcome]]:
+    """Reconcile every recorded, undeleted Subscription to ``plan_key`` as last applied.
+
+    This is how a Plan edit reaches its subscribers: each acts at the instant the Plan's
+    generation was applied (D2), whenever this runs. The caller commits.
+    """
+    outcomes: list[tuple[Ref, Outcome]] = []
+    for logged in _logged(connection, namespace, Kind.SUBSCRIPTION):
+        spec = logged.spec
+        if logged.deleted or not isinstance(spec, SubscriptionSpec) or spec.plan_key != plan_key:
+            continue
+        ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
+        resource = Resource(ref, spec, logged.uid, logged.generation, logged.created_at)
+        outcomes.append((ref, apply_resource(connection, resource, now)))
+    return outcomes
+
+
+def _plan_outcome(
+    connection: Connection,
+    resource: Resource,
+    actions: Sequence[rc.Action],
+    own: rc.Own | None,
+    now: datetime,
+) -> Outcome:
+    """Return a Plan's or Subscription's outcome; a Plan's rolls it out to its subscribers."""
+    ref = resource.ref
+    rolled: list[tuple[Ref, Outcome]] = []
+    if isinstance(resource.spec, PlanSpec) and any(
+        isinstance(a, rc.Declare | rc.Amend | rc.Adopt) for a in actions
+    ):
+        rolled = apply_subscribers(connection, ref.namespace, resource.key or "", now)
+    failing = [a for a in actions if isinstance(a, rc.Wait | rc.Conflict | rc.Refuse)]
+    if failing:
+        outcome = _outcome(connection, resource, failing, own)
+        return replace(outcome, actions=tuple(actions))
+    if any(isinstance(a, rc.Orphan) for a in actions):
+        verb = "Orphan"
+    elif any(isinstance(a, rc.Adopt) for a in actions):
+        verb = "Adopt"
+    elif any(isinstance(a, rc.Declare) for a in actions):
+        verb = "Record"
+    elif any(isinstance(a, rc.Amend | rc.Entitle | rc.Fund | rc.End) for a in actions):
+        verb = "Amend"
+    else:
+        verb = "Unchanged"
+    record_id = _find_identity(connection, ref)
+    status = {} if record_id is None else _plan_status(connection, record_id, resource)
+    if verb == "Unchanged":
+        message = f"{ref.kind.value} {ref.namespace}/{ref.name} is recorded as written"
+        return Outcome("Unchanged", "Recorded", message, status, None, tuple(actions))
+    message = f"{_REASONS[verb]} {ref.kind.value} {ref.namespace}/{ref.name}"
+    if record_id is not None:
+        message += f" (ledger id {record_id})"
+    if rolled:
+        changed = sum(1 for _, o in rolled if o.action not in ("Unchanged",))
+        message += f"; rolled out to {changed} of {len(rolled)} subscriptions"
+    return Outcome(verb, _REASONS[verb], message, status, None, tuple(actions))
+
+
+def _plan_status(connection: Connection, record_id: str, resource: Resource) -> dict[str, Any]:
+    """Return a Plan's (id, key, appliedAt) or a Subscription's status fields."""
+    status: dict[str, Any] = {"id": record_id}
+    applied = connection.execute(
+        select(_LOG.c.at)
+        .where(_LOG.c.resource_id == record_id, _LOG.c.action == _APPLIED)
+        .order_by(_LOG.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if isinstance(resource.spec, PlanSpec):
+        status["key"] = resource.key
+        if applied is not None:
+            status["appliedAt"] = format_rfc3339(applied)
+        return status
+    records = catalogue.current_records(connection, resource.ref.namespace, kinds=["entitlement"])
+    held = subscription_entitlements([r for r in records if isinstance(r, Entitlement)], record_id)
+    if held:
+        status["customerKey"] = held[-1].customer_key
+        status["activeFrom"] = format_rfc3339(min(e.start for e in held))
+    status["entitlements"] = [
+        {
+            k: v
+            for k, v in (
+                ("featureKey", e.feature_key),
+                ("id", e.id),
+                ("activeFrom", format_rfc3339(e.start)),
+                ("activeTo", _instant(e.active_to)),
+            )
+            if v is not None
+        }
+        for e in held
+    ]
+    return status

@@ -5,7 +5,9 @@ holds ``desired`` (DESIGN D1-D6): create a record (and the implicit customer a s
 amend it with D4 timeline entries, end an entitlement, void a grant, apply a manual reset,
 re-adopt a re-created object, orphan a deleted one, let a Customer absorb the implicit customer
 of its subjects, or do nothing yet and say why (wait for a reference or an instant, a conflict,
-a refusal, a reset with nothing to reset).
+a refusal, a reset with nothing to reset). Plans and Subscriptions are routed to ``plans``, which
+declares them and expands a Subscription into ledger entitlements (``Declare``, ``Entitle``,
+``Fund``).
 The operator and ``allotment dev`` both drive it; storage applies the actions in one
 transaction. It is level-based and idempotent: reconciling the same desired resource against the
 state after its actions were applied yields no writing action.
@@ -63,6 +65,7 @@ from .resources import (
     GrantSpec,
     Kind,
     MeterSpec,
+    PlanSpec,
     Ref,
     Resource,
     Spec,
@@ -92,7 +95,10 @@ __all__ = [
     "Change",
     "Conflict",
     "ConflictReason",
+    "Declare",
     "End",
+    "Entitle",
+    "Fund",
     "ImplyCustomer",
     "LedgerRecord",
     "Noop",
@@ -103,6 +109,7 @@ __all__ = [
     "RecordedCustomer",
     "RecordedFeature",
     "RecordedMeter",
+    "RecordedPlan",
     "Refuse",
     "Reset",
     "Void",
@@ -174,6 +181,21 @@ class RecordedCustomer:
 
 
 @dataclass(frozen=True)
+class RecordedPlan:
+    """A recorded Plan: its last applied generation, the instant that generation was applied
+    at (which its rollout counts from, D2), and whether the Plan object was deleted."""
+
+    id: str
+    name: str
+    key: str
+    generation: int
+    applied_at: datetime
+    created_at: datetime
+    spec: PlanSpec
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
 class Recorded:
     """What the ledger holds that matters for one desired resource, in its namespace.
 
@@ -189,6 +211,7 @@ class Recorded:
     customers: tuple[RecordedCustomer, ...] = ()
     entitlements: tuple[Entitlement, ...] = ()
     grants: tuple[Grant, ...] = ()
+    plans: tuple[RecordedPlan, ...] = ()
 
 
 # --- actions ---------------------------------------------------------------------------------
@@ -201,6 +224,7 @@ class WaitReason(enum.Enum):
     FEATURE_NOT_FOUND = "FeatureNotFound"
     CUSTOMER_NOT_FOUND = "CustomerNotFound"
     ENTITLEMENT_NOT_FOUND = "EntitlementNotFound"
+    PLAN_NOT_FOUND = "PlanNotFound"
     SCHEDULED = "Scheduled"
 
 
@@ -375,6 +399,41 @@ class Noop:
     at: datetime
 
 
+@dataclass(frozen=True)
+class Declare:
+    """Record the identity of Plan or Subscription ``ref`` as ``id`` at ``at``.
+
+    Neither is a catalogue record: a Plan lives in the reconciliation log, a Subscription in
+    the entitlements it holds (``Entitle``).
+    """
+
+    ref: Ref
+    id: str
+    uid: str | None
+    generation: int
+    at: datetime
+    spec: Spec
+
+
+@dataclass(frozen=True)
+class Entitle:
+    """Put ``entitlement``, held by Subscription ``ref``, in the catalogue: new, or with the
+    timeline entries ``changes`` of a plan rollout appended. Nothing recorded is rewritten."""
+
+    ref: Ref
+    entitlement: Entitlement
+    changes: tuple[Change, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fund:
+    """Put ``grant`` in the catalogue: the difference a raised issueAfterReset adds at once
+    under rolloutPolicy Immediately, ending with the current usage period."""
+
+    ref: Ref
+    grant: Grant
+
+
 Action = (
     Record
     | ImplyCustomer
@@ -389,9 +448,14 @@ Action = (
     | Conflict
     | Refuse
     | Noop
+    | Declare
+    | Entitle
+    | Fund
 )
 
-_WRITES = (Record, ImplyCustomer, Absorb, Amend, Reset, End, Void, Adopt, Orphan)
+_WRITES = (
+    Record, ImplyCustomer, Absorb, Amend, Reset, End, Void, Adopt, Orphan, Declare, Entitle, Fund
+)  # fmt: skip
 
 
 def is_write(action: Action) -> bool:
@@ -415,6 +479,10 @@ def reconcile(
     ``new_id`` is the ULID a new record gets; ``force_orphan`` orphans on deletion whatever the
     deletionPolicy (the namespace or the CRD is being deleted, D3).
     """
+    if desired.ref.kind in (Kind.PLAN, Kind.SUBSCRIPTION):
+        from .plans import reconcile_plan_kind  # plans builds on this module: import it late
+
+        return reconcile_plan_kind(desired, recorded, now, new_id, force_orphan=force_orphan)
     if desired.deleted_at is not None:
         return _delete(desired, recorded, desired.deleted_at, force_orphan)
     errors = check_resource(desired)
@@ -528,6 +596,8 @@ def _create(
         return _create_entitlement(desired, spec, recorded, at, new_id)
     if isinstance(spec, GrantSpec):
         return _create_grant(desired, spec, recorded, at, new_id)
+    if not isinstance(spec, EntitlementResetSpec):  # Plans and Subscriptions go to ``plans``
+        raise TypeError(f"{desired.ref} is not reconciled here")
     return _create_reset(desired, spec, recorded, at, now, new_id)
 
 

@@ -49,10 +49,14 @@ __all__ = [
     "MeasureUsageFrom",
     "MeterSpec",
     "ParseError",
+    "PlanFeatureSpec",
+    "PlanSpec",
     "RecurrenceSpec",
     "Ref",
     "Resource",
+    "RolloutPolicy",
     "Spec",
+    "SubscriptionSpec",
     "Target",
     "UsagePeriodSpec",
     "UsageStart",
@@ -85,6 +89,8 @@ class Kind(enum.Enum):
     ENTITLEMENT = "Entitlement"
     GRANT = "Grant"
     ENTITLEMENT_RESET = "EntitlementReset"
+    PLAN = "Plan"
+    SUBSCRIPTION = "Subscription"
 
 
 class DeletionPolicy(enum.Enum):
@@ -92,6 +98,13 @@ class DeletionPolicy(enum.Enum):
 
     ORPHAN = "Orphan"
     APPLY = "Apply"
+
+
+class RolloutPolicy(enum.Enum):
+    """When a Plan edit or a plan change reaches a subscriber (issue 9)."""
+
+    NEXT_PERIOD = "NextPeriod"
+    IMMEDIATELY = "Immediately"
 
 
 class UsageStart(enum.Enum):
@@ -238,8 +251,58 @@ class EntitlementResetSpec:
     preserve_overage: bool | None = None
 
 
+@dataclass(frozen=True)
+class PlanFeatureSpec:
+    """One entitlement template of a Plan, as written (the usage period has no anchor: every
+    subscriber's periods are anchored at its subscription's start)."""
+
+    feature_key: str
+    type: EntitlementType
+    usage_period: UsagePeriodSpec | None = None
+    issue_after_reset: Decimal | None = None
+    issue_after_reset_priority: int | None = None
+    is_soft_limit: bool | None = None
+    preserve_overage_at_reset: bool | None = None
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """A Plan's spec as written; ``features`` keep their written order."""
+
+    features: tuple[PlanFeatureSpec, ...]
+    key: str | None = None
+    name: str | None = None
+    rollout_policy: RolloutPolicy | None = None
+    metadata: Mapping[str, str] | None = None
+
+    @property
+    def effective_rollout_policy(self) -> RolloutPolicy:
+        """Return the rollout policy (default NextPeriod)."""
+        return self.rollout_policy or RolloutPolicy.NEXT_PERIOD
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """A Subscription's spec as written."""
+
+    plan_key: str
+    customer: str | None = None
+    subject: str | None = None
+    active_from: datetime | None = None
+    metadata: Mapping[str, str] | None = None
+    deletion_policy: DeletionPolicy | None = None
+
+
 Spec: TypeAlias = (
-    MeterSpec | FeatureSpec | CustomerSpec | EntitlementSpec | GrantSpec | EntitlementResetSpec
+    MeterSpec
+    | FeatureSpec
+    | CustomerSpec
+    | EntitlementSpec
+    | GrantSpec
+    | EntitlementResetSpec
+    | PlanSpec
+    | SubscriptionSpec
 )
 
 
@@ -265,15 +328,19 @@ class Resource:
 
     @property
     def deletion_policy(self) -> DeletionPolicy:
-        """Return the effective deletionPolicy (Orphan unless an Entitlement or Grant says Apply)."""
+        """Return the effective deletionPolicy (Orphan unless an Entitlement, Grant or
+        Subscription says Apply)."""
         spec = self.spec
-        if isinstance(spec, EntitlementSpec | GrantSpec) and spec.deletion_policy is not None:
+        if (
+            isinstance(spec, EntitlementSpec | GrantSpec | SubscriptionSpec)
+            and spec.deletion_policy is not None
+        ):
             return spec.deletion_policy
         return DeletionPolicy.ORPHAN
 
     @property
     def key(self) -> str | None:
-        """Return the effective key of a Meter (slug), Feature or Customer; None for others."""
+        """Return the effective key of a Meter (slug), Feature, Customer or Plan; None for others."""
         spec = self.spec
         if isinstance(spec, MeterSpec):
             return spec.slug if spec.slug is not None else default_key(self.ref.name)
@@ -281,13 +348,15 @@ class Resource:
             return spec.key if spec.key is not None else default_key(self.ref.name)
         if isinstance(spec, CustomerSpec):
             return spec.key if spec.key is not None else self.ref.name
+        if isinstance(spec, PlanSpec):
+            return spec.key if spec.key is not None else default_key(self.ref.name)
         return None
 
     @property
     def display_name(self) -> str | None:
         """Return the effective name of a Feature or Customer (default metadata.name)."""
         spec = self.spec
-        if isinstance(spec, FeatureSpec | CustomerSpec):
+        if isinstance(spec, FeatureSpec | CustomerSpec | PlanSpec):
             return spec.name if spec.name is not None else self.ref.name
         if isinstance(spec, MeterSpec):
             return spec.name
@@ -476,6 +545,71 @@ def _parse_entitlement_reset(spec: Mapping[str, object]) -> EntitlementResetSpec
     )
 
 
+def _parse_plan(spec: Mapping[str, object]) -> PlanSpec:
+    _reject_unknown(spec, {"key", "name", "rolloutPolicy", "features", "metadata"})
+    return PlanSpec(
+        features=_required(spec, "features", "spec", _plan_features),
+        key=_optional(spec, "key", "spec", _text),
+        name=_optional(spec, "name", "spec", _text),
+        rollout_policy=_optional(spec, "rolloutPolicy", "spec", _enum(RolloutPolicy)),
+        metadata=_optional(spec, "metadata", "spec", _string_map),
+    )
+
+
+def _plan_features(value: object, path: str) -> tuple[PlanFeatureSpec, ...]:
+    if not isinstance(value, list | tuple):
+        raise ParseError(path, f"must be a list of features, not {type(value).__name__}")
+    return tuple(_plan_feature(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+
+def _plan_feature(value: object, path: str) -> PlanFeatureSpec:
+    obj = _mapping(value, path)
+    _reject_unknown(
+        obj,
+        {
+            "featureKey",
+            "type",
+            "usagePeriod",
+            "issueAfterReset",
+            "issueAfterResetPriority",
+            "isSoftLimit",
+            "preserveOverageAtReset",
+            "config",
+        },
+        path,
+    )
+    usage_period = _optional(obj, "usagePeriod", path, _usage_period)
+    if usage_period is not None and usage_period.anchor is not None:
+        raise ParseError(
+            f"{path}.usagePeriod.anchor",
+            "is not a field of a plan feature: periods are anchored at each subscription's start",
+        )
+    return PlanFeatureSpec(
+        feature_key=_required(obj, "featureKey", path, _text),
+        type=_required(obj, "type", path, _enum(EntitlementType)),
+        usage_period=usage_period,
+        issue_after_reset=_optional(obj, "issueAfterReset", path, _decimal),
+        issue_after_reset_priority=_optional(obj, "issueAfterResetPriority", path, _integer),
+        is_soft_limit=_optional(obj, "isSoftLimit", path, _boolean),
+        preserve_overage_at_reset=_optional(obj, "preserveOverageAtReset", path, _boolean),
+        config=_optional(obj, "config", path, _json_object),
+    )
+
+
+def _parse_subscription(spec: Mapping[str, object]) -> SubscriptionSpec:
+    _reject_unknown(
+        spec, {"customer", "subject", "planKey", "activeFrom", "metadata", "deletionPolicy"}
+    )
+    return SubscriptionSpec(
+        plan_key=_required(spec, "planKey", "spec", _text),
+        customer=_optional(spec, "customer", "spec", _text),
+        subject=_optional(spec, "subject", "spec", _text),
+        active_from=_optional(spec, "activeFrom", "spec", _instant),
+        metadata=_optional(spec, "metadata", "spec", _string_map),
+        deletion_policy=_optional(spec, "deletionPolicy", "spec", _enum(DeletionPolicy)),
+    )
+
+
 _SPEC_PARSERS: dict[Kind, Callable[[Mapping[str, object]], Spec]] = {
     Kind.METER: _parse_meter,
     Kind.FEATURE: _parse_feature,
@@ -483,6 +617,8 @@ _SPEC_PARSERS: dict[Kind, Callable[[Mapping[str, object]], Spec]] = {
     Kind.ENTITLEMENT: _parse_entitlement,
     Kind.GRANT: _parse_grant,
     Kind.ENTITLEMENT_RESET: _parse_entitlement_reset,
+    Kind.PLAN: _parse_plan,
+    Kind.SUBSCRIPTION: _parse_subscription,
 }
 
 
