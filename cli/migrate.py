@@ -2,7 +2,9 @@
 
 Role: parse ``--db URL`` (default: env ``ALLOTMENT_DATABASE_URL``), upgrade the ledger to this
 version's schema and say which revision it is at. Run it as a Job or an init container before the
-operator and the sidecars, which refuse a schema they do not match. It must not do anything else.
+operator and the sidecars, which refuse a schema they do not match. After restoring a backup, run
+it with ``--rotate-epoch`` so every sidecar notices and reloads (D10). It must not do anything
+else.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"allotment migrate: could not migrate {shown}: {error}", file=sys.stderr)
         return 1
     print(f"Ledger {shown} is at schema revision {revision}.")
+    if args.rotate_epoch:
+        epoch = migrate.rotate_epoch(url)
+        print(f"Ledger {shown} has the new epoch {epoch}: every sidecar will reload it.")
     return 0
 
 
@@ -51,5 +56,10 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--revision", default="head", help="schema revision to upgrade to (default: head)"
+    )
+    parser.add_argument(
+        "--rotate-epoch",
+        action="store_true",
+        help="after restoring a backup: give the ledger a new epoch so every sidecar reloads",
     )
     parser.set_defaults(handler=run)

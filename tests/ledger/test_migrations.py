@@ -58,3 +58,23 @@ def test_allotment_migrate_is_what_makes_a_ledger_openable(
     assert main(["migrate", "--db", ledger_url]) == 0
     assert f"schema revision {head_revision()}" in capsys.readouterr().out
     open_ledger(ledger_url).dispose()
+
+
+def test_allotment_migrate_rotate_epoch_makes_readers_reload(
+    ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from allotment.cli.main import main
+    from allotment.ledger.storage import feed
+
+    assert main(["migrate", "--db", ledger_url]) == 0
+    ledger = open_ledger(ledger_url)
+    try:
+        with ledger.read() as connection:
+            before = feed.ledger_epoch(connection)
+        assert main(["migrate", "--db", ledger_url, "--rotate-epoch"]) == 0
+        with ledger.read() as connection:
+            after = feed.ledger_epoch(connection)
+    finally:
+        ledger.dispose()
+    assert after != before
+    assert f"new epoch {after}" in capsys.readouterr().out
