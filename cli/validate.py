@@ -356,6 +356,21 @@ class _Index:
                 str(entitlement.spec.get("featureKey")),
             )
             self.entitlements_by_pair[pair].append(entitlement)
+        self.plans: dict[tuple[str, str], Resource] = {
+            (plan.namespace, str(plan.spec.get("key") or plan.name)): plan
+            for plan in self.of_all("Plan")
+        }
+        self.subscribed: dict[tuple[str, str, str], list[tuple[Resource, Any]]] = defaultdict(list)
+        for subscription in self.of_all("Subscription"):
+            plan = self.plans.get((subscription.namespace, str(subscription.spec.get("planKey"))))
+            for item in (plan.spec.get("features") or []) if plan is not None else []:
+                if isinstance(item, dict):
+                    pair = (
+                        subscription.namespace,
+                        self.owner(subscription),
+                        str(item.get("featureKey")),
+                    )
+                    self.subscribed[pair].append((subscription, item.get("type")))
 
     def of(self, kind: str, namespace: str) -> list[Resource]:
         """The objects of one kind in one namespace."""
@@ -375,14 +390,24 @@ class _Index:
         subject = str(spec.get("subject", ""))
         return self.customer_of_subject.get((entitlement_like.namespace, subject), subject)
 
-    def entitlements_for(self, referrer: Resource) -> list[Resource]:
-        """The Entitlements a Grant or EntitlementReset refers to."""
+    def entitlements_for(self, referrer: Resource) -> list[tuple[str, Any]]:
+        """The entitlements a Grant or EntitlementReset refers to, as (description, type):
+        Entitlement objects, or for customer/subject and featureKey also Subscriptions' plans."""
         spec = referrer.spec
         if "entitlement" in spec:
             found = self.entitlement_by_name.get((referrer.namespace, str(spec["entitlement"])))
-            return [found] if found is not None else []
+            return [(found.title, found.spec.get("type"))] if found is not None else []
         pair = (referrer.namespace, self.owner(referrer), str(spec.get("featureKey")))
-        return list(self.entitlements_by_pair.get(pair, []))
+        return [
+            *(
+                (item.title, item.spec.get("type"))
+                for item in self.entitlements_by_pair.get(pair, [])
+            ),
+            *(
+                (f"the entitlement {subscription.title} gives", kind)
+                for subscription, kind in self.subscribed.get(pair, [])
+            ),
+        ]
 
 
 def cross_resource_findings(resources: Iterable[Resource]) -> Iterator[Finding]:
@@ -412,6 +437,17 @@ def cross_resource_findings(resources: Iterable[Resource]) -> Iterator[Finding]:
         elif kind in ("Grant", "EntitlementReset"):
             for referrer in items:
                 yield from _reference_findings(index, referrer)
+        elif kind == "Subscription":
+            for subscription in items:
+                plan_key = subscription.spec.get("planKey")
+                if plan_key is not None and (namespace, str(plan_key)) not in index.plans:
+                    yield _warn(
+                        subscription,
+                        ("spec", "planKey"),
+                        f"spec.planKey: no Plan with key {plan_key!r} in namespace {namespace} "
+                        "among the files validated; the operator waits until one exists",
+                        "add the Plan, or fix planKey",
+                    )
 
 
 def _warn(resource: Resource, json_path: JSONPath, message: str, hint: str = "") -> Finding:
@@ -483,6 +519,16 @@ def _entitlement_findings(
                 f"{namespace} among the files validated; the operator waits until one exists",
                 "add the Customer, or use subject for an implicit customer",
             )
+    for entitlement in items:
+        pair = (namespace, index.owner(entitlement), str(entitlement.spec.get("featureKey")))
+        for subscription, _ in index.subscribed.get(pair, []):
+            yield _warn(
+                entitlement,
+                ("spec",),
+                f"{subscription.title} already gives customer {pair[1]!r} an entitlement to "
+                f"{pair[2]!r}; at most one may be active at any instant",
+                "remove one of the two, or end this Entitlement (activeTo) before the subscription",
+            )
     by_pair: dict[tuple[str, str], list[Resource]] = defaultdict(list)
     for entitlement in items:
         by_pair[(index.owner(entitlement), str(entitlement.spec.get("featureKey")))].append(
@@ -533,13 +579,13 @@ def _reference_findings(index: _Index, referrer: Resource) -> Iterator[Finding]:
             "add the Entitlement, or fix the reference",
         )
         return
-    for target in targets:
-        if target.spec.get("type") != "metered":
+    for title, kind in targets:
+        if kind != "metered":
             yield _warn(
                 referrer,
                 ("spec",),
-                f"{referrer.kind} applies only to metered entitlements, and {target.title} is "
-                f"{target.spec.get('type')}; the operator refuses it",
+                f"{referrer.kind} applies only to metered entitlements, and {title} is "
+                f"{kind}; the operator refuses it",
                 "point it at a metered Entitlement",
             )
 

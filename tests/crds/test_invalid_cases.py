@@ -9,6 +9,14 @@ import yaml
 
 from .cli import CASES, run_validate
 
+DESIGN_KINDS = {
+    "meters.yaml",
+    "features.yaml",
+    "customers.yaml",
+    "entitlements.yaml",
+    "grants.yaml",
+    "entitlementresets.yaml",
+}
 INVALID = sorted(path for path in (CASES / "invalid").iterdir() if path.is_dir())
 
 
@@ -34,6 +42,8 @@ def test_the_table_covers_every_constraint_class_and_every_rule() -> None:
         assert any(name.startswith(f"schema-{constraint}") for name in names), constraint
     expected = {(path / "expected.txt").read_text().strip() for path in INVALID}
     for crd in sorted((CASES.parents[1] / "crds").glob("*.yaml")):
+        if crd.name not in DESIGN_KINDS:
+            continue
         for message in _rule_messages(yaml.safe_load(crd.read_text())):
             assert message in expected, f"{crd.name}: no case for the rule: {message}"
 

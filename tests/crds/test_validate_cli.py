@@ -283,3 +283,45 @@ def test_a_name_that_cannot_give_a_key_is_an_error(
     result = run_validate(write(tmp_path, "x.yaml", kind_and_spec.replace("{name}", name)))
     assert result.code == 1
     assert fragment in result.out
+
+
+SUBSCRIPTION_SET = """\
+apiVersion: allotment.dev/v1alpha1
+kind: Plan
+metadata:
+  name: pro
+spec:
+  key: pro
+  name: Pro
+  features:
+    - featureKey: ai_requests
+      type: metered
+      usagePeriod:
+        interval: MONTH
+---
+apiVersion: allotment.dev/v1alpha1
+kind: Subscription
+metadata:
+  name: globex-pro
+spec:
+  customer: globex
+  planKey: pro
+---
+apiVersion: allotment.dev/v1alpha1
+kind: Grant
+metadata:
+  name: globex-top-up
+spec:
+  customer: globex
+  featureKey: ai_requests
+  amount: 100
+"""
+
+
+def test_a_grant_may_fund_the_entitlement_a_subscription_gives(tmp_path: Path) -> None:
+    from allotment.cli.manifests import load_crds
+
+    if ("allotment.dev/v1alpha1", "Subscription") not in load_crds():
+        pytest.skip("the Plan and Subscription CRDs are not in crds/ yet")
+    result = run_validate(write(tmp_path, "set.yaml", SUBSCRIPTION_SET))
+    assert "no Entitlement of 'globex'" not in result.out, result.out
