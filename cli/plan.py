@@ -28,7 +28,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from allotment.cli.plan_build import FixedClock, PlanLoop, build_plan
-from allotment.cli.plan_model import VALUE_FIELDS, EntitlementPlan, Plan, ResourcePlan
+from allotment.cli.plan_model import (
+    VALUE_FIELDS,
+    EntitlementPlan,
+    Plan,
+    PlanUsageError,
+    ResourcePlan,
+)
 from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import SchemaMismatchError, open_ledger
@@ -37,10 +43,6 @@ __all__ = ["compute_plan", "register", "render_json", "render_text", "run"]
 
 _NOT_RECORDED = ("Wait", "Conflict", "Refuse", "Noop")
 NO_USAGE = "none (--current DIR has no usage; values assume zero usage)"
-
-
-class PlanUsageError(ValueError):
-    """The command line cannot be planned as given (exit 2)."""
 
 
 def compute_plan(
@@ -339,7 +341,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except SQLAlchemyError as error:
         where = hide_password(args.db) if args.db else "the scratch ledger"
-        print(f"allotment plan: cannot read {where}: {error.__class__.__name__}", file=sys.stderr)
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        print(f"allotment plan: cannot read {where}: {reason}", file=sys.stderr)
         return 2
     if args.format == "json":
         render_json(plan, sys.stdout)

@@ -24,11 +24,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, insert, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from allotment.cli.admission import admit
 from allotment.cli.dev import DEFAULT_NAMESPACE, GROUP, Key, Tracked
 from allotment.cli.manifests import Document, manifest_files, read_documents
 from allotment.cli.plan_build import PlanLoop
+from allotment.cli.plan_model import PlanUsageError
 from allotment.ledger.apply import _load_spec  # the log's encoding of a spec as written
 from allotment.ledger.storage.engine import (
     Ledger,
@@ -76,9 +78,17 @@ def shown_url(url: str) -> str:
 
 
 def _engine(url: str) -> Engine:
-    normalized = normalize_url(url)
-    if make_url(normalized).get_backend_name() != "sqlite":
+    try:
+        parsed = make_url(normalize_url(url))
+    except ArgumentError as error:
+        raise PlanUsageError(f"--db: {error}") from error
+    normalized = parsed.render_as_string(hide_password=False)
+    if parsed.get_backend_name() != "sqlite":
         return create_engine(normalized, pool_size=1, max_overflow=0)
+    database = parsed.database or ""
+    if database in ("", ":memory:") or not Path(database).is_file():
+        # Opening a missing SQLite file would create it: refuse instead of writing anything.
+        raise PlanUsageError(f"--db: no SQLite ledger at {database or '(none)'}")
     engine = create_engine(normalized, pool_size=1, max_overflow=0)
 
     @event.listens_for(engine, "connect")

@@ -13,6 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+
+class PlanUsageError(ValueError):
+    """The command line cannot be planned as given (exit 2)."""
+
+
 Change = Literal["create", "change", "delete", "unchanged"]
 Key = tuple[str, str, str]  # kind, namespace, name
 

@@ -154,6 +154,13 @@ def test_plan_reads_live_usage_and_never_writes(live: Ledger, trees: tuple[Path,
         "overage": 0,
         "totalAvailableGrantAmount": 1501000,
     }
+    grants = {
+        g["name"]: (g["change"], g["balanceBefore"], g["balanceAfter"]) for g in value["grants"]
+    }
+    assert grants == {
+        "customer-1-gpt-4-tokens-trial": ("voided", 249000, None),
+        "customer-1-gpt-4-tokens-top-up": ("new", None, 500000),
+    }
 
 
 def test_without_current_nothing_is_deleted(live: Ledger, trees: tuple[Path, Path]) -> None:
@@ -198,3 +205,15 @@ def test_the_plans_connection_cannot_write(live: Ledger) -> None:
 )
 def test_the_url_is_shown_without_its_password(url: str, shown: str) -> None:
     assert shown_url(url) == shown
+
+
+def test_a_missing_sqlite_ledger_is_a_usage_error_and_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.db"
+    parser = argparse.ArgumentParser(prog="allotment")
+    plan.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["plan", "--db", f"sqlite:///{missing}", "--desired", str(tmp_path)])
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert args.handler(args) == 2
+    assert f"no SQLite ledger at {missing}" in err.getvalue()
+    assert not missing.exists()
