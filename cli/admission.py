@@ -542,10 +542,18 @@ def admit(
     as stored (nulls pruned, defaults applied). Pass one ``outcomes`` to every call of a run."""
     violations = list(name_violations(body))
     violations.extend(find_unknown_fields(body, schema))
-    stored: dict[str, Any] = prune_nulls_and_default(dict(body), schema)
+    # With the status subresource, create and update drop status before validating it.
+    written = {key: value for key, value in body.items() if key != "status"}
+    stored: dict[str, Any] = prune_nulls_and_default(written, schema)
     violations.extend(schema_violations(stored, schema))
     if violations:
         return violations, stored
-    previous = prune_nulls_and_default(dict(old), schema) if old is not None else None
+    previous = (
+        prune_nulls_and_default(
+            {key: value for key, value in old.items() if key != "status"}, schema
+        )
+        if old is not None
+        else None
+    )
     violations.extend(cel_violations(stored, schema, previous, outcomes=outcomes))
     return violations, stored

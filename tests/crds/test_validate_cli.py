@@ -325,3 +325,10 @@ def test_a_grant_may_fund_the_entitlement_a_subscription_gives(tmp_path: Path) -
         pytest.skip("the Plan and Subscription CRDs are not in crds/ yet")
     result = run_validate(write(tmp_path, "set.yaml", SUBSCRIPTION_SET))
     assert "no Entitlement of 'globex'" not in result.out, result.out
+
+
+def test_status_is_ignored_with_a_warning_as_the_apiserver_drops_it(tmp_path: Path) -> None:
+    text = METER.format(name="exported", aggregation="SUM") + "status:\n  observedGeneration: x\n"
+    result = run_validate(write(tmp_path, "exported.yaml", text))
+    assert result.code == 0, result.out
+    assert "status: the apiserver ignores status on create and apply" in result.out
