@@ -52,15 +52,15 @@ COLUMNS = (
 )
 
 
-def make_events(count: int, subjects: int) -> list[usage.IncomingEvent]:
-    """Return ``count`` distinct events over one day, spread over ``subjects`` customers."""
+def make_events(count: int, subjects: int, spacing_ms: int) -> list[usage.IncomingEvent]:
+    """Return ``count`` distinct events ``spacing_ms`` apart, spread over ``subjects`` customers."""
     return [
         usage.IncomingEvent(
             id=f"e{i}",
             source="bench",
             type="prompt",
             subject=f"customer-{i % subjects}",
-            time=T0 + timedelta(seconds=(i * 7) % 86_400),
+            time=T0 + timedelta(milliseconds=i * spacing_ms),
             data={"tokens": Decimal(i % 1000), "model": ("gpt-4", "gpt-3")[i % 2]},
         )
         for i in range(count)
@@ -163,6 +163,7 @@ def measure(url: str, events: list[usage.IncomingEvent], batch: int) -> dict[str
         return {
             "database": ledger.dialect,
             "events": len(events),
+            "event_minutes": len({e.time.replace(second=0, microsecond=0) for e in events}),
             "batch": batch,
             "meters": len(METERS),
             "ingest_events_per_s": round(ingest_rate),
@@ -196,8 +197,15 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=200)
     parser.add_argument("--subjects", type=int, default=100)
+    parser.add_argument(
+        "--spacing-ms",
+        type=int,
+        default=1,
+        help="event time between consecutive events: 1 = 1,000 events/s of event time "
+        "(many events per bucket); 60000 = every event in a bucket of its own (the worst case)",
+    )
     args = parser.parse_args()
-    events = make_events(args.events, args.subjects)
+    events = make_events(args.events, args.subjects, args.spacing_ms)
     if args.db:
         print(json.dumps(measure(args.db, events, args.batch)))
         return
