@@ -322,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
         print("allotment plan: give --current DIR, --db URL, or both", file=sys.stderr)
         return 2
     try:
-        now = parse_rfc3339(args.now) if args.now else datetime.now(UTC)
+        now = parse_rfc3339(args.now) if args.now else datetime.now(UTC).replace(microsecond=0)
     except ValueError as error:
         print(f"allotment plan: --now: {error}", file=sys.stderr)
         return 2
