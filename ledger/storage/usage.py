@@ -43,6 +43,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
 from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339, truncate_to_minute
 from allotment.ledger.storage import feed, records, snapshots
+from allotment.ledger.storage.catalogue import KeyTakenError
 from allotment.ledger.storage.jsonpath import MISSING, JsonPath, compile_path
 from allotment.ledger.storage.schema import (
     MeterGroupByRow,
@@ -254,12 +255,20 @@ def record_meter(
 
     A re-created Meter with the same event type, aggregation, value property and group-by paths
     re-adopts its record; new group-by keys are added (they apply to events ingested from now
-    on). Any other difference raises ``IdentityConflictError``.
+    on). Any other difference raises ``IdentityConflictError``; a slug another Meter of the
+    namespace has raises ``KeyTakenError`` (D5).
     """
     _compile(meter)
     identity = records.find_identity(connection, namespace, METER_KIND, name)
     spec = _meter_spec(meter)
     if identity is None:
+        holder = connection.execute(
+            select(_METERS.c.id).where(
+                _METERS.c.namespace == namespace, _METERS.c.slug == meter.slug
+            )
+        ).scalar_one_or_none()
+        if holder is not None:
+            raise KeyTakenError("meter", meter.slug, holder)
         identity = records.create_identity(
             connection, namespace, METER_KIND, name, created_at=acted_at
         )

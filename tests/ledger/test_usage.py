@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from allotment.ledger.core.model import Aggregation, Meter
 from allotment.ledger.storage import feed, records, usage
+from allotment.ledger.storage.catalogue import KeyTakenError
 from allotment.ledger.storage.engine import Ledger
 from allotment.ledger.storage.records import IdentityConflictError
 
@@ -293,3 +294,9 @@ def test_a_retried_revision_keeps_the_instant_first_recorded(ledger: Ledger) -> 
         ("u2", "adopt", later),
     ]
     assert identity.created_at == T0
+
+
+def test_a_slug_names_one_meter_per_namespace(ledger: Ledger) -> None:
+    record(ledger)
+    with pytest.raises(KeyTakenError, match="meter key 'gpt_4_tokens' is already used"):
+        record(ledger, name="tokens-again", uid="other")
