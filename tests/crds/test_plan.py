@@ -235,9 +235,30 @@ spec:
 """
 
 
+ORPHAN_GRANT = """\
+apiVersion: allotment.dev/v1alpha1
+kind: Grant
+metadata:
+  name: customer-1-typo
+spec:
+  entitlement: customer-1-gpt-4-tokenz
+  amount: 10
+"""
+
+
 @pytest.mark.parametrize(
     ("change", "code", "expected_lines", "summary"),
     [
+        pytest.param(
+            _add(f"{GPT4}/typo.yaml", ORPHAN_GRANT),
+            0,
+            [
+                "  Grant default/customer-1-typo: create (would wait)",
+                "    waits: EntitlementNotFound: entitlement not found customer-1-gpt-4-tokenz",
+            ],
+            "plan: 1 to create, 0 to change, 0 to delete; 0 entitlement values change; 1 waiting",
+            id="missing-entitlement-waits-as-the-operator-waits",
+        ),
         pytest.param(
             lambda head: None,
             0,
