@@ -272,7 +272,7 @@ def _describe(error: Any) -> Violation | None:
         wanted = expected if isinstance(expected, str) else expected[0]
         return Violation(
             here,
-            f"{path}: Invalid value: {go_value(value)}: {path} in body must be of type "
+            f'{path}: Invalid value: "{_json_type(value)}": {path} in body must be of type '
             f'{wanted}: "{_json_type(value)}"',
             "quote strings, and leave numbers and booleans unquoted",
         )
@@ -481,7 +481,7 @@ def cel_violations(
             )
         elif not result:
             message = validation.get("message") or f"failed rule: {rule}"
-            yield Violation(here, f"{path}: Invalid value: {go_value(value)}: {message}")
+            yield Violation(here, f"{path}: Invalid value: {message}")
     if isinstance(value, dict):
         properties: Mapping[str, Any] = schema.get("properties", {})
         additional = schema.get("additionalProperties")

@@ -84,3 +84,63 @@ def test_a_transition_case_passes_without_previous(case: Path) -> None:
     result = run_validate(case / "new.yaml")
     assert result.code == 0, result.out
     assert "transition rules (immutable fields) and removal checks were skipped" in result.out
+
+
+# Whole lines as kube-apiserver v1.36.3 printed them for these cases (kubectl apply's stderr).
+APISERVER_LINES = [
+    (
+        "cel-grant-amount-immutable",
+        "spec: Invalid value: amount is immutable: void this Grant (set voidAt) and create a new one",
+    ),
+    (
+        "cel-entitlement-interval-under-an-hour",
+        "spec.usagePeriod: Invalid value: interval must be at least 1 hour: use DAY, WEEK, MONTH, YEAR or an ISO-8601 duration such as PT1H or P1M",
+    ),
+    (
+        "schema-enum-meter-aggregation",
+        'spec.aggregation: Unsupported value: "AVERAGE": supported values: "SUM", "COUNT", "UNIQUE_COUNT", "LATEST"',
+    ),
+    (
+        "schema-format-entitlement-active-to",
+        'spec.activeTo: Invalid value: "tomorrow": spec.activeTo in body must be of type date-time: "tomorrow"',
+    ),
+    ("schema-max-length-feature-key", "spec.key: Too long: may not be more than 64 bytes"),
+    (
+        "schema-maximum-grant-priority",
+        "spec.priority: Invalid value: 256: spec.priority in body should be less than or equal to 255",
+    ),
+    (
+        "schema-min-length-customer-key",
+        'spec.key: Invalid value: "": spec.key in body should be at least 1 chars long',
+    ),
+    (
+        "schema-minimum-exclusive-grant-amount",
+        "spec.amount: Invalid value: 0: spec.amount in body should be greater than 0",
+    ),
+    (
+        "schema-pattern-meter-slug",
+        "spec.slug: Invalid value: \"Tokens-Total\": spec.slug in body should match '^[a-z0-9]+(?:_[a-z0-9]+)*$'",
+    ),
+    ("schema-required-meter-event-type", "spec.eventType: Required value"),
+    (
+        "schema-set-duplicate-subject-keys",
+        'spec.usageAttribution.subjectKeys[1]: Duplicate value: "acme-web"',
+    ),
+    (
+        "schema-type-grant-amount",
+        'spec.amount: Invalid value: "string": spec.amount in body must be of type number: "string"',
+    ),
+    ("schema-unknown-field-grant", 'unknown field "spec.amout"'),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "line"), [pytest.param(case, line, id=case) for case, line in APISERVER_LINES]
+)
+def test_validate_words_the_error_as_the_apiserver_does(case: str, line: str) -> None:
+    folder = CASES / "invalid" / case
+    argv: list[str | Path] = [folder / "new.yaml"]
+    if (folder / "old.yaml").exists():
+        argv += ["--previous", folder / "old.yaml"]
+    [error] = run_validate(*argv).error_lines
+    assert error.endswith(f": {line}")
