@@ -1,0 +1,186 @@
+"""apply_resource for Plans and Subscriptions on both databases: example 08 end to end.
+
+What a user checks: the balances and access the ledger answers for each subscriber, how a
+Plan edit and an upgrade reach them, top-ups, deletion, and the collision rule.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from allotment.cli.manifests import Document, manifest_files, read_documents
+from allotment.ledger.apply import Outcome
+from allotment.ledger.core.model import Entitlement, EntitlementValue
+from allotment.ledger.core.plans import SUBSCRIPTION_ID
+from allotment.ledger.storage import catalogue
+from allotment.ledger.storage.engine import Ledger
+from allotment.ledger.values import entitlement_values
+from tests.ledger.test_apply import EXAMPLES, T0, apply, converge, stamp
+
+LATER = T0 + timedelta(days=10)
+NEXT_PERIOD = T0 + timedelta(days=31)  # the example's periods are monthly from T0
+
+
+def bodies() -> dict[str, dict[str, Any]]:
+    return {
+        f"{item.body['kind']}/{item.body['metadata']['name']}": stamp(item.body)
+        for path in manifest_files([EXAMPLES / "08-plans"])
+        for item in read_documents(path)
+        if isinstance(item, Document)
+    }
+
+
+def values(ledger: Ledger, at: datetime) -> dict[tuple[str, str], EntitlementValue]:
+    """Return, per customer and feature, the value at ``at`` of the entitlement started last."""
+    with ledger.read() as connection:
+        records = {
+            r.id: r
+            for r in catalogue.current_records(connection, "default", kinds=["entitlement"])
+            if isinstance(r, Entitlement)
+        }
+        found = entitlement_values(connection, "default", at)
+    latest: dict[tuple[str, str], Entitlement] = {}
+    for record in sorted(records.values(), key=lambda r: r.start):
+        if record.start <= at:
+            latest[(record.customer_key, record.feature_key)] = record
+    return {key: found[record.id] for key, record in latest.items() if record.id in found}
+
+
+def held(ledger: Ledger) -> list[Entitlement]:
+    with ledger.read() as connection:
+        return [
+            r
+            for r in catalogue.current_records(connection, "default", kinds=["entitlement"])
+            if isinstance(r, Entitlement) and SUBSCRIPTION_ID in r.metadata
+        ]
+
+
+@pytest.fixture
+def example(ledger: Ledger) -> dict[str, dict[str, Any]]:
+    objects = bodies()
+    outcomes = converge(ledger, list(objects.values()))
+    assert {k: o.reason for k, o in outcomes.items() if not o.ready} == {}
+    return objects
+
+
+def test_the_example_gives_each_subscriber_its_plan(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    found = values(ledger, LATER)
+    assert found[("acme-corp", "ai_requests")].balance == Decimal(1000)
+    assert found[("acme-corp", "priority_support")].has_access
+    assert found[("globex", "ai_requests")].balance == Decimal(1500)  # 1000 + the top-up
+    assert found[("hooli", "ai_requests")].balance == Decimal(100)
+    assert ("hooli", "priority_support") not in found
+    assert len(held(ledger)) == 5
+
+
+def test_subscription_status_lists_its_entitlements(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    outcome = apply(ledger, example["Subscription/globex-pro"], LATER)
+    assert outcome.action == "Unchanged"
+    assert outcome.status["customerKey"] == "globex"
+    assert sorted(e["featureKey"] for e in outcome.status["entitlements"]) == [
+        "ai_requests",
+        "priority_support",
+    ]
+
+
+def _edited(body: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    edited = {**body, "spec": {**body["spec"], **spec}}
+    edited["metadata"] = {**body["metadata"], "generation": body["metadata"]["generation"] + 1}
+    return edited
+
+
+def test_a_plan_edit_rolls_out_to_subscribers_at_their_next_period(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    pro = example["Plan/pro"]
+    features = [dict(f) for f in pro["spec"]["features"]]
+    features[0]["issueAfterReset"] = 2000
+    outcome = apply(ledger, _edited(pro, {"features": features}), LATER)
+    assert outcome.action == "Amend"
+    assert "rolled out to 2 of 2 subscriptions" in outcome.message
+    assert values(ledger, LATER)[("acme-corp", "ai_requests")].balance == Decimal(1000)
+    after = values(ledger, NEXT_PERIOD)
+    assert after[("acme-corp", "ai_requests")].balance == Decimal(2000)
+    assert after[("hooli", "ai_requests")].balance == Decimal(100)
+
+
+def test_an_immediate_raise_adds_the_difference_now(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    starter = example["Plan/starter"]
+    features = [{**starter["spec"]["features"][0], "issueAfterReset": 250}]
+    apply(ledger, _edited(starter, {"features": features}), LATER)
+    apply(ledger, _edited(starter, {"features": features}), LATER + timedelta(hours=1))
+    assert values(ledger, LATER)[("hooli", "ai_requests")].balance == Decimal(250)
+    assert values(ledger, NEXT_PERIOD)[("hooli", "ai_requests")].balance == Decimal(250)
+
+
+def test_a_downgrade_keeps_the_entitlement_and_the_top_up(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    before = {e.feature_key: e.id for e in held(ledger) if e.customer_key == "globex"}
+    outcome = apply(
+        ledger, _edited(example["Subscription/globex-pro"], {"planKey": "starter"}), LATER
+    )
+    assert outcome.ready
+    after = values(ledger, LATER + timedelta(minutes=1))
+    assert after[("globex", "ai_requests")].balance == Decimal(1500)  # until the boundary
+    assert not after[("globex", "priority_support")].has_access  # no period: at once
+    kept = {e.feature_key: e.id for e in held(ledger) if e.customer_key == "globex"}
+    assert kept["ai_requests"] == before["ai_requests"]
+    # starter is Immediately but lowers 1000 to 100: from the next period; the top-up stays
+    assert values(ledger, NEXT_PERIOD)[("globex", "ai_requests")].balance == Decimal(600)
+
+
+def test_deleting_a_plan_changes_no_subscriber(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    pro = stamp(example["Plan/pro"], deletionTimestamp=LATER.isoformat())
+    assert apply(ledger, pro, LATER).action == "Orphan"
+    outcome = apply(ledger, example["Subscription/acme-corp-pro"], LATER)
+    assert (outcome.ready, outcome.reason) == (False, "PlanNotFound")
+    assert values(ledger, NEXT_PERIOD)[("acme-corp", "ai_requests")].balance == Decimal(1000)
+
+
+@pytest.mark.parametrize(
+    ("name", "access_after"),
+    [
+        pytest.param("acme-corp-pro", True, id="orphan"),
+        pytest.param("globex-pro", False, id="apply"),
+    ],
+)
+def test_deleting_a_subscription_follows_its_policy(
+    ledger: Ledger, example: dict[str, dict[str, Any]], name: str, access_after: bool
+) -> None:
+    body = stamp(example[f"Subscription/{name}"], deletionTimestamp=LATER.isoformat())
+    outcome: Outcome = apply(ledger, body, LATER)
+    assert outcome.action == "Orphan"
+    customer = body["spec"]["customer"]
+    found = values(ledger, LATER + timedelta(minutes=1))
+    assert (customer, "priority_support") in found
+    assert found[(customer, "priority_support")].has_access is access_after
+
+
+def test_an_entitlement_colliding_with_a_subscription_is_not_recorded(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    hand = stamp(
+        {
+            "apiVersion": "allotment.dev/v1alpha1",
+            "kind": "Entitlement",
+            "metadata": {"name": "acme-corp-support"},
+            "spec": {"customer": "acme-corp", "featureKey": "priority_support", "type": "boolean"},
+        },
+        LATER,
+    )
+    outcome = apply(ledger, hand, LATER)
+    assert (outcome.ready, outcome.reason) == (False, "EntitlementConflict")
+    assert all(e.active_to is None for e in held(ledger))
