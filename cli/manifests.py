@@ -163,9 +163,9 @@ KubectlLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_str)
 
 
 if yaml.__with_libyaml__:
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 
-    class _FastKubectlLoader(CParser, KubectlLoader):  # type: ignore[misc]
+    class _FastKubectlLoader(CParser, KubectlLoader):
         """KubectlLoader's resolution on libyaml's parser (same results, several times faster)."""
 
         def __init__(self, stream: str) -> None:
