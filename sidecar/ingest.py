@@ -4,7 +4,9 @@ Role: read the body (at most ``max_body_bytes``: 413 past it), parse it once
 (``ingest_events``: 400 problem+json naming the first invalid event's index), commit the whole
 batch through storage's ``usage.ingest`` in one write transaction on the sidecar's own
 connection to the ledger (the database URL it reads from; the blocking driver runs in a small
-thread pool of its own), and answer 204 only after the commit (DESIGN D9). A duplicate
+thread pool of its own), and answer 204 only after the commit (DESIGN D9). Concurrent requests
+are committed together (``ingest_group``: one transaction for what is queued, every request
+answered after it commits). A duplicate
 (namespace, source, id) inside the horizon is acknowledged and not counted (storage's unique
 key decides, so concurrent copies through several pods count once). While the ledger cannot be
 reached, opened or written the answer is 503 with ``Retry-After``, never a 2xx: the client
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,7 @@ from allotment.ledger.storage.usage import (
 )
 
 from .ingest_events import InvalidBodyError, InvalidEventError, parse_events
+from .ingest_group import GroupCommitter, ShuttingDownError
 from .keys import CLOCK, METRICS, SETTINGS, VIEW
 from .problems import ProblemError
 
@@ -71,6 +73,8 @@ log = logging.getLogger("allotment.sidecar.ingest")
 
 #: aiohttp's default request size, and the largest batch a client should send at once.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+#: Events committed in one transaction by group commit (a larger single batch still goes alone).
+DEFAULT_GROUP_EVENTS = 2000
 RECENT_UNCOUNTED = 20
 
 
@@ -84,6 +88,7 @@ class IngestConfig:
     #: Threads committing batches (None: 1 on SQLite, one writer per process; 4 on PostgreSQL).
     writers: int | None = None
     retry_after_seconds: int = 1
+    group_events: int = DEFAULT_GROUP_EVENTS
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,7 @@ class Ingestion:
     writer: UsageWriter
     config: IngestConfig = field(default_factory=IngestConfig)
     executor: ThreadPoolExecutor | None = None
+    committer: GroupCommitter[Committed] | None = None
     meters: _Meters | None = None
     stored: int = 0
     duplicates: int = 0
@@ -262,14 +268,37 @@ def install_ingestion(
 
 async def _run_writer(app: web.Application) -> AsyncIterator[None]:
     ingestion = app[INGESTION]
-    ingestion.executor = ThreadPoolExecutor(
+    namespace = app[SETTINGS].namespace
+    horizon = ingestion.config.horizon
+    executor = ThreadPoolExecutor(
         max_workers=ingestion.workers, thread_name_prefix="allotment-ingest"
     )
+
+    def commit(events: Sequence[IncomingEvent], received_at: datetime) -> Committed:
+        return ingestion.writer.commit(namespace, events, received_at=received_at, horizon=horizon)
+
+    def committed(result: Committed, seconds: float) -> None:
+        _record(ingestion, result, seconds, app[CLOCK]())
+        view = app[VIEW]
+        if result.buckets and view.ready:
+            view.apply_usage(result.buckets)
+
+    committer = GroupCommitter(
+        commit,
+        executor,
+        workers=ingestion.workers,
+        max_events=ingestion.config.group_events,
+        on_commit=committed,
+    )
+    committer.start()
+    ingestion.executor, ingestion.committer = executor, committer
     try:
         yield
     finally:
-        executor, ingestion.executor = ingestion.executor, None
+        ingestion.committer = None
+        await committer.stop()
         executor.shutdown(wait=True)
+        ingestion.executor = None
         await asyncio.get_running_loop().run_in_executor(None, ingestion.writer.close)
 
 
@@ -343,23 +372,12 @@ async def _post_events(request: web.Request, ingestion: Ingestion) -> web.Respon
         raise ProblemError(400, f"validation error: {error}") from None
     if not events:
         return web.Response(status=204)
-    settings = request.app[SETTINGS]
-    executor = ingestion.executor
-    if executor is None:
+    committer = ingestion.committer
+    if committer is None:
         raise _unavailable(ingestion, "the write path is not running")
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
     try:
-        committed = await loop.run_in_executor(
-            executor,
-            _commit,
-            ingestion.writer,
-            settings.namespace,
-            events,
-            received_at,
-            config.horizon,
-        )
-    except LedgerUnavailableError as error:
+        await committer.submit(events, received_at)
+    except (LedgerUnavailableError, ShuttingDownError) as error:
         log.warning("Could not commit %d usage events: %s", len(events), error)
         raise _unavailable(ingestion, str(error)) from None
     except EventRefusedError as error:
@@ -369,21 +387,7 @@ async def _post_events(request: web.Request, ingestion: Ingestion) -> web.Respon
             f"validation error: {error}; nothing in this request was stored",
             extensions={"index": error.index, "field": "time"},
         ) from None
-    _record(ingestion, committed, time.perf_counter() - started, received_at)
-    view = request.app[VIEW]
-    if committed.buckets and view.ready:
-        view.apply_usage(committed.buckets)
     return web.Response(status=204)
-
-
-def _commit(
-    writer: UsageWriter,
-    namespace: str,
-    events: Sequence[IncomingEvent],
-    received_at: datetime,
-    horizon: timedelta,
-) -> Committed:
-    return writer.commit(namespace, events, received_at=received_at, horizon=horizon)
 
 
 def _record(ingestion: Ingestion, committed: Committed, seconds: float, at: datetime) -> None:
