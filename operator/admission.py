@@ -55,6 +55,11 @@ def index_customers(*, namespace: str | None, name: str, spec: kopf.Spec, **_: A
     return {(namespace, str(key)): name for key in keys}
 
 
+def index_plans(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
+    """Index Plans by (namespace, key)."""
+    return {(namespace, spec.get("key") or default_key(name)): name}
+
+
 def index_entitlements(*, namespace: str | None, name: str, spec: kopf.Spec, **_: Any) -> Any:
     """Index Entitlements by name and by (namespace, customer or subject, featureKey)."""
     who = spec.get("customer") or spec.get("subject")
@@ -89,6 +94,9 @@ def reference_warnings(
         found.append(f"no Feature with key {feature!r} in {namespace}: {waits}")
     if spec.get("customer") and _missing(indexes["customers"], (namespace, spec["customer"])):
         found.append(f"no Customer with key {spec['customer']!r} in {namespace}: {waits}")
+    plan = spec.get("planKey")
+    if kind == "Subscription" and plan and _missing(indexes["plans"], (namespace, plan)):
+        found.append(f"no Plan with key {plan!r} in {namespace}: {waits}")
     named = spec.get("entitlement")
     if named and _missing(indexes["entitlements"], ("name", namespace, named)):
         found.append(f"no Entitlement named {named!r} in {namespace}: {waits}")
@@ -114,6 +122,7 @@ async def warn_references(
     feature_index: Any = None,
     customer_index: Any = None,
     entitlement_index: Any = None,
+    plan_index: Any = None,
     **_: Any,
 ) -> None:
     """Add cross-object warnings to an admission response; never refuse."""
@@ -124,6 +133,7 @@ async def warn_references(
             "features": feature_index,
             "customers": customer_index,
             "entitlements": entitlement_index,
+            "plans": plan_index,
         }
         warnings.extend(
             reference_warnings(
@@ -180,6 +190,7 @@ def register(registry: Any) -> None:
         ("features", index_features),
         ("customers", index_customers),
         ("entitlements", index_entitlements),
+        ("plans", index_plans),
     ):
         kopf.index(GROUP, VERSION, plural, id=f"{plural[:-1]}_index", registry=registry)(fn)
     for kind, plural in (
@@ -187,6 +198,7 @@ def register(registry: Any) -> None:
         ("Entitlement", "entitlements"),
         ("Grant", "grants"),
         ("EntitlementReset", "entitlementresets"),
+        ("Subscription", "subscriptions"),
     ):
         kopf.on.validate(GROUP, VERSION, plural, id=f"warn-{plural}", param=kind,
                          operations=["CREATE", "UPDATE"], ignore_failures=True,

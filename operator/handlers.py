@@ -68,15 +68,34 @@ async def delete(*, body: kopf.Body, memo: Any, param: Any = None, **_: Any) -> 
     if not kind.has_deletion_policy:
         return  # deleting a Meter, Feature, Customer or reset never changes the ledger (D3)
     orphan = await _deletion_orphans(runtime, kind, ref)
+    obj = parsing.object_of(kind, body)
     try:
-        obj = parsing.object_of(kind, body)
         outcome = await runtime.apply(obj, runtime.clock(), orphan=orphan)
     except Exception as error:  # unreachable or failing: the object goes, the ledger stays as is
         message = f"Left {ref} in the ledger as it was: the ledger did not apply it ({error})"
         runtime.events.warn(body, "LedgerUnavailable", message)
-        logger.warning(message)
+        logger.warning("%s; an Orphan marker will be recorded when it answers", message)
+        runtime.pending_orphans.append(obj)
         return
     announce(runtime, ref, body, outcome)
+
+
+async def record_pending_orphans(runtime: Runtime) -> int:
+    """Record Orphan markers for deletions the ledger missed; return how many are left.
+
+    The object is gone, so its policy is no longer applied: voiding or ending it now would
+    move money after the fact. A user who still wants that re-creates the object with
+    ``voidAt``/``activeTo`` set (it re-adopts its record, D1).
+    """
+    while runtime.pending_orphans:
+        obj = runtime.pending_orphans[0]
+        try:
+            await runtime.apply(obj, runtime.clock(), orphan=True)
+        except Exception as error:
+            logger.warning("Still cannot record the Orphan marker of a deleted object: %s", error)
+            break
+        runtime.pending_orphans.pop(0)
+    return len(runtime.pending_orphans)
 
 
 async def _deletion_orphans(runtime: Runtime, kind: Kind, ref: ObjectRef) -> bool:

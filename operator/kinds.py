@@ -36,6 +36,17 @@ CUSTOMER = Kind("Customer", "customers", "customer")
 ENTITLEMENT = Kind("Entitlement", "entitlements", "entitlement", has_deletion_policy=True)
 GRANT = Kind("Grant", "grants", "grant", has_deletion_policy=True)
 ENTITLEMENT_RESET = Kind("EntitlementReset", "entitlementresets", "entitlementreset")
+PLAN = Kind("Plan", "plans", "plan")
+SUBSCRIPTION = Kind("Subscription", "subscriptions", "subscription", has_deletion_policy=True)
 
-KINDS: tuple[Kind, ...] = (METER, FEATURE, CUSTOMER, ENTITLEMENT, GRANT, ENTITLEMENT_RESET)
+KINDS: tuple[Kind, ...] = (
+    METER,
+    FEATURE,
+    CUSTOMER,
+    ENTITLEMENT,
+    GRANT,
+    ENTITLEMENT_RESET,
+    PLAN,
+    SUBSCRIPTION,
+)
 BY_NAME = {kind.name: kind for kind in KINDS}

@@ -36,6 +36,8 @@ REFERENCED_KINDS: Mapping[str, tuple[str, ...]] = {
     "Entitlement": ("Feature", "Customer"),
     "Grant": ("Entitlement", "Feature", "Customer"),
     "EntitlementReset": ("Entitlement", "Feature", "Customer"),
+    "Plan": ("Feature",),
+    "Subscription": ("Plan", "Customer", "Feature"),
 }
 
 

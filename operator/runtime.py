@@ -64,6 +64,8 @@ class Runtime:
     waiting: WaitingRegistry = field(default_factory=WaitingRegistry)
     entitlements: EntitlementIndex = field(default_factory=EntitlementIndex)
     writers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    # Deleted objects the ledger could not be told about; retried as Orphan markers (D3).
+    pending_orphans: list[Mapping[str, Any]] = field(default_factory=list)
 
     async def apply(
         self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False

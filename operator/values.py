@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 
-from allotment.operator import status
+from allotment.operator import handlers, status
 from allotment.operator.kinds import ENTITLEMENT
 from allotment.operator.ports import LedgerUnavailableError
 from allotment.operator.runtime import Runtime
@@ -53,6 +53,7 @@ async def refresh_once(runtime: Runtime) -> int:
 async def refresh_forever(runtime: Runtime, stop: asyncio.Event) -> None:
     """Run ``refresh_once`` every interval until ``stop`` is set; never crash the operator."""
     while not stop.is_set():
+        await handlers.record_pending_orphans(runtime)
         try:
             patched = await refresh_once(runtime)
             if patched:

@@ -51,6 +51,8 @@ def test_the_base_applies_with_server_side_dry_run(identity: ControlPlane) -> No
     [
         pytest.param("watch", "grants.allotment.dev", True, id="watch-grants"),
         pytest.param("list", "entitlementresets.allotment.dev", True, id="list-resets"),
+        pytest.param("watch", "subscriptions.allotment.dev", True, id="watch-subscriptions"),
+        pytest.param("patch", "plans.allotment.dev/status", True, id="patch-plan-status"),
         pytest.param("patch", "entitlements.allotment.dev", True, id="patch-finalizer"),
         pytest.param("patch", "entitlements.allotment.dev/status", True, id="patch-status"),
         pytest.param("create", "events", True, id="post-events"),

@@ -12,6 +12,7 @@ INDEXES: dict[str, Any] = {
     "meters": {("shop", "tokens"): ["tokens"]},
     "features": {("shop", "gpt_4_tokens"): ["gpt-4-tokens"]},
     "customers": {("shop", "customer-1"): ["customer-1"]},
+    "plans": {("shop", "pro"): ["pro"]},
     "entitlements": {
         ("name", "shop", "customer-1-gpt"): ["customer-1-gpt"],
         ("target", "shop", "customer-1", "gpt_4_tokens"): ["customer-1-gpt"],
@@ -39,6 +40,10 @@ INDEXES: dict[str, Any] = {
                      id="grant-ok"),
         pytest.param("Grant", "g", {"entitlement": "gone", "amount": 1},
                      ["no Entitlement named 'gone'"], id="grant-missing-entitlement"),
+        pytest.param("Subscription", "s", {"customer": "customer-1", "planKey": "pro"}, [],
+                     id="subscription-ok"),
+        pytest.param("Subscription", "s", {"customer": "customer-1", "planKey": "team"},
+                     ["no Plan with key 'team'"], id="subscription-missing-plan"),
         pytest.param("EntitlementReset", "r", {"customer": "customer-1", "featureKey": "x"},
                      ["no Feature with key 'x'"], id="reset-missing-feature"),
     ],

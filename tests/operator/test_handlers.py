@@ -238,6 +238,12 @@ async def test_deleting_never_waits_for_an_unreachable_ledger() -> None:
     assert (kind, reason) == ("Warning", "LedgerUnavailable")
     assert "Left Grant default/g in the ledger as it was" in message
 
+    assert await handlers.record_pending_orphans(runtime) == 1  # still down: kept
+    ledger.reachable = True
+    assert await handlers.record_pending_orphans(runtime) == 0
+    assert ledger.orphaned == [True]  # an Orphan marker, never a late void
+    assert ledger.applied[0]["spec"]["deletionPolicy"] == "Apply"
+
 
 async def test_deleting_a_feature_never_touches_the_ledger() -> None:
     ledger = FakeLedger(lambda obj: FakeOutcome("Record", "Recorded"))
@@ -258,6 +264,8 @@ def test_every_kind_has_one_stable_reconcile_id_on_create_update_and_resume() ->
         "reconcile-feature",
         "reconcile-grant",
         "reconcile-meter",
+        "reconcile-plan",
+        "reconcile-subscription",
     ]
 
 
