@@ -282,6 +282,7 @@ async def status(request: web.Request) -> web.Response:
             "details": dict(view.details),
         },
         "loaded": dataclasses.asdict(counts),
+        "ingestion": ingest.ingest_status(request.app),
     }
     return json_response(body)
 

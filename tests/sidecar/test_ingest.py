@@ -229,6 +229,13 @@ async def test_an_event_no_meter_evaluates_is_stored_not_counted(
     assert await usage_of(sidecar) == 0
     metrics = (await (await sidecar.client.get("/metrics")).text()).splitlines()
     assert "allotment_sidecar_events_uncounted_total 2.0" in metrics
+    _, status, _ = await sidecar.get("/status")
+    assert status["ingestion"]["eventsNotCounted"] == 2
+    reasons = {item["id"]: item["reason"] for item in status["ingestion"]["recentNotCounted"]}
+    assert reasons == {
+        "e-1": "no meter has event type 'unknown-type'",
+        "e-2": "meter tokens: $.tokens is missing or not a number",
+    }
 
 
 async def test_a_body_over_the_limit_is_413_and_stores_nothing(
