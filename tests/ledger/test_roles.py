@@ -99,7 +99,8 @@ def _usage_of_another_namespace(conn: sa.Connection) -> None:
 
 
 def _meter(conn: sa.Connection) -> None:
-    usage.record_meter(conn, "team-a", "other", TOKENS, uid="x", generation=1, acted_at=T0, now=NOW)
+    other = Meter("other", "prompt", Aggregation.COUNT)
+    usage.record_meter(conn, "team-a", "other", other, uid="x", generation=1, acted_at=T0, now=NOW)
 
 
 def _epoch(conn: sa.Connection) -> None:
