@@ -197,6 +197,8 @@ _KIND_ORDER = {
     "Entitlement": 3,
     "Grant": 4,
     "EntitlementReset": 5,
+    "Plan": 6,
+    "Subscription": 7,
 }
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 
 from allotment.cli import plan
+from allotment.cli.admission import admit
+from allotment.cli.manifests import Document, load_crds, manifest_files, read_documents
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -271,8 +273,7 @@ spec:
             1,
             [
                 "  Grant default/customer-3-api-calls-promo: change REFUSED",
-                'spec: Invalid value: "object": amount is immutable: void this Grant (set voidAt) '
-                "and create a new one",
+                "amount is immutable: void this Grant (set voidAt) and create a new one",
             ],
             "plan: 0 to create, 0 to change, 0 to delete; 0 entitlement values change; 1 refused",
             id="immutable-amount-refused-as-the-apiserver-words-it",
@@ -370,3 +371,44 @@ def test_usage_errors_exit_2(base: Path, argv: list[str], message: str) -> None:
     run = run_plan(*(item.format(base=base) for item in argv))
     assert run.code == 2
     assert message in run.err
+
+
+def test_an_admission_refusal_is_worded_as_admission_words_it(base: Path) -> None:
+    head = _branch(base, _edit("03-grants/grants.yaml", "amount: 500\n", "amount: 600\n"))
+    old, new = (
+        next(
+            d.body
+            for d in read_documents(tree / "03-grants" / "grants.yaml")
+            if isinstance(d, Document)
+            and d.body["metadata"]["name"] == "customer-3-api-calls-promo"
+        )
+        for tree in (base, head)
+    )
+    crd = load_crds()[("allotment.dev/v1alpha1", "Grant")]
+    violations, _ = admit(new, crd.schema, old)
+    assert violations
+    run = run_plan("--current", base, "--desired", head, "--now", NOW, "--format", "json")
+    assert run.code == 1
+    [refusal] = run.json()["refusals"]
+    for violation in violations:
+        assert violation.message in refusal["message"]
+
+
+def test_every_example_plans_as_a_create_from_nothing(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    names = {
+        (d.body["kind"], d.body["metadata"]["name"])
+        for path in manifest_files([EXAMPLES])
+        for d in read_documents(path)
+        if isinstance(d, Document)
+        and str(d.body.get("apiVersion", "")).startswith("allotment.dev/")
+    }
+    run = run_plan("--current", empty, "--desired", EXAMPLES, "--now", NOW, "--format", "json")
+    assert run.code == 0, run.out
+    body = run.json()
+    assert body["refusals"] == []
+    assert {(r["kind"], r["name"]) for r in body["resources"]} == names
+    assert {r["change"] for r in body["resources"]} == {"create"}
+    customer_1 = [e for e in body["entitlements"] if e["entitlement"] == "customer-1-gpt-4-tokens"]
+    assert [(e["before"], e["after"]["balance"]) for e in customer_1] == [(None, 1000000)]
