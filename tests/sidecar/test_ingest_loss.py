@@ -7,6 +7,9 @@
 - replays: the same batches are sent again and again, concurrently, by several clients through
   several sidecar processes on one ledger (several pods). Exactly one copy of each event is
   stored and the bucket totals equal the sum of the distinct events.
+- restarts (PostgreSQL): a server of the test's own is stopped (``pg_ctl stop -m fast``) and
+  started again twice while two clients send; they get 503 and send the same batch again until
+  it is acknowledged. Everything acknowledged is stored exactly once.
 
 Each trial draws its sizes from ``random.Random(seed)`` with a fixed seed per trial.
 """
@@ -14,24 +17,29 @@ Each trial draws its sizes from ``random.Random(seed)`` with a fixed seed per tr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from sqlalchemy import select
 
+import tests.harness.postgres as pg
 from allotment.ledger.core.model import Aggregation
 from allotment.ledger.core.timeutil import format_rfc3339
 from allotment.ledger.storage.engine import Ledger
@@ -126,13 +134,13 @@ class Workload:
     values: dict[Key, Decimal] = field(default_factory=dict)
 
 
-def workload(rng: random.Random, trial: str) -> Workload:
-    """Draw 4 to 12 batches of 1 to 20 events with values of 0.001 to 1000."""
+def workload(rng: random.Random, trial: str, batches: tuple[int, int] = (4, 12)) -> Workload:
+    """Draw 4 to 12 batches (or ``batches``) of 1 to 20 events with values of 0.001 to 1000."""
     source, subject = f"loss/{trial}", f"subject-{trial}"
     work = Workload(source, subject, [])
     at = format_rfc3339(datetime.now(UTC) - timedelta(hours=1))
     serial = 0
-    for _ in range(rng.randint(4, 12)):
+    for _ in range(rng.randint(*batches)):
         batch = []
         for _ in range(rng.randint(1, 20)):
             serial += 1
@@ -271,3 +279,147 @@ def test_replayed_batches_from_several_clients_and_sidecars_count_once(
         assert sorted(rows) == sorted(work.values), f"trial {trial}: not exactly one copy each"
         assert bucket_events == len(work.values), f"trial {trial}"
         assert bucket_sum == sum(work.values.values(), Decimal(0)), f"trial {trial}"
+
+
+# --- the database stopped and restarted mid-stream (PostgreSQL) -------------------------------
+
+
+@dataclass
+class PrivateServer:
+    """A PostgreSQL server of this test alone, so it may be stopped and started again."""
+
+    bin_dir: Any
+    data: Any
+    options: str
+    log: Any
+    url: str
+
+    def ctl(self, *args: str) -> None:
+        command = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), *args]
+        pg._run(pg._as_postgres(*command))
+
+    def start(self) -> None:
+        self.ctl("-o", self.options, "-l", str(self.log), "-w", "start")
+
+    def stop(self) -> None:
+        self.ctl("-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateServer]:
+    """Start a PostgreSQL server for this test only (skip when the harness cannot)."""
+    if os.environ.get(pg.ENV_URL):
+        pytest.skip(f"{pg.ENV_URL} names a server this test must not stop")
+    bin_dir = pg._binaries_dir()
+    if bin_dir is None:
+        message = f"PostgreSQL is not installed: {pg.INSTALL_HINT}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    folder = Path(tempfile.mkdtemp(prefix="allotment-pg-restart-"))  # postgres must reach it
+    if os.geteuid() == 0:
+        shutil.chown(folder, user="postgres", group="postgres")
+    data = folder / "data"
+    pg._run(
+        pg._as_postgres(
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+        )
+    )
+    port = pg._free_port()
+    # synchronous_commit stays on: a 204 must survive the restart.
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
+    server = PrivateServer(
+        bin_dir,
+        data,
+        options,
+        folder / "log",
+        f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres",
+    )
+    try:
+        server.start()
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(pg.PostgresUnavailable):
+                server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def send_through_outages(
+    sidecar: SidecarProcess, work: Workload, server: PrivateServer, outages: int
+) -> tuple[set[Key], int]:
+    """Send every batch until acknowledged, retrying on 503; stop the database mid-stream."""
+    acknowledged: set[Key] = set()
+    refusals = 0
+    done = 0
+    progress = asyncio.Event()
+    pending = list(work.batches)
+    every = max(1, len(pending) // (outages + 1))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        nonlocal refusals, done
+        while pending:
+            batch = pending.pop(0)
+            while True:
+                status = await _post(session, sidecar.url, batch)
+                if status == 204:
+                    acknowledged.update(keys_of(batch))
+                    done += 1
+                    progress.set()
+                    break
+                assert status == 503, status
+                refusals += 1
+                await asyncio.sleep(0.2)
+
+    async def outage() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(outages):
+            target = done + every
+            while done < target and pending:
+                progress.clear()
+                await progress.wait()
+            await loop.run_in_executor(None, server.stop)
+            await asyncio.sleep(0.5)
+            await loop.run_in_executor(None, server.start)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(client(session), client(session), outage())
+    return acknowledged, refusals
+
+
+def test_database_restarted_mid_stream_loses_nothing(
+    private_postgres: PrivateServer,
+) -> None:
+    from allotment.ledger.storage import migrate
+    from allotment.ledger.storage.engine import open_ledger
+
+    url = private_postgres.url
+    migrate.upgrade(url)
+    ledger = open_ledger(url)
+    try:
+        Seeder(ledger).meter("tokens", Aggregation.SUM)
+        sidecar = start_sidecar_process(url)
+        try:
+            work = workload(random.Random(4242), "restart", batches=(30, 40))
+            acknowledged, refusals = asyncio.run(
+                send_through_outages(sidecar, work, private_postgres, outages=2)
+            )
+        finally:
+            sidecar.kill()
+        assert refusals > 0, "the database was never seen down"
+        assert acknowledged == set(work.values)
+        rows, bucket_sum, bucket_events = ledger_state(ledger, work)
+        assert sorted(rows) == sorted(work.values), "not exactly one copy of each event"
+        assert bucket_events == len(work.values)
+        assert bucket_sum == sum(work.values.values(), Decimal(0))
+    finally:
+        ledger.dispose()
