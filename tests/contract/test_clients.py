@@ -135,7 +135,7 @@ def test_python_openmeter_client(running: Running) -> None:
     try:
         before = subjects.get_entitlement_value("customer-4", "gpt_4_tokens")
         assert numbers(dict(before)) == numbers(FULL)
-        events = [
+        events: list[Any] = [
             {
                 "id": f"python-{n}",
                 "source": "contract-tests/python",

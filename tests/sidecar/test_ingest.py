@@ -309,6 +309,7 @@ async def test_read_your_writes_and_the_feed_does_not_count_twice(
     sidecar = await start_sidecar(poll_interval=timedelta(hours=1))
     await sidecar.caught_up(seeder.head())
     before = sidecar.view.position
+    assert before is not None
     status, _, _ = await post(sidecar, [event(1, 300), event(2, 5)], BATCH)
     assert status == 204
     # The next answer shows the usage although the view has not read the feed yet.
