@@ -88,7 +88,7 @@ async def _boundary(request: web.Request, handler: Handler) -> web.StreamRespons
             age = view.age(app[CLOCK]())
             if age is not None:
                 response.headers["Allotment-Ledger-Age"] = f"{age.total_seconds():.3f}"
-    app[METRICS].check_seconds.labels(_route_name(request)).observe(time.perf_counter() - started)
+    app[METRICS].observe_request(_route_name(request), time.perf_counter() - started)
     return response
 
 

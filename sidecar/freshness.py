@@ -35,7 +35,7 @@ def apply_stale_policy(
     """Apply the feature's ``whenStale`` to a current value read past the staleness budget."""
     feature = view.feature(entitlement.feature_key)
     policy = feature.feature.when_stale if feature else WhenStale.LAST_KNOWN
-    request.app[METRICS].stale_answers.labels(policy.value).inc()
+    request.app[METRICS].count_stale_answer(policy.value)
     if policy is WhenStale.ALLOW and not value.has_access:
         value = dataclasses.replace(value, has_access=True)
     elif policy is WhenStale.DENY and value.has_access:

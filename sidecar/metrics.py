@@ -94,6 +94,22 @@ class SidecarMetrics:
             registry=self.registry,
         )
         self._gc_started = 0.0
+        self._route_children: dict[str, Any] = {}
+        self._stale_children: dict[str, Any] = {}
+
+    def observe_request(self, route: str, seconds: float) -> None:
+        """Record one request's latency (label children cached: ``labels`` is slow)."""
+        child = self._route_children.get(route)
+        if child is None:
+            child = self._route_children[route] = self.check_seconds.labels(route)
+        child.observe(seconds)
+
+    def count_stale_answer(self, policy: str) -> None:
+        """Count one answer given past the staleness budget under ``policy``."""
+        child = self._stale_children.get(policy)
+        if child is None:
+            child = self._stale_children[policy] = self.stale_answers.labels(policy)
+        child.inc()
 
     def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
         """Measure a collection (installed in ``gc.callbacks`` while the app runs)."""

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from allotment.ledger.core.model import Aggregation
@@ -41,35 +40,56 @@ def _ceil_minute_index(instant: datetime) -> int:
     return whole if whole * 60 == seconds else whole + 1
 
 
-@dataclass
+#: What a bucket keeps beyond count and sum, for LATEST and UNIQUE_COUNT meters only.
+Extra = tuple[datetime | None, Decimal | None, frozenset[str]]
+
+
 class Series:
-    """The buckets of one (meter, subject, group-by values), sorted by minute."""
+    """The buckets of one (meter, subject, group-by values), sorted by minute, kept compact.
 
-    minutes: list[int] = field(default_factory=list)
-    buckets: list[UsageBucketState] = field(default_factory=list)
-    # prefix[i] = totals of buckets[:i]; rebuilt from ``dirty_from`` when a late bucket arrives.
-    prefix_sum: list[Decimal] = field(default_factory=lambda: [ZERO])
-    prefix_count: list[int] = field(default_factory=lambda: [0])
-    dirty_from: int | None = None
+    Parallel lists instead of bucket objects: a minute index, the event count, the value sum,
+    and (only when the meter needs them) the latest value and the distinct values.
+    """
 
-    def put(self, bucket: UsageBucketState) -> bool:
+    __slots__ = ("counts", "dirty_from", "extras", "minutes", "prefix_count", "prefix_sum", "sums")
+
+    def __init__(self) -> None:
+        self.minutes: list[int] = []
+        self.counts: list[int] = []
+        self.sums: list[Decimal] = []
+        self.extras: list[Extra | None] = []
+        # prefix[i] = totals of the first i buckets; rebuilt from ``dirty_from`` after a late one.
+        self.prefix_sum: list[Decimal] = [ZERO]
+        self.prefix_count: list[int] = [0]
+        self.dirty_from: int | None = None
+
+    def put(self, bucket: UsageBucketState, keep_extra: bool) -> bool:
         """Store a bucket's state; return False when an equal or newer state is already held."""
         minute = minute_index(bucket.minute)
+        extra: Extra | None = (
+            (bucket.latest_time, bucket.latest_value, bucket.distinct) if keep_extra else None
+        )
         if not self.minutes or minute > self.minutes[-1]:
             self.minutes.append(minute)
-            self.buckets.append(bucket)
+            self.counts.append(bucket.event_count)
+            self.sums.append(bucket.value_sum)
+            self.extras.append(extra)
             if self.dirty_from is None:
                 self.prefix_sum.append(self.prefix_sum[-1] + bucket.value_sum)
                 self.prefix_count.append(self.prefix_count[-1] + bucket.event_count)
             return True
         i = bisect_left(self.minutes, minute)
         if i < len(self.minutes) and self.minutes[i] == minute:
-            if bucket.event_count <= self.buckets[i].event_count:
+            if bucket.event_count <= self.counts[i]:
                 return False
-            self.buckets[i] = bucket
+            self.counts[i] = bucket.event_count
+            self.sums[i] = bucket.value_sum
+            self.extras[i] = extra
         else:
             self.minutes.insert(i, minute)
-            self.buckets.insert(i, bucket)
+            self.counts.insert(i, bucket.event_count)
+            self.sums.insert(i, bucket.value_sum)
+            self.extras.insert(i, extra)
         self.dirty_from = i if self.dirty_from is None else min(self.dirty_from, i)
         return True
 
@@ -78,9 +98,9 @@ class Series:
         if start is not None:
             del self.prefix_sum[start + 1 :]
             del self.prefix_count[start + 1 :]
-            for bucket in self.buckets[start:]:
-                self.prefix_sum.append(self.prefix_sum[-1] + bucket.value_sum)
-                self.prefix_count.append(self.prefix_count[-1] + bucket.event_count)
+            for total, count in zip(self.sums[start:], self.counts[start:], strict=True):
+                self.prefix_sum.append(self.prefix_sum[-1] + total)
+                self.prefix_count.append(self.prefix_count[-1] + count)
             self.dirty_from = None
         return self.prefix_sum, self.prefix_count
 
@@ -100,17 +120,23 @@ class Series:
         _, counts = self._prefixes()
         return counts[j] - counts[i]
 
-    def latest(self, start: int, end: int) -> UsageBucketState | None:
-        """Return the last bucket in ``[start, end)``, if any."""
+    def latest(self, start: int, end: int) -> tuple[datetime, Decimal] | None:
+        """Return the latest (time, value) in ``[start, end)``, if any."""
         i, j = self.window(start, end)
-        return self.buckets[j - 1] if j > i else None
+        for k in range(j - 1, i - 1, -1):
+            extra = self.extras[k]
+            if extra is not None and extra[1] is not None:
+                when = extra[0] or _EPOCH + timedelta(minutes=self.minutes[k])
+                return when, extra[1]
+        return None
 
     def distinct(self, start: int, end: int) -> set[str]:
         """Return the distinct values seen in ``[start, end)``."""
         i, j = self.window(start, end)
         seen: set[str] = set()
-        for bucket in self.buckets[i:j]:
-            seen |= bucket.distinct
+        for extra in self.extras[i:j]:
+            if extra is not None:
+                seen |= extra[2]
         return seen
 
 
@@ -120,6 +146,8 @@ class UsageStore:
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], dict[GroupKey, Series]] = {}
         self.bucket_count = 0
+        #: Meters whose buckets need no latest value nor distinct values (SUM, COUNT).
+        self.plain_meters: set[str] = set()
 
     def put(self, bucket: UsageBucketState) -> bool:
         """Store a bucket state; return whether it changed what the store holds."""
@@ -128,7 +156,7 @@ class UsageStore:
         if series is None:
             series = by_group[bucket.groups] = Series()
         before = len(series.minutes)
-        changed = series.put(bucket)
+        changed = series.put(bucket, bucket.meter_slug not in self.plain_meters)
         self.bucket_count += len(series.minutes) - before
         return changed
 
@@ -162,20 +190,12 @@ class UsageStore:
             for s in series:
                 seen |= s.distinct(lo, hi)
             return Decimal(len(seen))
-        latest: UsageBucketState | None = None
+        latest: tuple[datetime, Decimal] | None = None
         for s in series:
             candidate = s.latest(lo, hi)
-            if candidate is not None and (latest is None or _later(candidate, latest)):
+            if candidate is not None and (latest is None or candidate[0] > latest[0]):
                 latest = candidate
-        if latest is None or latest.latest_value is None:
-            return ZERO
-        return latest.latest_value
-
-
-def _later(a: UsageBucketState, b: UsageBucketState) -> bool:
-    ta = a.latest_time or a.minute
-    tb = b.latest_time or b.minute
-    return ta > tb
+        return ZERO if latest is None else latest[1]
 
 
 def _matches(group: GroupKey, filters: Mapping[str, str]) -> bool:

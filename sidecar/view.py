@@ -74,7 +74,7 @@ class Counts:
     usage_buckets: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Cached:
     """A value valid for query instants ``now`` with ``lo < now <= hi`` (minute-rounded rule)."""
 
@@ -99,11 +99,11 @@ class _State:
     meter_by_slug: dict[str, MeterRecord] = field(default_factory=dict)
     entitlements: dict[str, Entitlement] = field(default_factory=dict)  # id ->
     by_customer_feature: dict[tuple[str, str], list[Entitlement]] = field(default_factory=dict)
-    by_customer: dict[str, dict[str, Entitlement]] = field(default_factory=dict)
-    grants: dict[str, dict[str, Grant]] = field(default_factory=dict)  # entitlement id -> id ->
+    by_customer: dict[str, tuple[Entitlement, ...]] = field(default_factory=dict)
+    grants: dict[str, tuple[Grant, ...]] = field(default_factory=dict)  # by entitlement id
     grant_owner: dict[str, str] = field(default_factory=dict)  # grant id -> entitlement id
     usage: UsageStore = field(default_factory=UsageStore)
-    watchers: dict[WatchKey, set[str]] = field(default_factory=dict)
+    watchers: dict[WatchKey, tuple[str, ...]] = field(default_factory=dict)
     watching: dict[str, tuple[WatchKey, ...]] = field(default_factory=dict)
     cache: dict[str, _Cached] = field(default_factory=dict)
 
@@ -232,9 +232,9 @@ class View:
         elif isinstance(change, CustomerRecord):
             old = state.customers.get(change.id)
             _put_customer(state, change)
-            self._touch(state, state.by_customer.get(change.customer.key, {}))
+            self._touch(state, (e.id for e in state.by_customer.get(change.customer.key, ())))
             if old is not None and old.customer.key != change.customer.key:
-                self._touch(state, state.by_customer.get(old.customer.key, {}))
+                self._touch(state, (e.id for e in state.by_customer.get(old.customer.key, ())))
         elif isinstance(change, FeatureRecord):
             _put_feature(state, change)
             key = change.feature.key
@@ -306,12 +306,12 @@ class View:
 
     def grants_of(self, entitlement_id: str) -> list[Grant]:
         """Return the recorded grants of an entitlement."""
-        return list(self._require().grants.get(entitlement_id, {}).values())
+        return list(self._require().grants.get(entitlement_id, ()))
 
     def entitlements_of(self, customer_key: str) -> list[Entitlement]:
         """Return every entitlement of a customer, oldest first."""
-        found = self._require().by_customer.get(customer_key, {})
-        return sorted(found.values(), key=lambda e: (e.start, e.id))
+        found = self._require().by_customer.get(customer_key, ())
+        return sorted(found, key=lambda e: (e.start, e.id))
 
     def entitlement(self, entitlement_id: str) -> Entitlement | None:
         """Return the entitlement with this ledger id."""
@@ -366,7 +366,7 @@ class View:
                 return ZERO
             return store.aggregate(aggregation, series, start, end)
 
-        grants = tuple(state.grants.get(entitlement.id, {}).values())
+        grants = state.grants.get(entitlement.id, ())
         return self.engine.value(entitlement, grants, aggregation, usage, at)
 
     def history(self, entitlement: Entitlement, window: HistoryWindow) -> BalanceHistory:
@@ -380,7 +380,7 @@ class View:
         def usage(start: datetime, end: datetime, /) -> Decimal:
             return store.aggregate(aggregation, series, start, end)
 
-        grants = tuple(state.grants.get(entitlement.id, {}).values())
+        grants = state.grants.get(entitlement.id, ())
         return self.engine.history(entitlement, grants, aggregation, usage, window)
 
     def _usage_inputs(
@@ -412,6 +412,10 @@ class View:
 
 
 def _put_meter(state: _State, record: MeterRecord) -> None:
+    if record.meter.aggregation in (Aggregation.SUM, Aggregation.COUNT):
+        state.usage.plain_meters.add(record.meter.slug)
+    else:
+        state.usage.plain_meters.discard(record.meter.slug)
     old = state.meters.get(record.id)
     if old is not None and old.meter.slug != record.meter.slug:
         state.meter_by_slug.pop(old.meter.slug, None)
@@ -450,7 +454,11 @@ def _put_entitlement(state: _State, entitlement: Entitlement) -> None:
     siblings.append(entitlement)
     siblings.sort(key=lambda e: (e.start, e.id), reverse=True)  # newest first
     state.by_customer_feature[key] = siblings
-    state.by_customer.setdefault(entitlement.customer_key, {})[entitlement.id] = entitlement
+    others = state.by_customer.get(entitlement.customer_key, ())
+    state.by_customer[entitlement.customer_key] = (
+        *(e for e in others if e.id != entitlement.id),
+        entitlement,
+    )
 
 
 def _unindex_entitlement(state: _State, entitlement: Entitlement) -> None:
@@ -460,26 +468,40 @@ def _unindex_entitlement(state: _State, entitlement: Entitlement) -> None:
         state.by_customer_feature[key] = remaining
     else:
         state.by_customer_feature.pop(key, None)
-    state.by_customer.get(entitlement.customer_key, {}).pop(entitlement.id, None)
+    others = state.by_customer.get(entitlement.customer_key, ())
+    kept = tuple(e for e in others if e.id != entitlement.id)
+    if kept:
+        state.by_customer[entitlement.customer_key] = kept
+    else:
+        state.by_customer.pop(entitlement.customer_key, None)
 
 
 def _put_grant(state: _State, grant: Grant) -> None:
     previous_owner = state.grant_owner.get(grant.id)
     if previous_owner is not None and previous_owner != grant.entitlement_id:
-        state.grants.get(previous_owner, {}).pop(grant.id, None)
+        _drop_grant(state, previous_owner, grant.id)
         state.cache.pop(previous_owner, None)
-    state.grants.setdefault(grant.entitlement_id, {})[grant.id] = grant
+    others = state.grants.get(grant.entitlement_id, ())
+    state.grants[grant.entitlement_id] = (*(g for g in others if g.id != grant.id), grant)
     state.grant_owner[grant.id] = grant.entitlement_id
+
+
+def _drop_grant(state: _State, entitlement_id: str, grant_id: str) -> None:
+    kept = tuple(g for g in state.grants.get(entitlement_id, ()) if g.id != grant_id)
+    if kept:
+        state.grants[entitlement_id] = kept
+    else:
+        state.grants.pop(entitlement_id, None)
 
 
 def _rewatch(state: _State, entitlement_id: str) -> None:
     """Recompute which (meter, subject) usage keys invalidate an entitlement's value."""
     for key in state.watching.pop(entitlement_id, ()):
-        watchers = state.watchers.get(key)
-        if watchers is not None:
-            watchers.discard(entitlement_id)
-            if not watchers:
-                del state.watchers[key]
+        kept = tuple(e for e in state.watchers.get(key, ()) if e != entitlement_id)
+        if kept:
+            state.watchers[key] = kept
+        else:
+            state.watchers.pop(key, None)
     entitlement = state.entitlements.get(entitlement_id)
     if entitlement is None:
         return
@@ -492,7 +514,7 @@ def _rewatch(state: _State, entitlement_id: str) -> None:
     )
     keys = tuple((feature.feature.meter_slug, s) for s in subjects)
     for key in keys:
-        state.watchers.setdefault(key, set()).add(entitlement_id)
+        state.watchers[key] = (*state.watchers.get(key, ()), entitlement_id)
     state.watching[entitlement_id] = keys
 
 
@@ -506,7 +528,7 @@ def _remove(state: _State, removed: RecordRemoved) -> None:
     elif removed.kind == "grant":
         owner = state.grant_owner.pop(removed.id, None)
         if owner is not None:
-            state.grants.get(owner, {}).pop(removed.id, None)
+            _drop_grant(state, owner, removed.id)
             state.cache.pop(owner, None)
     elif removed.kind == "customer":
         record = state.customers.pop(removed.id, None)
