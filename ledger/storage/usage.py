@@ -66,7 +66,6 @@ _GROUP_BY: Table = MeterGroupByRow.__table__  # type: ignore[assignment]
 _EVENTS: Table = UsageEventRow.__table__  # type: ignore[assignment]
 _BUCKETS: Table = UsageBucketRow.__table__  # type: ignore[assignment]
 _VALUES: Table = UsageBucketValueRow.__table__  # type: ignore[assignment]
-_BUCKET_KEY = ("namespace", "meter_id", "subject", "group_key", "minute")
 
 
 @dataclass(frozen=True)
@@ -459,7 +458,8 @@ def ingest(
         if event.time < oldest:
             raise EventRefusedError(
                 index,
-                f"time {format_rfc3339(event.time)} is older than the {horizon.days}-day horizon",
+                f"time {format_rfc3339(event.time)} is older than the usage horizon "
+                f"({format_rfc3339(oldest)}, {horizon} before receipt)",
             )
     first_copies: dict[tuple[str, str], int] = {}
     for index, event in enumerate(events):
@@ -507,8 +507,8 @@ def ingest(
         stored.update((row.source, row.event_id) for row in connection.execute(statement, rows))
 
     deltas: dict[_Key, _Delta] = {}
-    for (source, event_id), index in ordered:
-        if (source, event_id) in stored:
+    for (source, event_id), index in sorted(ordered, key=lambda item: item[1]):
+        if (source, event_id) in stored:  # in batch order: on a LATEST tie the first one wins
             for key, value, distinct in evaluations[index]:
                 _accumulate(deltas, key, value, distinct, events[index].time)
     changes = _apply_deltas(connection, namespace, deltas)

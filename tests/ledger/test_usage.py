@@ -94,7 +94,7 @@ def test_a_duplicate_is_acknowledged_and_only_the_first_copy_counts(ledger: Ledg
 def test_an_event_older_than_the_horizon_refuses_the_whole_batch(ledger: Ledger) -> None:
     record(ledger)
     too_old = event(2, at=NOW - usage.DEFAULT_HORIZON - timedelta(seconds=1))
-    with pytest.raises(usage.EventRefusedError, match=r"event 1: .*older than the 32-day horizon"):
+    with pytest.raises(usage.EventRefusedError, match=r"event 1: .*older than the usage horizon"):
         ingest(ledger, event(1), too_old)
     assert total(ledger) == Decimal(0)
     with ledger.read() as conn:
@@ -176,6 +176,12 @@ def test_group_by_filters_and_subjects_apply_at_read(ledger: Ledger) -> None:
             ],
             [Decimal(5), Decimal(1)],
             id="latest-is-by-event-time-not-arrival",
+        ),
+        pytest.param(
+            Meter("level", "prompt", Aggregation.LATEST, "$.tokens"),
+            [event(1, tokens=5), event(2, tokens=9)],
+            [Decimal(5)],
+            id="latest-tie-keeps-the-first-arrival",
         ),
     ],
 )
