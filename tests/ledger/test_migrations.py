@@ -78,3 +78,13 @@ def test_allotment_migrate_rotate_epoch_makes_readers_reload(
         ledger.dispose()
     assert after != before
     assert f"new epoch {after}" in capsys.readouterr().out
+
+
+def test_the_migrations_form_one_line_of_history() -> None:
+    from alembic.script import ScriptDirectory
+
+    from allotment.ledger.storage.engine import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == [head_revision()]
+    assert [r.revision for r in script.walk_revisions()][-1] == "0001"
