@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select
 
+from allotment.ledger import lookup
 from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at, next_recurrence_after
 from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
@@ -246,17 +247,15 @@ def apply_resource(
     ``force_orphan`` orphans a deleted object whatever its deletionPolicy (its namespace or
     CRD is being deleted, D3). The caller commits.
     """
-    namespace = _load_namespace(connection, resource.ref.namespace)
     record_id = _find_identity(connection, resource.ref)
     own = None if record_id is None else _own(connection, resource, record_id, now)
     planned = resource.ref.kind in _PLAN_KINDS
-    recorded = rc.Recorded(
+    seen = lookup.recorded_for(connection, resource, record_id)
+    if seen is None:
+        seen = _load_namespace(connection, resource.ref.namespace).recorded
+    recorded = replace(
+        seen,
         own=own,
-        meters=namespace.recorded.meters,
-        features=namespace.recorded.features,
-        customers=namespace.recorded.customers,
-        entitlements=namespace.recorded.entitlements,
-        grants=namespace.recorded.grants,
         plans=_load_plans(connection, resource.ref.namespace) if planned else (),
     )
     actions = rc.reconcile(resource, recorded, now, new_id(), force_orphan=force_orphan)
@@ -300,6 +299,10 @@ def _claim_keys(connection: Connection, namespace: str, record: Record) -> None:
     elif isinstance(record, CustomerRecord):
         for key in record.customer.all_subject_keys:
             catalogue.claim_key(connection, namespace, "subject", key, record.id)
+    elif isinstance(record, Entitlement):
+        catalogue.index_entitlement(
+            connection, namespace, record.customer_key, record.feature_key, record.id
+        )
 
 
 def _record_meter(
@@ -397,8 +400,10 @@ def _write_absorb(connection: Connection, ns: str, action: rc.Absorb, now: datet
     The entitlements keep their ids, grants and usage; only their customer key changes. The
     implicit customer's record leaves the current catalogue and frees its keys.
     """
-    for record in catalogue.current_records(connection, ns, kinds=["entitlement"]):
+    owned = catalogue.entitlements_of(connection, ns, action.implicit_key)
+    for record in catalogue.records_by_id(connection, owned):
         if isinstance(record, Entitlement) and record.customer_key == action.implicit_key:
+            catalogue.unindex_entitlement(connection, ns, action.implicit_key, record.id)
             _put(connection, ns, replace(record, customer_key=action.key), now)
     implicit = catalogue.find_record(connection, action.implicit_id)
     if isinstance(implicit, CustomerRecord):

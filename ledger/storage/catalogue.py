@@ -20,18 +20,28 @@ from sqlalchemy import Connection, Table, and_, func, insert, select
 
 from allotment.ledger.storage.codec import Record, Removed, decode_record, encode_record
 from allotment.ledger.storage.feed import Change, append
-from allotment.ledger.storage.schema import CatalogueKeyRow, CatalogueVersionRow
+from allotment.ledger.storage.schema import (
+    CatalogueKeyRow,
+    CatalogueVersionRow,
+    EntitlementPairRow,
+)
 
 __all__ = [
     "RECORD_CHANGE",
     "KeyTakenError",
     "claim_key",
     "current_records",
+    "entitlements_of",
     "find_record",
+    "index_entitlement",
     "key_owner",
+    "key_owners",
+    "names_of",
     "record_versions",
+    "records_by_id",
     "release_key",
     "resource_names",
+    "unindex_entitlement",
 ]
 
 #: The feed entry kind carrying a record document (read contract version 1).
@@ -39,6 +49,7 @@ RECORD_CHANGE = "record"
 
 _VERSIONS: Table = CatalogueVersionRow.__table__  # type: ignore[assignment]
 _KEYS: Table = CatalogueKeyRow.__table__  # type: ignore[assignment]
+_PAIRS: Table = EntitlementPairRow.__table__  # type: ignore[assignment]
 
 
 class KeyTakenError(ValueError):
@@ -98,18 +109,18 @@ def record_versions(
     return versions
 
 
-def _latest(namespace: str) -> Any:
-    latest = (
-        select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version"))
-        .where(_VERSIONS.c.namespace == namespace)
-        .group_by(_VERSIONS.c.resource_id)
-        .subquery()
+def _latest(namespace: str, kinds: Iterable[str] | None = None) -> Any:
+    latest = select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version")).where(
+        _VERSIONS.c.namespace == namespace
     )
+    if kinds is not None:
+        latest = latest.where(_VERSIONS.c.kind.in_(list(kinds)))
+    subquery = latest.group_by(_VERSIONS.c.resource_id).subquery()
     return select(_VERSIONS.c.document, _VERSIONS.c.version, _VERSIONS.c.recorded_at).join(
-        latest,
+        subquery,
         and_(
-            _VERSIONS.c.resource_id == latest.c.resource_id,
-            _VERSIONS.c.version == latest.c.version,
+            _VERSIONS.c.resource_id == subquery.c.resource_id,
+            _VERSIONS.c.version == subquery.c.version,
         ),
     )
 
@@ -121,10 +132,34 @@ def current_records(
 
     A removed record (its last version a removal) is not current.
     """
-    query = _latest(namespace)
-    if kinds is not None:
-        query = query.where(_VERSIONS.c.kind.in_(list(kinds)))
+    query = _latest(namespace, kinds)
     rows = connection.execute(query.order_by(_VERSIONS.c.resource_id))
+    records = (decode_record(json.loads(row.document)) for row in rows)
+    return [record for record in records if not isinstance(record, Removed)]
+
+
+def records_by_id(connection: Connection, ids: Iterable[str]) -> list[Record]:
+    """Return the current version of each of the given records (removed ones left out)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return []
+    latest = (
+        select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version"))
+        .where(_VERSIONS.c.resource_id.in_(wanted))
+        .group_by(_VERSIONS.c.resource_id)
+        .subquery()
+    )
+    rows = connection.execute(
+        select(_VERSIONS.c.document)
+        .join(
+            latest,
+            and_(
+                _VERSIONS.c.resource_id == latest.c.resource_id,
+                _VERSIONS.c.version == latest.c.version,
+            ),
+        )
+        .order_by(_VERSIONS.c.resource_id)
+    )
     records = (decode_record(json.loads(row.document)) for row in rows)
     return [record for record in records if not isinstance(record, Removed)]
 
@@ -149,6 +184,82 @@ def key_owner(connection: Connection, namespace: str, space: str, key: str) -> s
         )
     ).scalar_one_or_none()
     return owner
+
+
+def key_owners(
+    connection: Connection, namespace: str, space: str, keys: Iterable[str]
+) -> dict[str, str]:
+    """Return key -> owner id for those of ``keys`` claimed in ``space``."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        select(_KEYS.c.key, _KEYS.c.resource_id).where(
+            _KEYS.c.namespace == namespace, _KEYS.c.space == space, _KEYS.c.key.in_(wanted)
+        )
+    )
+    return {row.key: row.resource_id for row in rows}
+
+
+def index_entitlement(
+    connection: Connection, namespace: str, customer_key: str, feature_key: str, entitlement_id: str
+) -> None:
+    """Index an entitlement under its (customer, feature) pair; indexing it again is a no-op."""
+    present = connection.execute(
+        select(_PAIRS.c.entitlement_id).where(
+            _PAIRS.c.namespace == namespace,
+            _PAIRS.c.customer_key == customer_key,
+            _PAIRS.c.feature_key == feature_key,
+            _PAIRS.c.entitlement_id == entitlement_id,
+        )
+    ).one_or_none()
+    if present is None:
+        connection.execute(
+            insert(_PAIRS).values(
+                namespace=namespace,
+                customer_key=customer_key,
+                feature_key=feature_key,
+                entitlement_id=entitlement_id,
+            )
+        )
+
+
+def unindex_entitlement(
+    connection: Connection, namespace: str, customer_key: str, entitlement_id: str
+) -> None:
+    """Drop an entitlement's pair entries under ``customer_key`` (its customer changed)."""
+    connection.execute(
+        _PAIRS.delete().where(
+            _PAIRS.c.namespace == namespace,
+            _PAIRS.c.customer_key == customer_key,
+            _PAIRS.c.entitlement_id == entitlement_id,
+        )
+    )
+
+
+def entitlements_of(
+    connection: Connection, namespace: str, customer_key: str, feature_key: str | None = None
+) -> list[str]:
+    """Return the ids of a customer's entitlements (to one feature, if given)."""
+    query = select(_PAIRS.c.entitlement_id).where(
+        _PAIRS.c.namespace == namespace, _PAIRS.c.customer_key == customer_key
+    )
+    if feature_key is not None:
+        query = query.where(_PAIRS.c.feature_key == feature_key)
+    return [row.entitlement_id for row in connection.execute(query)]
+
+
+def names_of(connection: Connection, ids: Iterable[str]) -> dict[str, str]:
+    """Return record id -> the name of the resource that declares it, for the given ids."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        select(_KEYS.c.resource_id, _KEYS.c.key).where(
+            _KEYS.c.resource_id.in_(wanted), _KEYS.c.space.startswith("ref:")
+        )
+    )
+    return {row.resource_id: row.key for row in rows}
 
 
 def resource_names(connection: Connection, namespace: str) -> dict[str, str]:

@@ -226,6 +226,7 @@ class CatalogueKeyRow(Base):
     """
 
     __tablename__ = "catalogue_keys"
+    __table_args__ = (Index(None, "resource_id"),)
 
     namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH), primary_key=True)
     space: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -273,3 +274,18 @@ class BalanceSnapshotRow(Base):
     at: Mapped[datetime] = mapped_column(Instant())
     document: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[datetime] = mapped_column(Instant())
+
+
+class EntitlementPairRow(Base):
+    """Which entitlements a (customer, feature) pair has had: an index of the catalogue.
+
+    Reconciling one resource looks its entitlements up here by equality instead of scanning
+    the namespace; rows follow the entitlements' current customer key (D5 absorbs move them).
+    """
+
+    __tablename__ = "entitlement_pairs"
+
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH), primary_key=True)
+    customer_key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    feature_key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    entitlement_id: Mapped[str] = mapped_column(ForeignKey("resources.id"), primary_key=True)
