@@ -46,6 +46,8 @@ PLURALS = {
     "Entitlement": "entitlements",
     "Grant": "grants",
     "EntitlementReset": "entitlementresets",
+    "Plan": "plans",
+    "Subscription": "subscriptions",
 }
 
 
