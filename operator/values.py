@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Mapping
+from typing import Any
 
 from allotment.operator import handlers, status
 from allotment.operator.kinds import ENTITLEMENT
@@ -20,39 +23,49 @@ from allotment.operator.ports import LedgerUnavailableError
 from allotment.operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+Ref = tuple[str, str]
 
 
-async def refresh_once(runtime: Runtime) -> int:
-    """Refresh every tracked Entitlement once; return how many were patched."""
-    index = runtime.entitlements.values
-    refs = sorted(index)
-    if not refs:
-        return 0
-    now = runtime.clock()
+CHUNK = 200  # Entitlements per read transaction
+
+
+async def _read(runtime: Runtime, refs: list[tuple[str, str]]) -> Mapping[Ref, Mapping[str, Any]]:
     try:
-        values = await asyncio.wait_for(
-            asyncio.to_thread(runtime.ledger.values, refs, now),
+        return await asyncio.wait_for(
+            asyncio.to_thread(runtime.ledger.values, refs, runtime.clock()),
             timeout=runtime.settings.ledger_timeout_seconds,
         )
     except TimeoutError as error:
         raise LedgerUnavailableError("the ledger did not answer the value refresh") from error
+
+
+async def refresh_once(runtime: Runtime) -> int:
+    """Refresh every tracked Entitlement once, a chunk per transaction; return how many moved."""
+    index = runtime.entitlements.values
+    refs = sorted(index)
     pause = 1.0 / runtime.settings.value_patches_per_second
     patched = 0
-    for ref in refs:
-        new = values.get(ref)
-        if new is None or ref not in index or not status.value_moved(index[ref], new):
-            continue
-        namespace, name = ref
-        await runtime.kube.patch_status(ENTITLEMENT.plural, namespace, name, {"value": dict(new)})
-        index[ref] = new
-        patched += 1
-        await asyncio.sleep(pause)
+    for start in range(0, len(refs), CHUNK):
+        chunk = refs[start : start + CHUNK]
+        values = await _read(runtime, chunk)
+        for ref in chunk:
+            new = values.get(ref)
+            if new is None or ref not in index or not status.value_moved(index[ref], new):
+                continue
+            namespace, name = ref
+            await runtime.kube.patch_status(
+                ENTITLEMENT.plural, namespace, name, {"value": dict(new)}
+            )
+            index[ref] = new
+            patched += 1
+            await asyncio.sleep(pause)
     return patched
 
 
 async def refresh_forever(runtime: Runtime, stop: asyncio.Event) -> None:
     """Run ``refresh_once`` every interval until ``stop`` is set; never crash the operator."""
     while not stop.is_set():
+        began = time.monotonic()
         await handlers.record_pending_orphans(runtime)
         try:
             patched = await refresh_once(runtime)
@@ -63,5 +76,7 @@ async def refresh_forever(runtime: Runtime, stop: asyncio.Event) -> None:
             return
         except Exception as error:  # keep the loop alive across ledger or API blips
             logger.warning("Entitlement value refresh failed: %s", error)
+        # Busy at most a third of the time, however many Entitlements there are.
+        pause = max(runtime.settings.value_refresh_seconds, 2 * (time.monotonic() - began))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=runtime.settings.value_refresh_seconds)
+            await asyncio.wait_for(stop.wait(), timeout=pause)
