@@ -1,9 +1,10 @@
 """One operator-wide loop keeping Entitlements' ``status.value`` current, rate-limited.
 
-Role: every interval, read the values of every recorded Entitlement from the ledger in one read
-transaction and patch ``status.value`` (hasAccess, balance, usage, overage, asOf) only where a
-field a user acts on moved, at most N patches a second. The sidecar remains the answer; this is
-for ``kubectl get ent``.
+Role: every interval (at least twice the last pass's duration, so the loop is busy at most a
+third of the time), read the values of every recorded Entitlement from the ledger, 200 per read
+transaction, and patch ``status.value`` (hasAccess, balance, usage, overage, asOf) only where a
+field a user acts on moved, at most N patches a second. It also records the Orphan markers of
+deletions the ledger missed. The sidecar remains the answer; this is for ``kubectl get ent``.
 
 Must not: compute values (the ledger does) or patch anything but ``status.value``.
 """
