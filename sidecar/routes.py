@@ -13,7 +13,7 @@ It must not compute balances, talk to the database, or read the environment.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -32,13 +32,14 @@ from .metrics import CONTENT_TYPE_LATEST
 from .openapi import openapi_document
 from .parsing import parse_bool, parse_instant, parse_window_size, parse_zone
 from .problems import ProblemError
-from .serialize import dumps, entitlement_v1, history_body, value_v1, value_v2
+from .serialize import dumps, entitlement_v1, history_body, value_json, value_v2
 from .source import CONTRACT_VERSIONS, CustomerRecord
 from .view import View
 
 __all__ = ["PROBE_ROUTES", "ROUTES", "json_response", "now_of", "ready_view"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_NO_QUERY: Mapping[str, str] = {}
 RESOURCE_API = "allotment.dev/v1alpha1"
 
 
@@ -110,18 +111,22 @@ def _value(
     request: web.Request, view: View, customer: CustomerRecord, id_or_key: str, *, v2: bool
 ) -> web.Response:
     now = now_of(request)
-    at = parse_instant(request.query, "time")
+    # The hot path: no query string means no MultiDict to build.
+    query: Mapping[str, str] = request.query if request.query_string else _NO_QUERY
+    at = parse_instant(query, "time")
     entitlement = _entitlement(view, customer, id_or_key, at or now)
-    headers: dict[str, str] = {}
+    headers: dict[str, str] | None = None
     if at is None:
         value = view.value(entitlement, now)
         if stale_at(request, now):
             value, policy = apply_stale_policy(request, view, entitlement, value)
-            headers["Allotment-Stale-Policy"] = policy.value
+            headers = {"Allotment-Stale-Policy": policy.value}
     else:
         value = view.value_at(entitlement, at)
-    value = apply_requested_usage(entitlement, value, parse_requested_usage(request.query))
-    return json_response(value_v2(value) if v2 else value_v1(value), headers=headers)
+    value = apply_requested_usage(entitlement, value, parse_requested_usage(query))
+    return web.Response(
+        body=value_json(value, v2=v2).encode(), content_type="application/json", headers=headers
+    )
 
 
 # --- OpenMeter reads ---------------------------------------------------------------------------
