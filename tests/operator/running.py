@@ -72,7 +72,15 @@ def kubectl_ok(plane: ControlPlane, *args: str, input: str | None = None) -> str
 
 
 def install_crds(plane: ControlPlane) -> None:
-    """Apply the CRDs as the manifests ship them and wait until they are Established."""
+    """Apply the CRDs as the manifests ship them and wait until they are Established.
+
+    Another test may have just deleted one (``--wait=false``): wait for it to be gone first.
+    """
+    crds = json.loads(kubectl_ok(plane, "get", "crd", "-o", "json"))["items"]
+    for crd in crds:
+        name = crd["metadata"]["name"]
+        if name.endswith(".allotment.dev") and crd["metadata"].get("deletionTimestamp"):
+            plane.kubectl("wait", "--for=delete", f"crd/{name}", "--timeout=60s")
     kubectl_ok(plane, "apply", "--server-side", "--force-conflicts", "-k", str(MANIFESTS / "crds"))
     kubectl_ok(plane, "wait", "--for=condition=Established", "--timeout=60s",
                "crd", "--all")  # fmt: skip
