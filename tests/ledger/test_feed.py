@@ -54,7 +54,7 @@ def wait_until_blocked(ledger: Ledger, query_fragment: str) -> None:
             waiting = conn.execute(
                 sa.text(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE :fragment"
+                    "AND datname = current_database() AND query LIKE :fragment"
                 ),
                 {"fragment": f"%{query_fragment}%"},
             ).scalar_one()
