@@ -25,6 +25,9 @@ def main() -> int:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(ROOT / "src" / "allotment", tree / "allotment", ignore=ignore, symlinks=False)
     shutil.copytree(ROOT / "crds", tree / "allotment" / "crds", ignore=ignore)
+    # allotment.operator is a namespace package (no __init__.py, so that nothing is importable
+    # as ``operator`` from the repository root); grimp wants a regular one.
+    (tree / "allotment" / "operator" / "__init__.py").touch()
     env = {**os.environ, "PYTHONPATH": str(tree)}
     command = [
         str(Path(sys.executable).parent / "lint-imports"),
