@@ -141,6 +141,9 @@ class MemorySource:
     def changes_since(self, namespace: str, position: int, limit: int) -> FeedBatch:
         return FeedBatch(self.loaded.epoch, position, 1)
 
+    def listen(self, namespace: str, wake: Any) -> None:
+        return None
+
     def close(self) -> None:
         pass
 

@@ -3,7 +3,8 @@
 Role: open the ledger (``open_ledger``: refuses a schema it does not match, D11), load one
 namespace in a single read transaction with one bulk query per table (current catalogue records,
 meters, usage buckets, distinct values, the epoch and feed head), and read the change feed after
-a cursor (``feed.read_feed``), decoding each entry with storage's codec: ``record`` entries carry
+a cursor (``feed.read_feed``), and on PostgreSQL LISTEN on ``feed.NOTIFY_CHANNEL`` in one thread
+as a wake-up hint, decoding each entry with storage's codec: ``record`` entries carry
 a record document, ``usage`` entries absolute bucket states, ``meter`` entries a meter.
 
 Storage functions relied on: ``engine.open_ledger``/``Ledger.read``, ``feed.ledger_epoch``,
@@ -18,9 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 
+import psycopg
 from sqlalchemy import Connection, Table, select
+from sqlalchemy.engine import make_url
 
 from allotment.ledger.core.model import Aggregation, Entitlement, Grant, Meter
 from allotment.ledger.storage import catalogue, feed, usage
@@ -57,6 +62,15 @@ class StorageSource:
     def open(cls, settings: SidecarSettings) -> StorageSource:
         """Open the ledger named in ``settings`` (one small pool: load and poll share it)."""
         return cls(open_ledger(settings.database_url, reader_pool_size=2))
+
+    def listen(self, namespace: str, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """On PostgreSQL, LISTEN on the feed channel in a thread; None elsewhere."""
+        if self.ledger.dialect != "postgresql":
+            return None
+        url = make_url(self.ledger.url).set(drivername="postgresql")
+        listener = _Listener(url.render_as_string(hide_password=False), namespace, wake)
+        listener.start()
+        return listener.stop
 
     def close(self) -> None:
         """Dispose of the connections."""
@@ -105,6 +119,38 @@ class StorageSource:
             changes.extend(_decode(entry))
         last = entries[-1].position if len(entries) >= limit else max(head, position)
         return FeedBatch(epoch=epoch, position=last, contract_version=version, changes=changes)
+
+
+class _Listener(threading.Thread):
+    """One listening connection (DESIGN D10's budget); reconnects with backoff, never raises."""
+
+    def __init__(self, dsn: str, namespace: str, wake: Callable[[], None]) -> None:
+        super().__init__(name="allotment-feed-listener", daemon=True)
+        self.dsn = dsn
+        self.namespace = namespace
+        self.wake = wake
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Ask the thread to end (within a second)."""
+        self.stopped.set()
+
+    def run(self) -> None:
+        backoff = 0.1
+        while not self.stopped.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {feed.NOTIFY_CHANNEL}")
+                    self.wake()  # anything committed while not listening is polled now
+                    backoff = 0.1
+                    while not self.stopped.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if note.payload.split(":", 1)[0] == self.namespace:
+                                self.wake()
+            except Exception as error:
+                log.info("Feed notifications unavailable (polling continues): %s", error)
+                self.stopped.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
 
 
 def _decode(entry: feed.FeedRecord) -> list[Change]:

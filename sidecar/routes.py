@@ -283,6 +283,7 @@ async def status(request: web.Request) -> web.Response:
             "stalenessBudgetSeconds": settings.staleness_budget.total_seconds(),
             "reloads": view.reloads,
             "lastError": follower.last_error if follower else None,
+            "notifications": bool(follower and follower.listening),
             "degraded": view.degraded,
             "details": dict(view.details),
         },

@@ -13,7 +13,7 @@ It must not compute balances (the core does) nor hold a database connection itse
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
@@ -99,6 +99,13 @@ class LedgerSource(Protocol):
 
     def changes_since(self, namespace: str, position: int, limit: int) -> FeedBatch:
         """Return at most ``limit`` changes after ``position`` in the namespace."""
+        ...
+
+    def listen(self, namespace: str, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from any thread) when the feed may have news; return a stop function.
+
+        Only a hint: None means the backend has no notifications and polling alone serves.
+        """
         ...
 
     def close(self) -> None:

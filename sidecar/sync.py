@@ -52,6 +52,7 @@ class Follower:
         self.clock = clock
         self.wake = asyncio.Event()
         self.last_error: str | None = None
+        self._stop_listening: Callable[[], None] | None = None
         self._on_reload = on_reload
         self._on_error = on_error
 
@@ -63,6 +64,7 @@ class Follower:
                 if self.source is None:
                     loop = asyncio.get_running_loop()
                     self.source = await loop.run_in_executor(None, self.open_source, self.settings)
+                    self._stop_listening = self.source.listen(self.view.namespace, self._waker())
                 if not self.view.ready:
                     await self.reload()
                 more = await self.poll_once()
@@ -80,8 +82,20 @@ class Follower:
                 backoff = min(max(backoff * 2, 0.05), MAX_BACKOFF_SECONDS)
             await self._sleep(backoff)
 
+    def _waker(self) -> Callable[[], None]:
+        loop = asyncio.get_running_loop()
+        return lambda: loop.call_soon_threadsafe(self.wake.set)
+
+    @property
+    def listening(self) -> bool:
+        """Tell whether ledger notifications wake the follower (else it only polls)."""
+        return self._stop_listening is not None
+
     async def close(self) -> None:
-        """Release the source's connections."""
+        """Stop listening and release the source's connections."""
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
         if self.source is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.source.close)
             self.source = None

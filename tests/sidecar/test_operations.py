@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -286,3 +287,26 @@ async def test_responses_validate_against_the_openapi_schemas(
     assert instances
     for instance in instances:
         jsonschema.validate(instance, ref)
+
+
+async def test_notifications_wake_the_follower_on_postgresql(
+    seeder: Seeder, start_sidecar: StartSidecar
+) -> None:
+    """Polling once an hour: on PostgreSQL a NOTIFY brings a new grant; SQLite only polls."""
+    seed(seeder)
+    sidecar = await start_sidecar(poll_interval=timedelta(hours=1))
+    _, status, _ = await sidecar.get("/status")
+    postgresql = seeder.ledger.dialect == "postgresql"
+    assert status["ledger"]["notifications"] is postgresql
+    if not postgresql:
+        return
+    entitlement = sidecar.view.active_entitlement("customer-1", "gpt_4_tokens", T0)
+    assert entitlement is not None
+    await wait_until(lambda: sidecar.app[FOLLOWER].listening, "the listener runs")
+    await asyncio.sleep(0.5)  # let the listener's own first wake-up poll pass
+    position = seeder.grant(entitlement, "50") and seeder.head()
+    await wait_until(
+        lambda: (sidecar.view.position or 0) >= position, "the NOTIFY wakes the follower"
+    )
+    _, body, _ = await sidecar.get("/api/v1/subjects/sub-a/entitlements/gpt_4_tokens/value")
+    assert body["balance"] == 110
