@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import json
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -188,8 +189,11 @@ def test_the_plans_connection_cannot_write(live: Ledger) -> None:
         "name": "x",
         "created_at": APPLIED_AT,
     }
-    with pytest.raises(DBAPIError), read_only(live.url) as connection:
+    with pytest.raises(DBAPIError) as refused, read_only(live.url) as connection:
         connection.execute(insert(table).values(**row))  # type: ignore[arg-type]
+    # PostgreSQL: "cannot execute INSERT in a read-only transaction";
+    # SQLite: "attempt to write a readonly database".
+    assert re.search(r"read-only transaction|readonly database", str(refused.value.orig))
 
 
 @pytest.mark.parametrize(
