@@ -312,9 +312,15 @@ def openapi_document() -> dict[str, Any]:
             [customer, ent, *_HISTORY_QUERY],
             _json(_ref("WindowedBalanceHistory")),
         ),
-        "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}": _refused(
-            "delete", "Entitlement"
-        ),
+        "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}": {
+            **_get(
+                "getEntitlement",
+                "One entitlement of a subject",
+                [subject, _param("entitlementId")],
+                _json(_ref("Entitlement")),
+            ),
+            **_refused("delete", "Entitlement"),
+        },
         "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/override": _refused(
             "put", "Entitlement"
         ),

@@ -132,6 +132,16 @@ def _value(
 # --- OpenMeter reads ---------------------------------------------------------------------------
 
 
+async def get_subject_entitlement(request: web.Request) -> web.Response:
+    """GET /api/v1/subjects/{subject}/entitlements/{entitlementId}."""
+    view = ready_view(request)
+    customer = _customer_by_subject(view, request.match_info["subject"])
+    now = now_of(request)
+    entitlement = _entitlement(view, customer, request.match_info["entitlement"], now)
+    feature = view.feature(entitlement.feature_key)
+    return json_response(entitlement_v1(entitlement, feature, customer, now))
+
+
 async def list_subject_entitlements(request: web.Request) -> web.Response:
     """GET /api/v1/subjects/{subject}/entitlements."""
     view = ready_view(request)
@@ -330,6 +340,7 @@ PROBE_ROUTES = [
 ROUTES = [
     # OpenMeter reads (reference/openmeter-api.md §6, §7)
     web.get(_SUBJECT, list_subject_entitlements),
+    web.get(_SUBJECT_ONE, get_subject_entitlement),
     web.get(_SUBJECT_ONE + "/value", get_subject_entitlement_value),
     web.get(_SUBJECT_ONE + "/history", get_subject_entitlement_history),
     web.get(

@@ -155,6 +155,23 @@ async def test_subject_entitlements_list_resolves_to_the_customer(
     assert (status, body) == (200, [])
 
 
+async def test_one_entitlement_by_id_or_feature_key(
+    seeder: Seeder, start_sidecar: StartSidecar
+) -> None:
+    seed_catalogue(seeder)
+    sidecar = await start_sidecar()
+    entitlement = sidecar.view.active_entitlement("customer-1", "integrations", T0)
+    assert entitlement is not None
+    for ref in (entitlement.id, "integrations"):
+        status, body, _ = await sidecar.get(f"/api/v1/subjects/sub-b/entitlements/{ref}")
+        assert status == 200
+        assert (body["id"], body["type"], body["config"]) == (
+            entitlement.id,
+            "static",
+            '{"integrations":["github"]}',
+        )
+
+
 async def test_history_windows_and_burndown(seeder: Seeder, start_sidecar: StartSidecar) -> None:
     seed_catalogue(seeder)
     sidecar = await start_sidecar()
