@@ -15,7 +15,7 @@ import the sidecar (the sidecar computes from memory, this from the ledger's tab
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -45,6 +45,7 @@ __all__ = [
     "entitlement_values",
     "load_records",
     "status_value",
+    "status_values",
     "value_of",
     "values_of",
 ]
@@ -187,3 +188,24 @@ def status_value(value: EntitlementValue) -> dict[str, Any]:
         if amount is not None:
             document[name] = _number(amount)
     return document
+
+
+def status_values(
+    connection: Connection, refs: Sequence[tuple[str, str]], now: datetime
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Return ``status.value`` of the Entitlements named by (namespace, name) the ledger holds.
+
+    The shape the operator's refresh writes (``LedgerGateway.values``): one load per namespace;
+    names the ledger does not hold, and metered entitlements without a recorded meter, are left
+    out.
+    """
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for namespace, name in refs:
+        wanted[namespace].add(name)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for namespace, names in sorted(wanted.items()):
+        records = load_records(connection, namespace)
+        ids = {e.id: e.name for e in records.entitlements.values() if e.name in names}
+        for entitlement_id, value in values_of(connection, records, sorted(ids), now).items():
+            found[(namespace, ids[entitlement_id])] = status_value(value)
+    return found

@@ -14,7 +14,12 @@ from allotment.ledger.apply import apply_resource
 from allotment.ledger.core.resources import parse_resource
 from allotment.ledger.storage import usage
 from allotment.ledger.storage.engine import Ledger
-from allotment.ledger.values import entitlement_values, load_records, status_value
+from allotment.ledger.values import (
+    entitlement_values,
+    load_records,
+    status_value,
+    status_values,
+)
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=30)
@@ -171,3 +176,26 @@ def test_usage_after_the_instant_asked_is_not_counted(ledger: Ledger) -> None:
     with ledger.read() as connection:
         values = entitlement_values(connection, "default", NOW)
     assert all(isinstance(v.balance, Decimal) for v in values.values() if v.balance is not None)
+
+
+def test_status_values_by_name_for_the_operator(ledger: Ledger) -> None:
+    _record(ledger, CATALOGUE)
+    refs = [
+        ("default", "customer-1-gpt-4-tokens"),
+        ("default", "customer-1-sso"),
+        ("default", "not-recorded"),
+        ("elsewhere", "customer-1-sso"),
+    ]
+    with ledger.read() as connection:
+        values = status_values(connection, refs, NOW)
+    assert values == {
+        ("default", "customer-1-gpt-4-tokens"): {
+            "asOf": "2026-11-24T12:30:00Z",
+            "hasAccess": True,
+            "balance": 1000,
+            "usage": 0,
+            "overage": 0,
+            "totalAvailableGrantAmount": 1000,
+        },
+        ("default", "customer-1-sso"): {"asOf": "2026-11-24T12:30:00Z", "hasAccess": True},
+    }
