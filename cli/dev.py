@@ -292,7 +292,9 @@ async def _serve(loop_state: DevLoop, settings: SidecarSettings, clock: Clock) -
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, settings.listen_host, settings.listen_port).start()
-    while not view.ready:  # answer only once the first load is done (what /readyz says)
+    # Say "Serving" only once the first load is done (what /readyz says); the view has no
+    # readiness event, and this polls once, at start-up.
+    while not view.ready:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     loop_state.say(
         f"Serving namespace {settings.namespace} on "
