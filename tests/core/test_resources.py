@@ -308,7 +308,7 @@ def test_namespace_and_deletion_policy(
     ("body", "field"),
     [
         pytest.param({**obj("Meter"), "apiVersion": "v1"}, "apiVersion", id="api-version"),
-        pytest.param(obj("Plan"), "kind", id="unknown-kind"),
+        pytest.param(obj("Invoice"), "kind", id="unknown-kind"),
         pytest.param({**obj("Customer"), "metadata": {}}, "metadata.name", id="missing-name"),
         pytest.param(obj("Meter", spec={"aggregation": "SUM"}), "spec.eventType", id="required"),
         pytest.param(
