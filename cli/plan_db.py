@@ -31,7 +31,7 @@ from allotment.cli.dev import DEFAULT_NAMESPACE, GROUP, Key, Tracked
 from allotment.cli.manifests import Document, manifest_files, read_documents
 from allotment.cli.plan_build import PlanLoop
 from allotment.cli.plan_model import PlanUsageError
-from allotment.ledger.apply import _load_spec  # the log's encoding of a spec as written
+from allotment.ledger.apply import recorded_spec
 from allotment.ledger.storage.engine import (
     Ledger,
     SchemaMismatchError,
@@ -231,7 +231,7 @@ def _held(connection: Connection, key: Key) -> tuple[str, int, datetime, Any] | 
     last = applied[-1]
     if any(row.action == "deleted" and row.uid == last.uid for row in rows):
         return None  # orphaned: a file for it re-adopts the record as a new object
-    return last.uid, int(last.generation), created_at, _load_spec(last.spec)
+    return last.uid, int(last.generation), created_at, recorded_spec(last.spec)
 
 
 def _admitted(loop: PlanLoop, key: Key, document: Document | None) -> dict[str, Any] | None:

@@ -51,6 +51,7 @@ from allotment.ledger.storage.codec import (
 )
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import ReconcileLogRow, ResourceRow
+from allotment.ledger.values import status_values
 
 __all__ = [
     "IMPLIED_CUSTOMER_KIND",
@@ -59,7 +60,12 @@ __all__ = [
     "Outcome",
     "apply_resource",
     "apply_subscribers",
+    "entitlement_values",
+    "recorded_spec",
 ]
+
+#: The operator's refresh of ``status.value``: one load per namespace, values from the core.
+entitlement_values = status_values
 
 #: The identity kind of a customer that exists because a subject named it (D5).
 IMPLIED_CUSTOMER_KIND = "ImpliedCustomer"
@@ -103,7 +109,8 @@ def _dump_spec(spec: Spec) -> str:
     return base64.b64encode(pickle.dumps(spec, protocol=5)).decode("ascii")
 
 
-def _load_spec(text: str) -> Spec:
+def recorded_spec(text: str) -> Spec:
+    """Return a spec as written from its encoding in the reconciliation log."""
     spec: Spec = pickle.loads(base64.b64decode(text))
     return spec
 
@@ -209,7 +216,7 @@ def _own(
         generation=last.generation,
         recorded_at=last.at,
         created_at=created_at,
-        spec=_load_spec(last.spec),
+        spec=recorded_spec(last.spec),
         deleted=deleted,
         seen=seen,
     )
@@ -464,7 +471,7 @@ def _current_spec(connection: Connection, record_id: str) -> Spec | None:
         .order_by(_LOG.c.id.desc())
         .limit(1)
     ).scalar_one_or_none()
-    return None if row is None else _load_spec(row)
+    return None if row is None else recorded_spec(row)
 
 
 def _replace_active_to(entitlement: Entitlement, at: datetime) -> Entitlement:
@@ -560,7 +567,7 @@ def _reset_status(connection: Connection, record_id: str, ref: Ref) -> dict[str,
     if row is None:
         return {}
     status: dict[str, Any] = {"appliedAt": format_rfc3339(row.at)}
-    spec = _load_spec(row.spec)
+    spec = recorded_spec(row.spec)
     target = getattr(spec, "target", None)
     name = getattr(target, "entitlement", None)
     if name is not None:
@@ -679,7 +686,7 @@ def _logged(connection: Connection, namespace: str, kind: Kind) -> list[_Logged]
                 last.uid,
                 last.generation,
                 last.at,
-                _load_spec(last.spec),
+                recorded_spec(last.spec),
                 deleted,
             )
         )
