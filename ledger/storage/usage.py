@@ -58,6 +58,7 @@ DEFAULT_HORIZON = timedelta(days=32)
 METER_KIND = "Meter"
 USAGE_CHANGE = "usage"
 METER_CHANGE = "meter"
+_METER_LOCK_SPACE = 0x616C6D74  # "almt": advisory locks ordering ingestion and meter recording
 _CHUNK = 500
 ZERO = Decimal(0)
 
@@ -258,6 +259,7 @@ def record_meter(
     namespace has raises ``KeyTakenError`` (D5).
     """
     _compile(meter)
+    _lock_meters(connection, namespace, exclusive=True)
     identity = records.find_identity(connection, namespace, METER_KIND, name)
     spec = _meter_spec(meter)
     if identity is None:
@@ -337,6 +339,23 @@ def record_meter(
             recorded_at=now,
         )
     return _recorded(connection, namespace, identity.id)
+
+
+def _lock_meters(connection: Connection, namespace: str, *, exclusive: bool) -> None:
+    """Order ingestion and meter recording in a namespace (PostgreSQL; SQLite has one writer).
+
+    Ingestion holds the namespace's lock shared until commit, recording a meter holds it
+    exclusively: a batch either commits before the backfill reads the raw events, or evaluates
+    the new meter itself. Without it, a batch in flight while a meter is recorded would be
+    stored before the meter existed for it and after the backfill looked: never counted.
+    """
+    if connection.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    connection.execute(
+        text(f"SELECT {function}(:space, hashtext(:namespace))"),
+        {"space": _METER_LOCK_SPACE, "namespace": namespace},
+    )
 
 
 def _add_group_by(
@@ -453,6 +472,7 @@ def ingest(
 
     Raises ``EventRefusedError`` (naming the event's index) for an event older than the horizon.
     """
+    _lock_meters(connection, namespace, exclusive=False)
     oldest = received_at - horizon
     for index, event in enumerate(events):
         if event.time < oldest:

@@ -225,3 +225,21 @@ def test_an_operator_and_a_sidecar_process_share_one_sqlite_file(tmp_path: Path)
         assert positions == list(range(1, len(positions) + 1))
     finally:
         ledger.dispose()
+
+
+def test_a_batch_in_flight_while_a_meter_is_recorded_is_counted(
+    pg_ledgers: tuple[Ledger, Ledger],
+) -> None:
+    first, second = pg_ledgers
+    with first.writer.connect() as holding:
+        transaction = holding.begin()
+        outcome = usage.ingest(holding, NS, [event(1, tokens=3)], received_at=NOW)
+        assert [u.reason for u in outcome.uncounted] == ["no meter has event type 'prompt'"]
+        thread, results = in_thread(lambda: record_tokens(second))
+        wait_until_blocked(first, "pg_advisory_xact_lock(")
+        transaction.commit()
+    thread.join(timeout=30)
+    assert results == [None]
+    with first.read() as conn:
+        buckets = usage.read_buckets(conn, NS, "tokens", subjects=["customer-1"], start=T0, end=NOW)
+    assert [b.amount for b in buckets] == [Decimal(3)]
