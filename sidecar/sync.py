@@ -84,7 +84,11 @@ class Follower:
 
     def _waker(self) -> Callable[[], None]:
         loop = asyncio.get_running_loop()
-        return lambda: loop.call_soon_threadsafe(self.wake.set)
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(self.wake.set)
+
+        return wake
 
     @property
     def listening(self) -> bool:

@@ -118,7 +118,7 @@ def check_resource(resource: Resource) -> tuple[ValidationError, ...]:
         _check_entitlement(spec, errors)
     elif isinstance(spec, GrantSpec):
         _check_grant(spec, errors)
-    else:
+    elif isinstance(spec, EntitlementResetSpec):
         _check_target(spec.target, errors)
     return tuple(errors)
 
