@@ -31,6 +31,11 @@ CONTRACT_VERSION = 1
 SUPPORTED_CONTRACT_VERSIONS = frozenset({CONTRACT_VERSION})
 NOTIFY_CHANNEL = "allotment_feed"
 
+#: The lock ``allotment_allocate_feed_positions`` takes (migration 0002), held until commit.
+FEED_LOCK_KEY = 0x616C666565
+#: The kind of the entries ingestion appends: absolute usage bucket states.
+USAGE_CHANGE = "usage"
+
 _FEED: Table = FeedEntryRow.__table__  # type: ignore[assignment]
 _STATE: Table = LedgerStateRow.__table__  # type: ignore[assignment]
 
@@ -70,6 +75,16 @@ def _allocate(connection: Connection, count: int) -> int:
             .returning(_STATE.c.feed_position)
         ).scalar_one()
     )
+
+
+def lock(connection: Connection) -> None:
+    """Take the lock that orders commits to the feed, until this transaction ends.
+
+    For writers that must not interleave with appends without appending themselves (saving a
+    balance snapshot). SQLite's single writer already holds it from ``BEGIN IMMEDIATE``.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
 
 
 def append(

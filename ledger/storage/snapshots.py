@@ -4,7 +4,10 @@ Role: save a ``BalanceSnapshot`` of an entitlement at an instant, return the lat
 before an instant for the engine to resume from (``engine.run(..., start=snapshot)``), and
 delete snapshots that late usage or a catalogue change made stale. A snapshot at ``at`` holds
 usage of minutes before ``at``, so usage in minute M invalidates exactly the snapshots after M.
-Snapshots are a cache: deleting one never changes a value, only the cost of computing it.
+Snapshots are a cache: deleting one never changes a value, only the cost of computing it. A
+snapshot computed from an older read is refused when the ledger changed since, and writers
+invalidate after appending to the feed, under the lock that saving takes: no stale snapshot
+survives a race.
 
 It must not decide when a snapshot may be taken (never for LATEST meters; the engine refuses
 them) nor compute one; the caller owns the transaction.
@@ -24,10 +27,12 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from allotment.ledger.core.model import BalanceSnapshot
 from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339
-from allotment.ledger.storage.schema import BalanceSnapshotRow
+from allotment.ledger.storage import feed
+from allotment.ledger.storage.schema import BalanceSnapshotRow, FeedEntryRow
 from allotment.ledger.storage.types import format_amount
 
 _SNAPSHOTS: Table = BalanceSnapshotRow.__table__  # type: ignore[assignment]
+_FEED: Table = FeedEntryRow.__table__  # type: ignore[assignment]
 
 
 def encode_snapshot(snapshot: BalanceSnapshot) -> dict[str, Any]:
@@ -61,9 +66,25 @@ def save_snapshot(
     meter_id: str,
     snapshot: BalanceSnapshot,
     *,
+    read_position: int,
     recorded_at: datetime,
 ) -> bool:
-    """Save ``snapshot``; return False when one at the same instant is already saved."""
+    """Save ``snapshot``, computed from the ledger as of feed position ``read_position``.
+
+    Returns False, saving nothing, when a snapshot at that instant is already saved or when the
+    ledger changed since ``read_position`` in a way that may make it stale: usage of the meter,
+    or any catalogue change of the namespace. It takes the feed lock, so a writer that commits
+    afterwards deletes it if it must (writers invalidate after appending to the feed).
+    """
+    feed.lock(connection)
+    since = connection.execute(
+        select(_FEED.c.kind, _FEED.c.payload).where(
+            _FEED.c.namespace == namespace, _FEED.c.position > read_position
+        )
+    )
+    marker = f'"meterId":"{meter_id}"'
+    if any(kind != feed.USAGE_CHANGE or marker in payload for kind, payload in since):
+        return False
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(_SNAPSHOTS)
@@ -105,7 +126,10 @@ def invalidate_usage_after(connection: Connection, meter_id: str, minute: dateti
 def invalidate_entitlement_after(
     connection: Connection, entitlement_id: str, instant: datetime
 ) -> int:
-    """Delete the entitlement's snapshots after ``instant`` (a grant, void or reset there)."""
+    """Delete the entitlement's snapshots after ``instant`` (a grant, void or reset there).
+
+    Call it after appending the change to the feed, so a concurrent save is ordered by the lock.
+    """
     result = connection.execute(
         delete(_SNAPSHOTS).where(
             _SNAPSHOTS.c.entitlement_id == entitlement_id, _SNAPSHOTS.c.at > instant

@@ -56,7 +56,7 @@ from allotment.ledger.storage.types import Amount, Instant, format_amount
 
 DEFAULT_HORIZON = timedelta(days=32)
 METER_KIND = "Meter"
-USAGE_CHANGE = "usage"
+USAGE_CHANGE = feed.USAGE_CHANGE
 METER_CHANGE = "meter"
 _METER_LOCK_SPACE = 0x616C6D74  # "almt": advisory locks ordering ingestion and meter recording
 _CHUNK = 500
@@ -532,12 +532,14 @@ def ingest(
             for key, value, distinct in evaluations[index]:
                 _accumulate(deltas, key, value, distinct, events[index].time)
     changes = _apply_deltas(connection, namespace, deltas)
+    position = feed.append(connection, namespace, changes, recorded_at=received_at)
+    # After the append, under the feed lock: a snapshot saved concurrently is either committed
+    # (and deleted here) or refused for the usage entry this batch committed.
     earliest: dict[str, datetime] = {}
     for meter_id, _, _, minute in deltas:
         earliest[meter_id] = min(minute, earliest.get(meter_id, minute))
     for meter_id, minute in sorted(earliest.items()):
         snapshots.invalidate_usage_after(connection, meter_id, minute)
-    position = feed.append(connection, namespace, changes, recorded_at=received_at)
     uncounted = tuple(
         Uncounted(index, events[index].source, events[index].id, reason)
         for index, reason in sorted(reasons.items())

@@ -11,7 +11,7 @@ from allotment.ledger.core.engine import run
 from allotment.ledger.core.grants import with_default_grants
 from allotment.ledger.core.model import Aggregation, BalanceSnapshot, Meter
 from allotment.ledger.core.usage import MinuteSeries
-from allotment.ledger.storage import snapshots, usage
+from allotment.ledger.storage import feed, snapshots, usage
 from allotment.ledger.storage.engine import Ledger
 from tests.core.factory import T, grant, metered
 
@@ -55,10 +55,20 @@ def ingest(ledger: Ledger, *points: tuple[str, int]) -> None:
         usage.ingest(conn, NS, events, received_at=RECEIVED)
 
 
-def save(ledger: Ledger, meter_id: str, *saved: BalanceSnapshot) -> None:
+def head(ledger: Ledger) -> int:
+    with ledger.read() as conn:
+        return feed.feed_head(conn)
+
+
+def save(ledger: Ledger, meter_id: str, *saved: BalanceSnapshot) -> list[bool]:
+    position = head(ledger)
     with ledger.write() as conn:
-        for one in saved:
-            snapshots.save_snapshot(conn, NS, "ent-1", meter_id, one, recorded_at=RECEIVED)
+        return [
+            snapshots.save_snapshot(
+                conn, NS, "ent-1", meter_id, one, read_position=position, recorded_at=RECEIVED
+            )
+            for one in saved
+        ]
 
 
 def latest(ledger: Ledger, at: str) -> BalanceSnapshot | None:
@@ -78,11 +88,7 @@ def test_the_latest_snapshot_at_or_before_an_instant_comes_back_exactly(ledger: 
 def test_saving_the_same_instant_twice_keeps_the_first(ledger: Ledger) -> None:
     meter_id = record_tokens(ledger)
     save(ledger, meter_id, snapshot("2024-01-05T00:00", "10"))
-    with ledger.write() as conn:
-        again = snapshots.save_snapshot(
-            conn, NS, "ent-1", meter_id, snapshot("2024-01-05T00:00", "99"), recorded_at=RECEIVED
-        )
-    assert again is False
+    assert save(ledger, meter_id, snapshot("2024-01-05T00:00", "99")) == [False]
     assert latest(ledger, "2024-01-05T00:00") == snapshot("2024-01-05T00:00", "10")
 
 
@@ -144,3 +150,83 @@ def test_a_grant_or_reset_invalidates_the_entitlements_later_snapshots(ledger: L
     assert dropped == 1
     assert latest(ledger, "2024-01-20T00:00") == snapshot("2024-01-05T00:00")
     assert latest(ledger, "2024-01-05T00:00") is not None
+
+
+def test_a_snapshot_read_before_new_usage_of_its_meter_is_not_saved(ledger: Ledger) -> None:
+    meter_id = record_tokens(ledger)
+    read_at = head(ledger)
+    ingest(ledger, ("2024-01-03T00:00", 5))  # lands after the read, inside the snapshot
+    with ledger.write() as conn:
+        saved = snapshots.save_snapshot(
+            conn,
+            NS,
+            "ent-1",
+            meter_id,
+            snapshot("2024-01-05T00:00"),
+            read_position=read_at,
+            recorded_at=RECEIVED,
+        )
+    assert saved is False
+    assert latest(ledger, "2024-01-06T00:00") is None
+
+
+def test_usage_of_another_meter_since_the_read_does_not_refuse_a_snapshot(ledger: Ledger) -> None:
+    meter_id = record_tokens(ledger)
+    with ledger.write() as conn:
+        usage.record_meter(
+            conn,
+            NS,
+            "calls",
+            Meter("calls", "call", Aggregation.COUNT),
+            uid="c",
+            generation=1,
+            acted_at=T("2024-01-01T00:00"),
+            now=RECEIVED,
+        )
+    read_at = head(ledger)
+    call = usage.IncomingEvent("c1", "app", "call", "customer-1", T("2024-01-03T00:00"), {})
+    with ledger.write() as conn:
+        usage.ingest(conn, NS, [call], received_at=RECEIVED)
+        saved = snapshots.save_snapshot(
+            conn,
+            NS,
+            "ent-1",
+            meter_id,
+            snapshot("2024-01-05T00:00"),
+            read_position=read_at,
+            recorded_at=RECEIVED,
+        )
+    assert saved is True
+
+
+def test_a_late_event_racing_a_snapshot_save_still_deletes_it(
+    fresh_postgres_database: str,
+) -> None:
+    from allotment.ledger.storage import migrate
+    from allotment.ledger.storage.engine import open_ledger
+    from tests.ledger.test_feed import in_thread, wait_until_blocked
+
+    migrate.upgrade(fresh_postgres_database)
+    saver, writer = open_ledger(fresh_postgres_database), open_ledger(fresh_postgres_database)
+    try:
+        meter_id = record_tokens(saver)
+        read_at = head(saver)
+        with saver.writer.connect() as holding:
+            transaction = holding.begin()
+            assert snapshots.save_snapshot(
+                holding,
+                NS,
+                "ent-1",
+                meter_id,
+                snapshot("2024-01-05T00:00"),
+                read_position=read_at,
+                recorded_at=RECEIVED,
+            )
+            thread, _ = in_thread(lambda: ingest(writer, ("2024-01-03T00:00", 5)))
+            wait_until_blocked(saver, "allotment_allocate_feed_positions")
+            transaction.commit()
+        thread.join(timeout=30)
+        assert latest(saver, "2024-01-06T00:00") is None
+    finally:
+        saver.dispose()
+        writer.dispose()
