@@ -60,6 +60,21 @@ MAX_PASSES = 8
 Key = tuple[str, str, str]  # kind, namespace, name
 
 
+def allotment_key(body: object) -> Key | None:
+    """Return (kind, namespace, name) of an allotment object; None for anything else.
+
+    A document without a namespace goes to ``default``, as kubectl puts it (D5).
+    """
+    if not isinstance(body, dict) or not str(body.get("apiVersion", "")).startswith(GROUP + "/"):
+        return None
+    metadata = body.get("metadata") or {}
+    return (
+        str(body.get("kind")),
+        str(metadata.get("namespace") or DEFAULT_NAMESPACE),
+        str(metadata.get("name")),
+    )
+
+
 @dataclass
 class Tracked:
     """One resource as the dev loop holds it: what was admitted, and what the ledger said."""
@@ -139,16 +154,9 @@ class DevLoop:
                     self.say(f"Refused {path}:{item.line}: {item.message}")
                     continue
                 body = item.body
-                if not isinstance(body, dict) or not str(body.get("apiVersion", "")).startswith(
-                    GROUP + "/"
-                ):
+                key = allotment_key(body)
+                if key is None:
                     continue
-                metadata = body.get("metadata") or {}
-                key = (
-                    str(body.get("kind")),
-                    str(metadata.get("namespace") or DEFAULT_NAMESPACE),
-                    str(metadata.get("name")),
-                )
                 if key in found:
                     first = found[key][0]
                     self.say(

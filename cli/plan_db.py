@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from allotment.cli.admission import admit
-from allotment.cli.dev import DEFAULT_NAMESPACE, GROUP, Key, Tracked
+from allotment.cli.dev import DEFAULT_NAMESPACE, GROUP, Key, Tracked, allotment_key
 from allotment.cli.manifests import Document, manifest_files, read_documents
 from allotment.cli.plan_build import PlanLoop
 from allotment.cli.plan_model import PlanUsageError
@@ -186,18 +186,9 @@ def _documents(paths: list[Path]) -> dict[Key, Document]:
         for item in items:
             if not isinstance(item, Document):
                 continue
-            body = item.body
-            if not isinstance(body, dict) or not str(body.get("apiVersion", "")).startswith(
-                GROUP + "/"
-            ):
-                continue
-            metadata = body.get("metadata") or {}
-            key = (
-                str(body.get("kind")),
-                str(metadata.get("namespace") or DEFAULT_NAMESPACE),
-                str(metadata.get("name")),
-            )
-            found.setdefault(key, item)
+            key = allotment_key(item.body)
+            if key is not None:
+                found.setdefault(key, item)
     return found
 
 
