@@ -74,7 +74,8 @@ def save_snapshot(
     Returns False, saving nothing, when a snapshot at that instant is already saved or when the
     ledger changed since ``read_position`` in a way that may make it stale: usage of the meter,
     or any catalogue change of the namespace. It takes the feed lock, so a writer that commits
-    afterwards deletes it if it must (writers invalidate after appending to the feed).
+    afterwards deletes it if it must (writers invalidate after appending to the feed). Call it
+    in a write transaction (``Ledger.write``), whose statements see every committed change.
     """
     feed.lock(connection)
     since = connection.execute(
