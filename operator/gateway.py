@@ -21,7 +21,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from allotment.ledger.core.resources import ParseError, parse_resource
 from allotment.ledger.storage.engine import Ledger, open_ledger
-from allotment.operator import ledger_values
 from allotment.operator.ports import (
     REFUSE,
     LedgerConflictError,
@@ -121,5 +120,4 @@ def open_gateway(url: str) -> SqlLedgerGateway:
     except BaseException:
         ledger.dispose()
         raise
-    values = getattr(glue, "entitlement_values", None) or ledger_values.entitlement_values
-    return SqlLedgerGateway(ledger, apply, values)
+    return SqlLedgerGateway(ledger, apply, getattr(glue, "entitlement_values", None))
