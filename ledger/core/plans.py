@@ -54,6 +54,7 @@ from .periods import (
     next_reset_after,
 )
 from .reconcile import (
+    _SUBSCRIPTION_NAME,
     T_IMPLIED,
     Action,
     Adopt,
@@ -116,7 +117,7 @@ __all__ = [
 
 #: Entitlement metadata marking the subscription that holds it (its ledger id and name).
 SUBSCRIPTION_ID = "subscription.id"
-SUBSCRIPTION_NAME = "subscription.name"
+SUBSCRIPTION_NAME = _SUBSCRIPTION_NAME
 #: Entitlement metadata naming the plan key last rolled out to it.
 PLAN_KEY = "subscription.plan"
 #: Grant annotation of the difference a raised issueAfterReset adds under Immediately.

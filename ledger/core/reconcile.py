@@ -122,6 +122,9 @@ __all__ = [
 
 LedgerRecord = Meter | Feature | Customer | Entitlement | Grant
 
+# The metadata key naming the Subscription that holds an entitlement (see ``plans``).
+_SUBSCRIPTION_NAME = "subscription.name"
+
 # The time part of an implicit customer's id: fixed, so the id depends only on (namespace, key).
 T_IMPLIED = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -881,6 +884,17 @@ def _overlapping(
 
 
 def _entitlement_conflict(ref: Ref, other: Entitlement, feature: str, customer: str) -> Conflict:
+    subscription = other.metadata.get(_SUBSCRIPTION_NAME)
+    if subscription is not None:  # held by a Subscription (plans): no Entitlement to edit
+        return Conflict(
+            ref,
+            ConflictReason.ENTITLEMENT,
+            f"entitlement with id {other.id} already exists for feature {feature} and customer "
+            f"{customer} (held by Subscription {other.namespace}/{subscription}): move that "
+            "subscription to a plan without this feature, or delete it with deletionPolicy "
+            "Apply, and this one starts when its entitlement ends",
+            other.id,
+        )
     return Conflict(
         ref,
         ConflictReason.ENTITLEMENT,
