@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, Table, false, insert, or_, select
 
 from allotment.ledger import lookup
 from allotment.ledger.core import reconcile as rc
@@ -258,6 +258,8 @@ def apply_resource(
     own = None if record_id is None else _own(connection, resource, record_id, now)
     planned = resource.ref.kind in _PLAN_KINDS
     seen = lookup.recorded_for(connection, resource, record_id)
+    if seen is None and planned:
+        seen = _plan_view(connection, resource, record_id)
     if seen is None:
         seen = _load_namespace(connection, resource.ref.namespace).recorded
     recorded = replace(
@@ -390,12 +392,13 @@ def _write(connection: Connection, resource: Resource, action: rc.Action, now: d
         _put(connection, ns, entitlement, now)
     elif isinstance(action, rc.Fund):
         grant = action.grant
+        # named after its entitlement's id, so a subscription's view finds it by prefix
         _create_identity(
             connection,
             grant.id,
             ns,
             PLAN_GRANT_KIND,
-            _identity_name(grant.name, grant.id),
+            _identity_name(f"{grant.entitlement_id}/{grant.id}", grant.id),
             grant.created_at,
         )
         _put(connection, ns, grant, now)
@@ -693,6 +696,67 @@ def _logged(connection: Connection, namespace: str, kind: Kind) -> list[_Logged]
     return found
 
 
+def _plan_view(connection: Connection, resource: Resource, own_id: str | None) -> rc.Recorded:
+    """Return what reconciling a Plan or Subscription needs, without scanning the namespace.
+
+    A Plan needs only the plans (added by the caller). A Subscription needs the features, its
+    holder's customer record, every entitlement of that customer (its own, and the ones it may
+    collide with) and the grants its rollouts issued to them.
+    """
+    spec = resource.spec
+    if not isinstance(spec, SubscriptionSpec):
+        return rc.Recorded()
+    ns = resource.ref.namespace
+    features = [
+        r
+        for r in catalogue.current_records(connection, ns, kinds=["feature"])
+        if isinstance(r, FeatureRecord)
+    ]
+    customers, entitlements = _holdings(connection, ns, spec)
+    raised = connection.execute(
+        select(_RESOURCES.c.id).where(
+            _RESOURCES.c.namespace == ns,
+            _RESOURCES.c.kind == PLAN_GRANT_KIND,
+            or_(*(_RESOURCES.c.name.startswith(f"{e.id}/") for e in entitlements), false()),
+        )
+    ).all()
+    grants = [
+        r
+        for r in catalogue.records_by_id(connection, [row.id for row in raised])
+        if isinstance(r, Grant)
+    ]
+    names = catalogue.names_of(connection, [*(f.id for f in features), *(c.id for c in customers)])
+    return rc.Recorded(
+        features=tuple(
+            rc.RecordedFeature(f.id, names.get(f.id, ""), f.created_at, f.feature) for f in features
+        ),
+        customers=tuple(
+            rc.RecordedCustomer(c.id, names.get(c.id), c.created_at, c.customer) for c in customers
+        ),
+        entitlements=tuple(entitlements),
+        grants=tuple(grants),
+    )
+
+
+def _holdings(
+    connection: Connection, ns: str, spec: SubscriptionSpec
+) -> tuple[list[CustomerRecord], list[Entitlement]]:
+    """Return the customer a Subscription names (by key or subject) and its entitlements."""
+    named = spec.customer if spec.customer is not None else spec.subject or ""
+    owner = catalogue.key_owner(connection, ns, "subject", named)
+    customers = [
+        r
+        for r in catalogue.records_by_id(connection, [owner] if owner else [])
+        if isinstance(r, CustomerRecord)
+    ]
+    keys = {named, *(c.customer.key for c in customers)}
+    ids = [i for key in sorted(keys) for i in catalogue.entitlements_of(connection, ns, key)]
+    entitlements = [
+        r for r in catalogue.records_by_id(connection, ids) if isinstance(r, Entitlement)
+    ]
+    return customers, entitlements
+
+
 def _load_plans(connection: Connection, namespace: str) -> tuple[rc.RecordedPlan, ...]:
     plans: list[rc.RecordedPlan] = []
     for logged in _logged(connection, namespace, Kind.PLAN):
@@ -790,8 +854,11 @@ def _plan_status(connection: Connection, record_id: str, resource: Resource) -> 
         if applied is not None:
             status["appliedAt"] = format_rfc3339(applied)
         return status
-    records = catalogue.current_records(connection, resource.ref.namespace, kinds=["entitlement"])
-    held = subscription_entitlements([r for r in records if isinstance(r, Entitlement)], record_id)
+    spec = resource.spec
+    if not isinstance(spec, SubscriptionSpec):
+        return status
+    _, entitlements = _holdings(connection, resource.ref.namespace, spec)
+    held = subscription_entitlements(entitlements, record_id)
     if held:
         status["customerKey"] = held[-1].customer_key
         status["activeFrom"] = format_rfc3339(min(e.start for e in held))
