@@ -184,3 +184,38 @@ def test_an_entitlement_colliding_with_a_subscription_is_not_recorded(
     outcome = apply(ledger, hand, LATER)
     assert (outcome.ready, outcome.reason) == (False, "EntitlementConflict")
     assert all(e.active_to is None for e in held(ledger))
+
+
+def test_a_subscription_colliding_with_an_entitlement_records_its_other_features(
+    ledger: Ledger,
+) -> None:
+    objects = bodies()
+    hand = stamp(
+        {
+            "apiVersion": "allotment.dev/v1alpha1",
+            "kind": "Entitlement",
+            "metadata": {"name": "acme-corp-support"},
+            "spec": {"customer": "acme-corp", "featureKey": "priority_support", "type": "boolean"},
+        }
+    )
+    subscription = objects.pop("Subscription/acme-corp-pro")
+    outcomes = converge(ledger, [*objects.values(), hand])
+    assert outcomes["Entitlement/acme-corp-support"].ready
+    outcome = apply(ledger, subscription)
+    assert (outcome.ready, outcome.reason) == (False, "EntitlementConflict")
+    assert "Entitlement default/acme-corp-support" in outcome.message
+    mine = [e.feature_key for e in held(ledger) if e.customer_key == "acme-corp"]
+    assert mine == ["ai_requests"]
+    assert values(ledger, LATER)[("acme-corp", "priority_support")].has_access
+
+
+def test_a_re_created_subscription_re_adopts_its_entitlements(
+    ledger: Ledger, example: dict[str, dict[str, Any]]
+) -> None:
+    before = sorted(e.id for e in held(ledger))
+    body = example["Subscription/acme-corp-pro"]
+    apply(ledger, stamp(body, deletionTimestamp=LATER.isoformat()), LATER)
+    again = stamp(body, LATER + timedelta(hours=1), uid="another-uid")
+    outcome = apply(ledger, again, LATER + timedelta(hours=1))
+    assert outcome.action == "Adopt"
+    assert sorted(e.id for e in held(ledger)) == before
