@@ -461,3 +461,43 @@ def test_a_top_up_grant_by_customer_and_feature_funds_the_subscription(ledger: L
     [record] = rc.reconcile(top_up, ledger.recorded(top_up), T(EDIT), "G1")
     assert isinstance(record, rc.Record) and isinstance(record.record, Grant)
     assert record.record.entitlement_id == ledger.held()[0].id
+
+
+# --- level-based: reconciling again writes nothing, raises never add up past the plan -------
+
+EDITS = {
+    "raise": [tokens(3000), SUPPORT],
+    "lower": [tokens(400), SUPPORT],
+    "interval": [tokens(1000, "WEEK"), SUPPORT],
+    "soft-limit": [tokens(1000, isSoftLimit=True), SUPPORT],
+    "drop": [SUPPORT],
+    "add": [tokens(1000), SUPPORT, {"featureKey": "extra", "type": "boolean"}],
+    "type-change": [tokens(1000), {"featureKey": "support", "type": "static", "config": {"a": 1}}],
+}
+
+
+@pytest.mark.parametrize("policy", ["NextPeriod", "Immediately"])
+@pytest.mark.parametrize("edit", [pytest.param(v, id=k) for k, v in EDITS.items()])
+def test_after_any_plan_edit_reconciling_again_writes_nothing(
+    ledger: Ledger, edit: list[dict[str, Any]], policy: str
+) -> None:
+    ledger.features = (
+        *ledger.features,
+        rc.RecordedFeature("F3", "extra", T("2023-12-01T00:00"), Feature("extra", "Extra")),
+    )
+    ledger.apply(plan(edit, policy=policy, generation=2), EDIT)
+    first = ledger.apply(subscription(at="2024-01-15T12:00"), EDIT)
+    assert any(rc.is_write(a) for a in first)
+    again = ledger.apply(subscription(at="2024-01-15T12:00"), "2024-02-20T00:00")
+    assert [a for a in again if rc.is_write(a)] == []
+
+
+def test_raising_lowering_and_raising_again_issues_the_difference_once(ledger: Ledger) -> None:
+    for generation, amount in ((2, 3000), (3, 1000), (4, 3000), (5, 3500)):
+        at = f"2024-02-0{generation}T00:00"
+        features = [tokens(amount), SUPPORT]
+        ledger.apply(plan(features, policy="Immediately", generation=generation), at)
+        ledger.apply(subscription(at="2024-01-15T12:00"), at)
+    assert sorted(g.amount for g in ledger.grants.values()) == [Decimal(500), Decimal(2000)]
+    assert ledger.balance("2024-02-06T00:00") == Decimal(3500)
+    assert ledger.balance("2024-02-16T00:00") == Decimal(3500)
