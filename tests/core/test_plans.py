@@ -104,7 +104,7 @@ class Ledger:
 
     def __init__(self) -> None:
         t0 = T("2023-12-01T00:00")
-        self.features = (
+        self.features: tuple[rc.RecordedFeature, ...] = (
             rc.RecordedFeature("F1", "tokens", t0, Feature("tokens", "Tokens", meter_slug="m")),
             rc.RecordedFeature("F2", "support", t0, Feature("support", "Support")),
         )
