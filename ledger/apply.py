@@ -779,6 +779,17 @@ def _load_plans(connection: Connection, namespace: str) -> tuple[rc.RecordedPlan
     return tuple(plans)
 
 
+def _subscribers(connection: Connection, namespace: str, plan_key: str) -> list[_Logged]:
+    """Return the recorded, undeleted Subscriptions whose last applied spec names ``plan_key``."""
+    return [
+        logged
+        for logged in _logged(connection, namespace, Kind.SUBSCRIPTION)
+        if not logged.deleted
+        and isinstance(logged.spec, SubscriptionSpec)
+        and logged.spec.plan_key == plan_key
+    ]
+
+
 def apply_subscribers(
     connection: Connection, namespace: str, plan_key: str, now: datetime
 ) -> list[tuple[Ref, Outcome]]:
@@ -788,10 +799,8 @@ def apply_subscribers(
     generation was applied (D2), whenever this runs. The caller commits.
     """
     outcomes: list[tuple[Ref, Outcome]] = []
-    for logged in _logged(connection, namespace, Kind.SUBSCRIPTION):
+    for logged in _subscribers(connection, namespace, plan_key):
         spec = logged.spec
-        if logged.deleted or not isinstance(spec, SubscriptionSpec) or spec.plan_key != plan_key:
-            continue
         ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
         resource = Resource(ref, spec, logged.uid, logged.generation, logged.created_at)
         outcomes.append((ref, apply_resource(connection, resource, now)))
@@ -837,6 +846,13 @@ def _plan_outcome(
     if rolled:
         changed = sum(1 for _, o in rolled if o.action not in ("Unchanged",))
         message += f"; rolled out to {changed} of {len(rolled)} subscriptions"
+    if verb == "Orphan" and isinstance(resource.spec, PlanSpec):
+        kept = _subscribers(connection, ref.namespace, resource.key or "")
+        if kept:
+            message += (
+                f"; {len(kept)} subscriptions keep their entitlements as last applied and wait "
+                f"for a plan with key {resource.key} (PlanNotFound)"
+            )
     return Outcome(verb, _REASONS[verb], message, status, None, tuple(actions))
 
 

@@ -144,7 +144,9 @@ def test_deleting_a_plan_changes_no_subscriber(
     ledger: Ledger, example: dict[str, dict[str, Any]]
 ) -> None:
     pro = stamp(example["Plan/pro"], deletionTimestamp=LATER.isoformat())
-    assert apply(ledger, pro, LATER).action == "Orphan"
+    deleted = apply(ledger, pro, LATER)
+    assert deleted.action == "Orphan"
+    assert "2 subscriptions keep their entitlements as last applied" in deleted.message
     outcome = apply(ledger, example["Subscription/acme-corp-pro"], LATER)
     assert (outcome.ready, outcome.reason) == (False, "PlanNotFound")
     assert values(ledger, NEXT_PERIOD)[("acme-corp", "ai_requests")].balance == Decimal(1000)
