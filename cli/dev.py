@@ -315,7 +315,8 @@ async def _serve(loop_state: DevLoop, settings: SidecarSettings, clock: Clock) -
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), WATCH_INTERVAL)
+                async with asyncio.timeout(WATCH_INTERVAL):
+                    await stop.wait()
             if stop.is_set():
                 break
             waiting = any(
