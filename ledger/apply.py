@@ -254,6 +254,18 @@ def apply_resource(
     ``force_orphan`` orphans a deleted object whatever its deletionPolicy (its namespace or
     CRD is being deleted, D3). The caller commits.
     """
+    return _apply(connection, resource, now, force_orphan=force_orphan)
+
+
+def _apply(
+    connection: Connection,
+    resource: Resource,
+    now: datetime,
+    *,
+    force_orphan: bool = False,
+    with_status: bool = True,
+) -> Outcome:
+    """``apply_resource``; a Plan's rollout leaves its subscribers' status out (``with_status``)."""
     record_id = _find_identity(connection, resource.ref)
     own = None if record_id is None else _own(connection, resource, record_id, now)
     planned = resource.ref.kind in _PLAN_KINDS
@@ -271,7 +283,7 @@ def apply_resource(
     for action in actions:
         _write(connection, resource, action, now)
     if planned:
-        return _plan_outcome(connection, resource, actions, own, now)
+        return _plan_outcome(connection, resource, actions, own, now, with_status=with_status)
     return _outcome(connection, resource, actions, own)
 
 
@@ -803,7 +815,7 @@ def apply_subscribers(
         spec = logged.spec
         ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
         resource = Resource(ref, spec, logged.uid, logged.generation, logged.created_at)
-        outcomes.append((ref, apply_resource(connection, resource, now)))
+        outcomes.append((ref, _apply(connection, resource, now, with_status=False)))
     return outcomes
 
 
@@ -813,6 +825,8 @@ def _plan_outcome(
     actions: Sequence[rc.Action],
     own: rc.Own | None,
     now: datetime,
+    *,
+    with_status: bool = True,
 ) -> Outcome:
     """Return a Plan's or Subscription's outcome; a Plan's rolls it out to its subscribers."""
     ref = resource.ref
@@ -836,7 +850,11 @@ def _plan_outcome(
     else:
         verb = "Unchanged"
     record_id = _find_identity(connection, ref)
-    status = {} if record_id is None else _plan_status(connection, record_id, resource)
+    status = (
+        {}
+        if record_id is None or not with_status
+        else _plan_status(connection, record_id, resource)
+    )
     if verb == "Unchanged":
         message = f"{ref.kind.value} {ref.namespace}/{ref.name} is recorded as written"
         return Outcome("Unchanged", "Recorded", message, status, None, tuple(actions))
