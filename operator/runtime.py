@@ -78,12 +78,10 @@ class Runtime:
         """
         async with self.writers:
             try:
-                return await asyncio.wait_for(
-                    asyncio.to_thread(
+                async with asyncio.timeout(self.settings.ledger_timeout_seconds):
+                    return await asyncio.to_thread(
                         functools.partial(self.ledger.apply, orphan=orphan), obj, now
-                    ),
-                    timeout=self.settings.ledger_timeout_seconds,
-                )
+                    )
             except TimeoutError as error:
                 raise LedgerUnavailableError(
                     f"the ledger did not answer within {self.settings.ledger_timeout_seconds:g}s"

@@ -32,10 +32,8 @@ CHUNK = 200  # Entitlements per read transaction
 
 async def _read(runtime: Runtime, refs: list[tuple[str, str]]) -> Mapping[Ref, Mapping[str, Any]]:
     try:
-        return await asyncio.wait_for(
-            asyncio.to_thread(runtime.ledger.values, refs, runtime.clock()),
-            timeout=runtime.settings.ledger_timeout_seconds,
-        )
+        async with asyncio.timeout(runtime.settings.ledger_timeout_seconds):
+            return await asyncio.to_thread(runtime.ledger.values, refs, runtime.clock())
     except TimeoutError as error:
         raise LedgerUnavailableError("the ledger did not answer the value refresh") from error
 
@@ -79,5 +77,7 @@ async def refresh_forever(runtime: Runtime, stop: asyncio.Event) -> None:
             logger.warning("Entitlement value refresh failed: %s", error)
         # Busy at most a third of the time, however many Entitlements there are.
         pause = max(runtime.settings.value_refresh_seconds, 2 * (time.monotonic() - began))
+        # asyncio.timeout: on Python 3.11 wait_for can swallow the shutdown cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=pause)
+            async with asyncio.timeout(pause):
+                await stop.wait()
