@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -166,3 +167,48 @@ def test_removing_a_grant_file_orphans_it_and_moves_no_money(dev: Dev, examples_
     grant.unlink()
     dev.wait_for_line("Orphaned Grant default/customer-1-bonus")
     assert dev.get(SEED_VALUE)["balance"] == 1001000
+
+
+def readme_answers() -> list[tuple[str, str, dict[str, object]]]:
+    """Return (example, path, expected body) for each README answer given before any usage.
+
+    A README shows ``curl -s http://127.0.0.1:8888<path>`` followed by ``# <json>``; answers
+    after the first POST of usage depend on the usage posted and are left out, as are bodies
+    abbreviated with ``...`` or placeholders (not JSON).
+    """
+    found = []
+    for readme in sorted(EXAMPLES.glob("*/README.md")):
+        lines = readme.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if "/api/v1/events" in line:
+                break
+            match = re.search(r"curl -s \"?http://127\.0\.0\.1:8888(/[^\" $]+)\"?\s*$", line)
+            if match is None or number + 1 >= len(lines):
+                continue
+            comment = lines[number + 1].removeprefix("# ")
+            try:
+                body = json.loads(comment)
+            except json.JSONDecodeError:
+                continue
+            found.append((readme.parent.name, match.group(1), body))
+    return found
+
+
+@pytest.fixture(scope="module")
+def examples_dev() -> Iterator[Dev]:
+    yield from start_dev(EXAMPLES)
+
+
+@pytest.mark.parametrize(
+    ("example", "path", "expected"),
+    [pytest.param(*answer, id=f"{answer[0]}:{answer[1]}") for answer in readme_answers()],
+)
+def test_each_example_readme_answer_is_what_dev_serves(
+    examples_dev: Dev, example: str, path: str, expected: dict[str, object]
+) -> None:
+    assert examples_dev.get(path) == expected
+
+
+def test_the_readmes_give_answers_to_check() -> None:
+    examples = {example for example, _, _ in readme_answers()}
+    assert {"01-gpt-4-tokens", "02-boolean-and-static", "06-end-and-void"} <= examples
