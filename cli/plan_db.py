@@ -42,6 +42,7 @@ from allotment.ledger.storage.engine import (
 from allotment.ledger.storage.schema import (
     CatalogueKeyRow,
     CatalogueVersionRow,
+    EntitlementPairRow,
     MeterGroupByRow,
     MeterRow,
     ReconcileLogRow,
@@ -68,6 +69,7 @@ METERS = _table(MeterRow)
 GROUP_BY = _table(MeterGroupByRow)
 VERSIONS = _table(CatalogueVersionRow)
 KEYS = _table(CatalogueKeyRow)
+PAIRS = _table(EntitlementPairRow)
 BUCKETS = _table(UsageBucketRow)
 BUCKET_VALUES = _table(UsageBucketValueRow)
 
@@ -162,6 +164,7 @@ def copy_namespaces(source: Connection, target: Connection, namespaces: Iterable
     _copy(source, target, GROUP_BY, select(GROUP_BY).where(GROUP_BY.c.meter_id.in_(meter_ids)))
     _copy(source, target, VERSIONS, select(VERSIONS).where(VERSIONS.c.namespace.in_(names)))
     _copy(source, target, KEYS, select(KEYS).where(KEYS.c.namespace.in_(names)))
+    _copy(source, target, PAIRS, select(PAIRS).where(PAIRS.c.namespace.in_(names)))
     buckets = _copy(source, target, BUCKETS, select(BUCKETS).where(BUCKETS.c.namespace.in_(names)))
     _copy(
         source,
