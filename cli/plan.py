@@ -27,7 +27,10 @@ from typing import Any, TextIO
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from allotment.cli.dev import allotment_key
+from allotment.cli.manifests import Document, manifest_files, read_documents
 from allotment.cli.plan_build import FixedClock, PlanLoop, build_plan
+from allotment.cli.plan_cluster import ClusterReadError, export_cluster
 from allotment.cli.plan_model import (
     VALUE_FIELDS,
     EntitlementPlan,
@@ -318,9 +321,17 @@ def hide_password(url: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``allotment plan``: 0 when computed, 1 when anything would be refused, 2 on misuse."""
-    if args.current is None and args.db is None:
-        print("allotment plan: give --current DIR, --db URL, or both", file=sys.stderr)
+    if args.current is None and args.db is None and not args.cluster:
+        print(
+            "allotment plan: give --current DIR, --cluster, --db URL, or --db with one of the others",
+            file=sys.stderr,
+        )
         return 2
+    if args.cluster and args.current is not None:
+        print("allotment plan: give --current DIR or --cluster, not both", file=sys.stderr)
+        return 2
+    if args.cluster:
+        return _run_from_cluster(args)
     try:
         now = parse_rfc3339(args.now) if args.now else datetime.now(UTC).replace(microsecond=0)
     except ValueError as error:
@@ -349,6 +360,41 @@ def run(args: argparse.Namespace) -> int:
     else:
         render_text(plan, sys.stdout)
     return 1 if plan.refused else 0
+
+
+def desired_documents(paths: list[Path]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Return every allotment document under ``paths`` by (kind, namespace, name)."""
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in manifest_files(paths):
+        for item in read_documents(path):
+            if not isinstance(item, Document):
+                continue
+            key = allotment_key(item.body)
+            if key is not None:
+                found.setdefault(key, item.body)
+    return found
+
+
+def _run_from_cluster(args: argparse.Namespace) -> int:
+    """Export the cluster's objects to a scratch directory and plan with it as --current."""
+    missing = [p for p in args.desired if not Path(p).exists()]
+    if missing:
+        print(f"allotment plan: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="allotment-plan-cluster-") as scratch:
+        written = desired_documents([Path(p) for p in args.desired])
+        namespaces = {key[1] for key in written}
+        try:
+            count = export_cluster(Path(scratch), written, kubeconfig=args.kubeconfig)
+        except ClusterReadError as error:
+            print(f"allotment plan: --cluster: {error}", file=sys.stderr)
+            return 2
+        shown = ", ".join(sorted(namespaces)) or "none"
+        print(
+            f"current: {count} allotment objects read from the cluster (namespaces {shown})",
+            file=sys.stderr,
+        )
+        return run(argparse.Namespace(**{**vars(args), "cluster": False, "current": [scratch]}))
 
 
 def register(subparsers: Any) -> None:
@@ -382,6 +428,17 @@ def register(subparsers: Any) -> None:
         action="append",
         metavar="DIR",
         help="the manifests as applied now (file or directory; repeatable)",
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=(
+            "read the current objects from the cluster with kubectl (its current context), in "
+            "the namespaces the desired manifests name; no usage, as for --current"
+        ),
+    )
+    parser.add_argument(
+        "--kubeconfig", metavar="FILE", help="with --cluster: the kubeconfig kubectl uses"
     )
     parser.add_argument(
         "--db",

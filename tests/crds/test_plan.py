@@ -352,7 +352,7 @@ def test_an_orphaned_grant_leaves_the_value_unchanged(base: Path) -> None:
     ("argv", "message"),
     [
         pytest.param(
-            ["--desired", "{base}"], "give --current DIR, --db URL, or both", id="no-current"
+            ["--desired", "{base}"], "give --current DIR, --cluster, --db URL", id="no-current"
         ),
         pytest.param(
             ["--current", "{base}", "--desired", "{base}/missing"],
