@@ -22,6 +22,8 @@ KINDS = {
     "entitlements.yaml": "Entitlement",
     "grants.yaml": "Grant",
     "entitlementresets.yaml": "EntitlementReset",
+    "plans.yaml": "Plan",
+    "subscriptions.yaml": "Subscription",
 }
 FREE_FORM_FIELDS = {"config"}  # a static entitlement's JSON config, wherever it is declared
 
@@ -111,7 +113,9 @@ def test_status_follows_kstatus(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "has_policy"),
     [
-        pytest.param(name, name in ("entitlements.yaml", "grants.yaml"), id=name)
+        pytest.param(
+            name, name in ("entitlements.yaml", "grants.yaml", "subscriptions.yaml"), id=name
+        )
         for name in sorted(KINDS)
     ],
 )

@@ -1,4 +1,6 @@
-"""Plans and Subscriptions: their CRDs' shape, and ``allotment dev`` serving example 08.
+"""Plans and Subscriptions: their CRDs' rules, and ``allotment dev`` serving example 08.
+
+Their CRDs' conventions are checked with every other kind's in ``test_crds.py``.
 
 The dev cases run a real ``allotment dev`` over a copy of ``examples/`` and ask its sidecar API
 over HTTP, as the example's README does.
@@ -12,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import celpy
 import pytest
 import yaml
 
@@ -21,90 +22,6 @@ from allotment.cli.manifests import load_crds
 
 from .cli import REPO
 from .test_dev import Dev, start_dev
-
-CRDS = {"plans.yaml": "Plan", "subscriptions.yaml": "Subscription"}
-FREE_FORM = {("spec", "features", "<items>", "config")}
-
-
-def _crd(name: str) -> dict[str, Any]:
-    crd: dict[str, Any] = yaml.safe_load((REPO / "crds" / name).read_text())
-    return crd
-
-
-def _schema(name: str) -> dict[str, Any]:
-    schema: dict[str, Any] = _crd(name)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    return schema
-
-
-def _nodes(
-    schema: dict[str, Any], here: tuple[str, ...] = ()
-) -> Iterator[tuple[tuple[str, ...], dict[str, Any]]]:
-    yield here, schema
-    for name, child in schema.get("properties", {}).items():
-        yield from _nodes(child, (*here, name))
-    for key in ("items", "additionalProperties"):
-        if isinstance(schema.get(key), dict):
-            yield from _nodes(schema[key], (*here, f"<{key}>"))
-
-
-NAMES = [pytest.param(name, id=name) for name in sorted(CRDS)]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_names_discovery_and_status_follow_the_other_kinds(name: str) -> None:
-    spec = _crd(name)["spec"]
-    assert spec["group"] == "allotment.dev" and spec["scope"] == "Namespaced"
-    assert spec["names"]["kind"] == CRDS[name]
-    assert "allotment" in spec["names"]["categories"] and spec["names"]["shortNames"]
-    [version] = spec["versions"]
-    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    ready = [c for c in version["additionalPrinterColumns"] if c["name"] == "Ready"]
-    assert ready[0]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
-    status = _schema(name)["properties"]["status"]["properties"]
-    assert status["observedGeneration"]["type"] == "integer"
-    assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_every_field_has_a_type_and_a_description(name: str) -> None:
-    for here, node in _nodes(_schema(name)):
-        if here in ((), ("metadata",)):
-            continue
-        assert node.get("type"), f"{name}: {'.'.join(here)} has no type"
-        assert node.get("description"), f"{name}: {'.'.join(here)} has no description"
-        if node.get("x-kubernetes-preserve-unknown-fields"):
-            assert here in FREE_FORM, f"{name}: {'.'.join(here)} preserves unknown fields"
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_every_rule_has_a_message_and_compiles(name: str) -> None:
-    environment = celpy.Environment()
-    for here, node in _nodes(_schema(name)):
-        for rule in node.get("x-kubernetes-validations", []):
-            assert rule["message"].strip(), f"{name}: {'.'.join(here)}: {rule['rule']}"
-            environment.compile(rule["rule"])
-
-
-@pytest.mark.parametrize(
-    ("name", "has_policy"),
-    [
-        pytest.param("plans.yaml", False, id="plan"),
-        pytest.param("subscriptions.yaml", True, id="sub"),
-    ],
-)
-def test_deletion_policy_only_on_subscriptions(name: str, has_policy: bool) -> None:
-    properties = _schema(name)["properties"]["spec"]["properties"]
-    assert ("deletionPolicy" in properties) is has_policy
-    if has_policy:
-        assert properties["deletionPolicy"]["enum"] == ["Orphan", "Apply"]
-        assert properties["deletionPolicy"]["default"] == "Orphan"
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_the_manifests_carry_an_identical_copy(name: str) -> None:
-    assert (REPO / "manifests" / "crds" / name).read_bytes() == (REPO / "crds" / name).read_bytes()
-    listed = yaml.safe_load((REPO / "manifests" / "crds" / "kustomization.yaml").read_text())
-    assert name in listed["resources"]
 
 
 def _subscription(**spec: Any) -> dict[str, Any]:
