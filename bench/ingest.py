@@ -38,28 +38,12 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from allotment.ledger.core.model import Aggregation, Meter
 from allotment.ledger.core.timeutil import format_rfc3339
 from allotment.ledger.storage import migrate, usage
 from allotment.ledger.storage.engine import Ledger, open_ledger
+from bench.ledger import METERS, NS, load_raw
 from tests.harness.postgres import PostgresUnavailable, running_postgres, server_url
 
-NS = "bench"
-METERS = (
-    Meter("tokens", "prompt", Aggregation.SUM, "$.tokens", {"model": "$.model"}),
-    Meter("prompts", "prompt", Aggregation.COUNT),
-)
-COLUMNS = (
-    "namespace",
-    "source",
-    "event_id",
-    "event_type",
-    "subject",
-    "time",
-    "data",
-    "received_at",
-    "counted",
-)
 BATCH = "application/cloudevents-batch+json"
 
 
@@ -183,48 +167,7 @@ def raw_rows(events: list[dict[str, Any]], received_at: datetime) -> list[tuple[
 
 def bench_raw(ledger: Ledger, events: list[dict[str, Any]], batch: int) -> float:
     """Load the same rows into a scratch table in ``batch``-sized transactions; rows/s."""
-    rows = raw_rows(events, datetime.now(UTC))
-    table = f"raw_events_{uuid.uuid4().hex[:8]}"
-    if ledger.dialect == "postgresql":
-        url = ledger.url.replace("postgresql+psycopg://", "postgresql://")
-        with psycopg.connect(url) as conn:
-            conn.execute(f"CREATE TABLE {table} (LIKE usage_events INCLUDING ALL)")
-            conn.commit()
-            started = time.perf_counter()
-            for start in range(0, len(rows), batch):
-                with conn.cursor().copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                    for row in rows[start : start + batch]:
-                        copy.write_row(row)
-                conn.commit()
-            elapsed = time.perf_counter() - started
-            conn.execute(f"DROP TABLE {table}")
-            conn.commit()
-            return len(rows) / elapsed
-    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
-    sqlite_rows = [
-        (*row[:5], row[5].strftime(stamp), row[6], row[7].strftime(stamp), 1) for row in rows
-    ]
-    raw = ledger.writer.raw_connection()
-    try:
-        cursor = raw.cursor()
-        cursor.execute(f"CREATE TABLE {table} AS SELECT * FROM usage_events WHERE 0")
-        cursor.execute(
-            f"CREATE UNIQUE INDEX {table}_dedup ON {table} (namespace, source, event_id)"
-        )
-        placeholders = ", ".join("?" for _ in COLUMNS)
-        started = time.perf_counter()
-        for start in range(0, len(sqlite_rows), batch):
-            cursor.execute("BEGIN IMMEDIATE")
-            cursor.executemany(
-                f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({placeholders})",
-                sqlite_rows[start : start + batch],
-            )
-            cursor.execute("COMMIT")
-        elapsed = time.perf_counter() - started
-        cursor.execute(f"DROP TABLE {table}")
-        return len(sqlite_rows) / elapsed
-    finally:
-        raw.close()
+    return load_raw(ledger, raw_rows(events, datetime.now(UTC)), batch)
 
 
 def measure(

@@ -20,6 +20,7 @@ import contextlib
 import json
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -109,46 +110,51 @@ def bench_ingest(ledger: Ledger, events: list[usage.IncomingEvent], batch: int) 
 
 def bench_raw(ledger: Ledger, events: list[usage.IncomingEvent], batch: int) -> float:
     """Bulk-load the same rows into a scratch table; return rows per second."""
-    rows = raw_rows(events, T0 + timedelta(days=1))
+    return load_raw(ledger, raw_rows(events, T0 + timedelta(days=1)), batch)
+
+
+def load_raw(ledger: Ledger, rows: list[tuple[Any, ...]], batch: int) -> float:
+    """Load ``usage_events`` rows into a scratch copy of the table in ``batch``-sized
+    transactions (``COPY`` on PostgreSQL, ``executemany`` on SQLite); return rows per second."""
+    table = f"raw_events_{uuid.uuid4().hex[:8]}"
     if ledger.dialect == "postgresql":
         url = ledger.url.replace("postgresql+psycopg://", "postgresql://")
         with psycopg.connect(url) as conn:
-            conn.execute("CREATE TABLE raw_events (LIKE usage_events INCLUDING ALL)")
+            conn.execute(f"CREATE TABLE {table} (LIKE usage_events INCLUDING ALL)")
             conn.commit()
             started = time.perf_counter()
             for start in range(0, len(rows), batch):
-                with conn.cursor().copy(
-                    f"COPY raw_events ({', '.join(COLUMNS)}) FROM STDIN"
-                ) as copy:
+                with conn.cursor().copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
                     for row in rows[start : start + batch]:
                         copy.write_row(row)
                 conn.commit()
-            return len(rows) / (time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            conn.execute(f"DROP TABLE {table}")
+            conn.commit()
+            return len(rows) / elapsed
+    stamp = "%Y-%m-%dT%H:%M:%S.%fZ"
     sqlite_rows = [
-        (
-            *row[:5],
-            row[5].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            row[6],
-            row[7].strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            1,
-        )
-        for row in rows
+        (*row[:5], row[5].strftime(stamp), row[6], row[7].strftime(stamp), 1) for row in rows
     ]
     raw = ledger.writer.raw_connection()
     try:
         cursor = raw.cursor()
-        cursor.execute("CREATE TABLE raw_events AS SELECT * FROM usage_events WHERE 0")
-        cursor.execute("CREATE UNIQUE INDEX raw_dedup ON raw_events (namespace, source, event_id)")
+        cursor.execute(f"CREATE TABLE {table} AS SELECT * FROM usage_events WHERE 0")
+        cursor.execute(
+            f"CREATE UNIQUE INDEX {table}_dedup ON {table} (namespace, source, event_id)"
+        )
         placeholders = ", ".join("?" for _ in COLUMNS)
         started = time.perf_counter()
         for start in range(0, len(sqlite_rows), batch):
             cursor.execute("BEGIN IMMEDIATE")
             cursor.executemany(
-                f"INSERT INTO raw_events ({', '.join(COLUMNS)}) VALUES ({placeholders})",
+                f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({placeholders})",
                 sqlite_rows[start : start + batch],
             )
             cursor.execute("COMMIT")
-        return len(sqlite_rows) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        cursor.execute(f"DROP TABLE {table}")
+        return len(sqlite_rows) / elapsed
     finally:
         raw.close()
 
