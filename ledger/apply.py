@@ -29,7 +29,7 @@ from allotment.ledger import lookup
 from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at, next_recurrence_after
 from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
-from allotment.ledger.core.periods import current_period, last_reset
+from allotment.ledger.core.periods import last_reset
 from allotment.ledger.core.plans import subscription_entitlements
 from allotment.ledger.core.resources import (
     Kind,
@@ -639,14 +639,6 @@ def _grant_status(connection: Connection, g: Grant) -> dict[str, Any]:
         else None,
     }
     return {k: v for k, v in status.items() if v is not None}
-
-
-def current_period_status(entitlement: Entitlement, now: datetime) -> dict[str, str] | None:
-    """Return ``currentUsagePeriod`` at ``now`` for an entitlement with a usage period."""
-    if not entitlement.usage_period:
-        return None
-    period = current_period(entitlement.usage_period, now)
-    return {"from": format_rfc3339(period.start), "to": format_rfc3339(period.end)}
 
 
 # --- plans and subscriptions -----------------------------------------------------------------
