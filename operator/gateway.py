@@ -10,7 +10,6 @@ Must not: reconcile anything itself or hold a connection outside a call.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +18,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from allotment.ledger.apply import apply_resource, entitlement_values
 from allotment.ledger.core.resources import ParseError, parse_resource
 from allotment.ledger.storage.engine import Ledger, open_ledger
 from allotment.operator.ports import (
@@ -27,12 +27,6 @@ from allotment.operator.ports import (
     LedgerUnavailableError,
     Outcome,
 )
-
-APPLY_MODULE = "allotment.ledger.apply"
-
-
-class GatewayUnavailableError(RuntimeError):
-    """This build of allotment has no ledger glue the operator can drive."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +59,7 @@ def _is_serialization_failure(error: OperationalError) -> bool:
 class SqlLedgerGateway:
     """``ports.LedgerGateway`` over an open ``Ledger``."""
 
-    def __init__(self, ledger: Ledger, apply: ApplyFn, values: ValuesFn | None) -> None:
+    def __init__(self, ledger: Ledger, apply: ApplyFn, values: ValuesFn) -> None:
         self._ledger = ledger
         self._apply = apply
         self._values = values
@@ -96,8 +90,6 @@ class SqlLedgerGateway:
         self, refs: Sequence[tuple[str, str]], now: datetime
     ) -> Mapping[tuple[str, str], Mapping[str, Any]]:
         """Return the current ``status.value`` of the given Entitlements."""
-        if self._values is None:
-            raise NotImplementedError(f"{APPLY_MODULE} has no entitlement_values()")
         with self._ledger.read() as connection:
             return self._values(connection, refs, now)
 
@@ -107,17 +99,5 @@ class SqlLedgerGateway:
 
 
 def open_gateway(url: str) -> SqlLedgerGateway:
-    """Open the ledger at ``url``; raise ``SchemaMismatchError`` or ``GatewayUnavailableError``."""
-    ledger = open_ledger(url)
-    try:
-        glue = importlib.import_module(APPLY_MODULE)
-        apply = getattr(glue, "apply_resource", None)
-        if apply is None:
-            raise GatewayUnavailableError(f"{APPLY_MODULE} has no apply_resource()")
-    except ModuleNotFoundError as error:
-        ledger.dispose()
-        raise GatewayUnavailableError(f"{APPLY_MODULE} is missing from this build") from error
-    except BaseException:
-        ledger.dispose()
-        raise
-    return SqlLedgerGateway(ledger, apply, getattr(glue, "entitlement_values", None))
+    """Open the ledger at ``url``; raise ``SchemaMismatchError`` on another schema revision."""
+    return SqlLedgerGateway(open_ledger(url), apply_resource, entitlement_values)

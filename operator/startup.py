@@ -22,7 +22,7 @@ import kopf
 
 from allotment.ledger.storage.engine import SchemaMismatchError
 from allotment.operator import admission, handlers, values
-from allotment.operator.gateway import GatewayUnavailableError, open_gateway
+from allotment.operator.gateway import open_gateway
 from allotment.operator.kube import ClientKubeApi, load_api_client
 from allotment.operator.ports import KubeApi, LedgerGateway
 from allotment.operator.runtime import MEMO_KEY, Runtime
@@ -88,7 +88,7 @@ async def configure(settings: Any, memo: Any, **_: Any) -> None:
     opener: Callable[[str], LedgerGateway] = memo.get("open_gateway") or open_gateway
     try:
         ledger = await asyncio.to_thread(opener, ours.database_url)
-    except (SchemaMismatchError, GatewayUnavailableError) as error:
+    except SchemaMismatchError as error:
         raise kopf.PermanentError(f"refusing to start: {error}") from error
     kube: KubeApi = memo.get("kube") or ClientKubeApi(load_api_client())
     runtime = Runtime(

@@ -70,9 +70,6 @@ async def refresh_forever(runtime: Runtime, stop: asyncio.Event) -> None:
             patched = await refresh_once(runtime)
             if patched:
                 logger.info("Refreshed the value of %d Entitlement(s)", patched)
-        except NotImplementedError as error:
-            logger.warning("Not refreshing Entitlement values: %s", error)
-            return
         except Exception as error:  # keep the loop alive across ledger or API blips
             logger.warning("Entitlement value refresh failed: %s", error)
         # Busy at most a third of the time, however many Entitlements there are.
