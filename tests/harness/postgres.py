@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -98,6 +99,31 @@ def _run(command: list[str]) -> None:
         )
 
 
+def _stop_when_gone(pid: int, bin_dir: Path, data: Path, folder: Path) -> subprocess.Popen[bytes]:
+    """Start a watchdog that stops the server and removes its folder once ``pid`` is gone.
+
+    A killed test run (SIGKILL, a CI timeout) never reaches the ``finally`` that stops the
+    server; the watchdog, in a session of its own, outlives it and cleans up.
+    """
+    stop = " ".join(
+        shlex.quote(part)
+        for part in _as_postgres(
+            str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"
+        )
+    )
+    script = (
+        f"while kill -0 {pid} 2>/dev/null; do sleep 1; done; "
+        f"{stop} >/dev/null 2>&1; rm -rf {shlex.quote(str(folder))}"
+    )
+    return subprocess.Popen(
+        ["sh", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 @contextlib.contextmanager
 def running_postgres() -> Iterator[PostgresServer]:
     """Yield a running PostgreSQL server; stop it afterwards if this call started it."""
@@ -155,11 +181,14 @@ def running_postgres() -> Iterator[PostgresServer]:
                 "start",
             )
         )
+        watchdog = _stop_when_gone(os.getpid(), bin_dir, data, folder)
         try:
             yield PostgresServer(
                 url=f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", owned=True
             )
         finally:
+            watchdog.kill()
+            watchdog.wait()
             subprocess.run(
                 _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"),
                 capture_output=True,
