@@ -8,8 +8,11 @@ transaction: identities, catalogue versions (which reach the sidecars through th
 was applied for which generation, when a generation was first seen, which objects are gone).
 The outcome says what happened in the words a status condition and an Event need.
 A Plan's generations live in the log only; a Subscription's entitlements are catalogue
-entitlements marked with it. Applying a Plan also rolls it out to its recorded subscribers, in
-the same transaction, so a Plan edit reaches the ledger without anyone re-applying them.
+entitlements marked with it. Applying a Plan also rolls it out to its recorded subscribers, a
+chunk (``ROLLOUT_CHUNK``) per call and so per transaction, with the progress in the log: until
+the last chunk the Plan's outcome waits (``RollingOut``, due at once) and applying it again
+takes the next chunk, so a Plan edit reaches every subscriber without anyone re-applying them
+and without one transaction as long as the rollout.
 
 It must not commit, read the clock, or decide anything the core decides.
 """
@@ -17,7 +20,9 @@ It must not commit, read the clock, or decide anything the core decides.
 from __future__ import annotations
 
 import base64
+import json
 import pickle
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,8 +34,8 @@ from allotment.ledger import lookup
 from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at, next_recurrence_after
 from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
-from allotment.ledger.core.periods import last_reset
-from allotment.ledger.core.plans import subscription_entitlements
+from allotment.ledger.core.periods import current_period, last_reset
+from allotment.ledger.core.plans import find_plan, subscription_entitlements
 from allotment.ledger.core.resources import (
     Kind,
     PlanSpec,
@@ -51,21 +56,22 @@ from allotment.ledger.storage.codec import (
 )
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import ReconcileLogRow, ResourceRow
-from allotment.ledger.values import status_values
+from allotment.ledger.values import load_records, status_value, values_of
 
 __all__ = [
     "IMPLIED_CUSTOMER_KIND",
     "PLAN_GRANT_KIND",
+    "ROLLOUT_CHUNK",
     "SUBSCRIPTION_ENTITLEMENT_KIND",
     "Outcome",
+    "RolloutProgress",
     "apply_resource",
     "apply_subscribers",
+    "continue_rollout",
     "entitlement_values",
     "recorded_spec",
+    "rollout_progress",
 ]
-
-#: The operator's refresh of ``status.value``: one load per namespace, values from the core.
-entitlement_values = status_values
 
 #: The identity kind of a customer that exists because a subject named it (D5).
 IMPLIED_CUSTOMER_KIND = "ImpliedCustomer"
@@ -95,11 +101,46 @@ class Outcome:
     status: Mapping[str, Any] = field(default_factory=dict)
     retry_at: datetime | None = None
     actions: tuple[rc.Action, ...] = ()
+    #: A Plan's: each Subscription its rollout reached in this transaction, with its outcome.
+    rolled: tuple[tuple[Ref, Outcome], ...] = ()
 
     @property
     def ready(self) -> bool:
         """Tell whether the ledger holds the resource as written."""
         return self.action not in ("Wait", "Conflict", "Refuse")
+
+
+# --- the operator's value loop ----------------------------------------------------------------
+
+
+def entitlement_values(
+    connection: Connection, refs: Sequence[tuple[str, str]], now: datetime
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Return what the operator's value loop writes for the named Entitlements the ledger holds.
+
+    Per (namespace, name): ``value`` (the CRD's ``status.value``, from ``ledger.values``) and,
+    for an entitlement with a usage period, ``currentUsagePeriod``: the period containing the
+    value's ``asOf``, from the core's period arithmetic. One load per namespace; names the ledger
+    does not hold, and metered entitlements without a recorded meter, are left out.
+    """
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for namespace, name in refs:
+        wanted[namespace].add(name)
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for namespace, names in sorted(wanted.items()):
+        records = load_records(connection, namespace)
+        held = {e.id: e for e in records.entitlements.values() if e.name in names}
+        for entitlement_id, value in values_of(connection, records, sorted(held), now).items():
+            entitlement = held[entitlement_id]
+            fields: dict[str, Any] = {"value": status_value(value)}
+            if entitlement.usage_period:
+                period = current_period(entitlement.usage_period, value.at)
+                fields["currentUsagePeriod"] = {
+                    "from": format_rfc3339(period.start),
+                    "to": format_rfc3339(period.end),
+                }
+            found[(namespace, entitlement.name)] = fields
+    return found
 
 
 # --- the spec as written, kept in the log ------------------------------------------------------
@@ -264,8 +305,10 @@ def _apply(
     *,
     force_orphan: bool = False,
     with_status: bool = True,
+    plans: tuple[rc.RecordedPlan, ...] | None = None,
 ) -> Outcome:
-    """``apply_resource``; a Plan's rollout leaves its subscribers' status out (``with_status``)."""
+    """``apply_resource``; a Plan's rollout passes the plans it loaded once (``plans``) and
+    asks its subscribers only for what it changes in their status (``with_status``)."""
     record_id = _find_identity(connection, resource.ref)
     own = None if record_id is None else _own(connection, resource, record_id, now)
     planned = resource.ref.kind in _PLAN_KINDS
@@ -277,13 +320,17 @@ def _apply(
     recorded = replace(
         seen,
         own=own,
-        plans=_load_plans(connection, resource.ref.namespace) if planned else (),
+        plans=(_load_plans(connection, resource.ref.namespace) if plans is None else plans)
+        if planned
+        else (),
     )
     actions = rc.reconcile(resource, recorded, now, new_id(), force_orphan=force_orphan)
     for action in actions:
         _write(connection, resource, action, now)
     if planned:
-        return _plan_outcome(connection, resource, actions, own, now, with_status=with_status)
+        return _plan_outcome(
+            connection, resource, actions, own, now, recorded.plans, with_status=with_status
+        )
     return _outcome(connection, resource, actions, own)
 
 
@@ -668,18 +715,49 @@ class _Logged:
     deleted: bool
 
 
-def _logged(connection: Connection, namespace: str, kind: Kind) -> list[_Logged]:
-    """Return every recorded object of ``kind`` in ``namespace`` with its last applied row."""
-    identities = connection.execute(
+@dataclass(frozen=True)
+class _Page:
+    """Recorded objects of one kind read by name: ``last`` is the last name read, ``complete``
+    whether none is named after it."""
+
+    found: list[_Logged]
+    last: str | None
+    complete: bool
+
+
+def _logged(
+    connection: Connection,
+    namespace: str,
+    kind: Kind,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+) -> _Page:
+    """Return the recorded objects of ``kind`` in ``namespace`` with their last applied row, by
+    name: those named after ``after``, at most ``limit`` identities read. Two queries (a few
+    more past 500 identities), whatever the count."""
+    query = (
         select(_RESOURCES.c.id, _RESOURCES.c.name, _RESOURCES.c.created_at)
         .where(_RESOURCES.c.namespace == namespace, _RESOURCES.c.kind == kind.value)
         .order_by(_RESOURCES.c.name)
-    ).all()
+    )
+    if after is not None:
+        query = query.where(_RESOURCES.c.name > after)
+    if limit is not None:
+        query = query.limit(limit)
+    identities = connection.execute(query).all()
+    rows_of: dict[str, list[Any]] = {identity.id: [] for identity in identities}
+    for start in range(0, len(identities), _IN_BATCH):
+        ids = [identity.id for identity in identities[start : start + _IN_BATCH]]
+        for row in connection.execute(
+            select(_LOG)
+            .where(_LOG.c.resource_id.in_(ids), _LOG.c.action.in_((_APPLIED, _DELETED)))
+            .order_by(_LOG.c.id)
+        ):
+            rows_of[row.resource_id].append(row)
     found: list[_Logged] = []
     for identity in identities:
-        rows = connection.execute(
-            select(_LOG).where(_LOG.c.resource_id == identity.id).order_by(_LOG.c.id)
-        ).all()
+        rows = rows_of[identity.id]
         applied = [row for row in rows if row.action == _APPLIED]
         if not applied:
             continue
@@ -697,7 +775,8 @@ def _logged(connection: Connection, namespace: str, kind: Kind) -> list[_Logged]
                 deleted,
             )
         )
-    return found
+    last = identities[-1].name if identities else after
+    return _Page(found, last, limit is None or len(identities) < limit)
 
 
 def _plan_view(connection: Connection, resource: Resource, own_id: str | None) -> rc.Recorded:
@@ -763,7 +842,7 @@ def _holdings(
 
 def _load_plans(connection: Connection, namespace: str) -> tuple[rc.RecordedPlan, ...]:
     plans: list[rc.RecordedPlan] = []
-    for logged in _logged(connection, namespace, Kind.PLAN):
+    for logged in _logged(connection, namespace, Kind.PLAN).found:
         spec = logged.spec
         if not isinstance(spec, PlanSpec):
             continue
@@ -783,32 +862,240 @@ def _load_plans(connection: Connection, namespace: str) -> tuple[rc.RecordedPlan
     return tuple(plans)
 
 
-def _subscribers(connection: Connection, namespace: str, plan_key: str) -> list[_Logged]:
-    """Return the recorded, undeleted Subscriptions whose last applied spec names ``plan_key``."""
-    return [
-        logged
-        for logged in _logged(connection, namespace, Kind.SUBSCRIPTION)
-        if not logged.deleted
-        and isinstance(logged.spec, SubscriptionSpec)
-        and logged.spec.plan_key == plan_key
-    ]
+def _subscribes(logged: _Logged, plan_key: str) -> bool:
+    spec = logged.spec
+    return not logged.deleted and isinstance(spec, SubscriptionSpec) and spec.plan_key == plan_key
+
+
+def _subscribers(
+    connection: Connection,
+    namespace: str,
+    plan_key: str,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+) -> _Page:
+    """Return the recorded, undeleted Subscriptions whose last applied spec names ``plan_key``,
+    among at most ``limit`` named after ``after``."""
+    page = _logged(connection, namespace, Kind.SUBSCRIPTION, after=after, limit=limit)
+    return replace(page, found=[logged for logged in page.found if _subscribes(logged, plan_key)])
 
 
 def apply_subscribers(
     connection: Connection, namespace: str, plan_key: str, now: datetime
 ) -> list[tuple[Ref, Outcome]]:
-    """Reconcile every recorded, undeleted Subscription to ``plan_key`` as last applied.
+    """Reconcile every recorded, undeleted Subscription to ``plan_key`` as last applied, in
+    the caller's transaction (a rollout in one piece; ``continue_rollout`` takes it in chunks).
 
-    This is how a Plan edit reaches its subscribers: each acts at the instant the Plan's
-    generation was applied (D2), whenever this runs. The caller commits.
+    Each acts at the instant the Plan's generation was applied (D2), whenever this runs.
     """
-    outcomes: list[tuple[Ref, Outcome]] = []
-    for logged in _subscribers(connection, namespace, plan_key):
-        spec = logged.spec
-        ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
-        resource = Resource(ref, spec, logged.uid, logged.generation, logged.created_at)
-        outcomes.append((ref, _apply(connection, resource, now, with_status=False)))
-    return outcomes
+    subscribers = _subscribers(connection, namespace, plan_key).found
+    plans = _load_plans(connection, namespace)
+    return [_apply_subscriber(connection, namespace, s, plans, now) for s in subscribers]
+
+
+def _apply_subscriber(
+    connection: Connection,
+    namespace: str,
+    logged: _Logged,
+    plans: tuple[rc.RecordedPlan, ...],
+    now: datetime,
+) -> tuple[Ref, Outcome]:
+    ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
+    resource = Resource(ref, logged.spec, logged.uid, logged.generation, logged.created_at)
+    return ref, _apply(connection, resource, now, with_status=False, plans=plans)
+
+
+# --- a Plan's rollout, in chunks ---------------------------------------------------------------
+
+#: Subscribers a Plan's rollout reconciles per transaction (about 9 ms each on SQLite).
+ROLLOUT_CHUNK = 500
+#: The reconciliation log's action for a rollout's progress (one row per committed chunk).
+_ROLLOUT = "rollout"
+_IN_BATCH = 500
+#: Identities read per query when counting subscribers.
+_SCAN = 5000
+
+
+@dataclass(frozen=True)
+class RolloutProgress:
+    """How far a Plan generation's rollout has come, as its last committed chunk left it.
+
+    ``after`` is the last Subscription name reached (subscribers are taken by name);
+    ``total`` is the count of subscribers when the rollout started (exact once finished);
+    ``started_at``/``finished_at`` are the operator's instants, not the edit's: every
+    subscriber acts at the instant the generation was applied (D2), whatever the chunk.
+    """
+
+    generation: int
+    total: int
+    done: int
+    changed: int
+    after: str | None
+    started_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Tell whether every subscriber has been reached."""
+        return self.finished_at is not None
+
+    def status(self) -> dict[str, Any]:
+        """Return the Plan's ``status.rollout``."""
+        fields: dict[str, Any] = {
+            "observedGeneration": self.generation,
+            "total": self.total,
+            "done": self.done,
+            "changed": self.changed,
+            "startedAt": format_rfc3339(self.started_at),
+        }
+        if self.finished_at is not None:
+            fields["finishedAt"] = format_rfc3339(self.finished_at)
+        return fields
+
+    def dump(self) -> str:
+        """Encode for the reconciliation log."""
+        return json.dumps(
+            {
+                "generation": self.generation,
+                "total": self.total,
+                "done": self.done,
+                "changed": self.changed,
+                "after": self.after,
+                "startedAt": self.started_at.isoformat(),
+                "finishedAt": None if self.finished_at is None else self.finished_at.isoformat(),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def load(cls, text: str) -> RolloutProgress:
+        """Decode from the reconciliation log."""
+        data = json.loads(text)
+        finished = data.get("finishedAt")
+        return cls(
+            generation=int(data["generation"]),
+            total=int(data["total"]),
+            done=int(data["done"]),
+            changed=int(data["changed"]),
+            after=data.get("after"),
+            started_at=datetime.fromisoformat(data["startedAt"]),
+            finished_at=None if finished is None else datetime.fromisoformat(finished),
+        )
+
+
+def rollout_progress(connection: Connection, plan_id: str) -> RolloutProgress | None:
+    """Return the progress of the Plan's last rollout (None: it never rolled out in chunks)."""
+    text = connection.execute(
+        select(_LOG.c.spec)
+        .where(_LOG.c.resource_id == plan_id, _LOG.c.action == _ROLLOUT)
+        .order_by(_LOG.c.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if text is None else RolloutProgress.load(text)
+
+
+def _save_progress(
+    connection: Connection, plan: rc.RecordedPlan, progress: RolloutProgress
+) -> None:
+    connection.execute(
+        insert(_LOG).values(
+            resource_id=plan.id,
+            action=_ROLLOUT,
+            uid=None,
+            generation=progress.generation,
+            at=plan.applied_at,
+            spec=progress.dump(),
+        )
+    )
+
+
+def _start_rollout(
+    connection: Connection, namespace: str, plan: rc.RecordedPlan, now: datetime
+) -> RolloutProgress:
+    """Count the Plan's subscribers and persist the start of its generation's rollout.
+
+    Every subscriber acts at the generation's instant (``plan.applied_at``, persisted when the
+    generation was first seen, D2), so each chunk, retried or resumed, writes the same. A
+    rollout still running for an older generation stops here: the subscribers it had not
+    reached go straight to this generation, at this generation's instant.
+    """
+    total, after = 0, None
+    while True:
+        page = _subscribers(connection, namespace, plan.key, after=after, limit=_SCAN)
+        total, after = total + len(page.found), page.last
+        if page.complete:
+            break
+    progress = RolloutProgress(plan.generation, total, 0, 0, None, now)
+    _save_progress(connection, plan, progress)
+    return progress
+
+
+def continue_rollout(
+    connection: Connection,
+    namespace: str,
+    plan_key: str,
+    now: datetime,
+    *,
+    chunk: int = ROLLOUT_CHUNK,
+) -> tuple[RolloutProgress | None, list[tuple[Ref, Outcome]]]:
+    """Roll the Plan's current generation out to its next ``chunk`` subscribers.
+
+    The caller commits: one transaction per chunk, each with the progress it reached, so a
+    crash loses at most the chunk in flight, and resuming redoes exactly that chunk (a
+    subscriber's rollout is idempotent). Returns the progress (None: the plan is gone or never
+    rolled out in chunks) and what each subscriber reached did.
+    """
+    plans = _load_plans(connection, namespace)
+    plan = find_plan(plans, plan_key)
+    if plan is None:
+        return None, []
+    progress = rollout_progress(connection, plan.id)
+    if progress is None or progress.generation != plan.generation or progress.finished:
+        return progress, []
+    return _roll_chunk(connection, namespace, plan, plans, progress, now, chunk)
+
+
+def _roll_chunk(
+    connection: Connection,
+    namespace: str,
+    plan: rc.RecordedPlan,
+    plans: tuple[rc.RecordedPlan, ...],
+    progress: RolloutProgress,
+    now: datetime,
+    chunk: int,
+) -> tuple[RolloutProgress, list[tuple[Ref, Outcome]]]:
+    page = _subscribers(connection, namespace, plan.key, after=progress.after, limit=chunk)
+    rolled = [_apply_subscriber(connection, namespace, s, plans, now) for s in page.found]
+    done = progress.done + len(rolled)
+    progress = replace(
+        progress,
+        done=done,
+        changed=progress.changed + sum(1 for _, o in rolled if o.action != "Unchanged"),
+        after=page.last,
+        total=done if page.complete else max(progress.total, done),
+        finished_at=now if page.complete else None,
+    )
+    _save_progress(connection, plan, progress)
+    return progress, rolled
+
+
+def _roll_out_plan(
+    connection: Connection, resource: Resource, actions: Sequence[rc.Action], now: datetime
+) -> tuple[RolloutProgress | None, list[tuple[Ref, Outcome]]]:
+    """Start the rollout of a newly applied generation, or continue one, by one chunk."""
+    ns = resource.ref.namespace
+    plans = _load_plans(connection, ns)
+    plan = find_plan(plans, resource.key or "")
+    if plan is None or plan.name != resource.ref.name:
+        return None, []
+    if any(isinstance(a, rc.Declare | rc.Amend | rc.Adopt) for a in actions):
+        progress: RolloutProgress | None = _start_rollout(connection, ns, plan, now)
+    else:
+        progress = rollout_progress(connection, plan.id)
+    if progress is None or progress.generation != plan.generation or progress.finished:
+        return progress, []
+    return _roll_chunk(connection, ns, plan, plans, progress, now, ROLLOUT_CHUNK)
 
 
 def _plan_outcome(
@@ -817,21 +1104,26 @@ def _plan_outcome(
     actions: Sequence[rc.Action],
     own: rc.Own | None,
     now: datetime,
+    plans: Sequence[rc.RecordedPlan],
     *,
     with_status: bool = True,
 ) -> Outcome:
-    """Return a Plan's or Subscription's outcome; a Plan's rolls it out to its subscribers."""
+    """Return a Plan's or Subscription's outcome; a Plan's advances its rollout by a chunk.
+
+    A Plan whose rollout is not finished waits (``RollingOut``, due at once): applying it again
+    rolls out the next chunk, in the next transaction.
+    """
     ref = resource.ref
-    rolled: list[tuple[Ref, Outcome]] = []
-    if isinstance(resource.spec, PlanSpec) and any(
-        isinstance(a, rc.Declare | rc.Amend | rc.Adopt) for a in actions
-    ):
-        rolled = apply_subscribers(connection, ref.namespace, resource.key or "", now)
     failing = [a for a in actions if isinstance(a, rc.Wait | rc.Conflict | rc.Refuse)]
     if failing:
         outcome = _outcome(connection, resource, failing, own)
         return replace(outcome, actions=tuple(actions))
-    if any(isinstance(a, rc.Orphan) for a in actions):
+    progress: RolloutProgress | None = None
+    rolled: list[tuple[Ref, Outcome]] = []
+    orphaned = any(isinstance(a, rc.Orphan) for a in actions)
+    if isinstance(resource.spec, PlanSpec) and not orphaned:
+        progress, rolled = _roll_out_plan(connection, resource, actions, now)
+    if orphaned:
         verb = "Orphan"
     elif any(isinstance(a, rc.Adopt) for a in actions):
         verb = "Adopt"
@@ -842,32 +1134,94 @@ def _plan_outcome(
     else:
         verb = "Unchanged"
     record_id = _find_identity(connection, ref)
-    status = (
-        {}
-        if record_id is None or not with_status
-        else _plan_status(connection, record_id, resource)
+    if record_id is None:
+        status: dict[str, Any] = {}
+    elif with_status:
+        status = _plan_status(connection, record_id, resource, plans)
+    else:
+        status = _subscriber_status(connection, record_id, resource, plans, actions)
+    if progress is not None:
+        status["rollout"] = progress.status()
+    what = f"{ref.kind.value} {ref.namespace}/{ref.name}"
+    if progress is not None and not progress.finished:
+        message = (
+            f"Rolling out {what} generation {progress.generation}: {progress.done:,} of "
+            f"{progress.total:,} subscriptions reached ({progress.changed:,} changed), "
+            f"{ROLLOUT_CHUNK} per transaction"
+        )
+        return Outcome("Wait", "RollingOut", message, status, now, tuple(actions), tuple(rolled))
+    reached = (
+        ""
+        if progress is None
+        else f"rolled out to {progress.changed:,} of {progress.done:,} subscriptions"
     )
+    if verb == "Unchanged" and rolled and progress is not None:
+        message = f"Rolled out {what} generation {progress.generation}: {reached}"
+        return Outcome("Amend", "RolledOut", message, status, None, tuple(actions), tuple(rolled))
     if verb == "Unchanged":
-        message = f"{ref.kind.value} {ref.namespace}/{ref.name} is recorded as written"
+        message = f"{what} is recorded as written"
         return Outcome("Unchanged", "Recorded", message, status, None, tuple(actions))
-    message = f"{_REASONS[verb]} {ref.kind.value} {ref.namespace}/{ref.name}"
+    message = f"{_REASONS[verb]} {what}"
     if record_id is not None:
         message += f" (ledger id {record_id})"
-    if rolled:
-        changed = sum(1 for _, o in rolled if o.action not in ("Unchanged",))
-        message += f"; rolled out to {changed} of {len(rolled)} subscriptions"
+    if rolled and progress is not None:
+        message += f"; {reached}"
     if verb == "Orphan" and isinstance(resource.spec, PlanSpec):
-        kept = _subscribers(connection, ref.namespace, resource.key or "")
+        kept = _count_subscribers(connection, ref.namespace, resource.key or "")
         if kept:
             message += (
-                f"; {len(kept)} subscriptions keep their entitlements as last applied and wait "
+                f"; {kept} subscriptions keep their entitlements as last applied and wait "
                 f"for a plan with key {resource.key} (PlanNotFound)"
             )
-    return Outcome(verb, _REASONS[verb], message, status, None, tuple(actions))
+    return Outcome(verb, _REASONS[verb], message, status, None, tuple(actions), tuple(rolled))
 
 
-def _plan_status(connection: Connection, record_id: str, resource: Resource) -> dict[str, Any]:
-    """Return a Plan's (id, key, appliedAt) or a Subscription's status fields."""
+def _count_subscribers(connection: Connection, namespace: str, plan_key: str) -> int:
+    total, after = 0, None
+    while True:
+        page = _subscribers(connection, namespace, plan_key, after=after, limit=_SCAN)
+        total, after = total + len(page.found), page.last
+        if page.complete:
+            return total
+
+
+def _plan_applied(plans: Sequence[rc.RecordedPlan], key: str) -> dict[str, Any] | None:
+    """Return a Subscription's ``status.plan``: the plan generation it follows."""
+    plan = find_plan(plans, key)
+    if plan is None:
+        return None
+    return {
+        "key": plan.key,
+        "generation": plan.generation,
+        "appliedAt": format_rfc3339(plan.applied_at),
+    }
+
+
+def _subscriber_status(
+    connection: Connection,
+    record_id: str,
+    resource: Resource,
+    plans: Sequence[rc.RecordedPlan],
+    actions: Sequence[rc.Action],
+) -> dict[str, Any]:
+    """Return what a rollout changes in a subscriber's status: the plan generation it follows,
+    and its entitlements when one was added or ended (the whole status costs more reads)."""
+    spec = resource.spec
+    if not isinstance(spec, SubscriptionSpec):
+        return {}
+    if any(isinstance(a, rc.End) or (isinstance(a, rc.Entitle) and not a.changes) for a in actions):
+        return _plan_status(connection, record_id, resource, plans)
+    applied = _plan_applied(plans, spec.plan_key)
+    return {} if applied is None else {"plan": applied}
+
+
+def _plan_status(
+    connection: Connection,
+    record_id: str,
+    resource: Resource,
+    plans: Sequence[rc.RecordedPlan] = (),
+) -> dict[str, Any]:
+    """Return a Plan's (id, key, appliedAt, rollout) or a Subscription's status fields."""
     status: dict[str, Any] = {"id": record_id}
     applied = connection.execute(
         select(_LOG.c.at)
@@ -879,10 +1233,16 @@ def _plan_status(connection: Connection, record_id: str, resource: Resource) -> 
         status["key"] = resource.key
         if applied is not None:
             status["appliedAt"] = format_rfc3339(applied)
+        progress = rollout_progress(connection, record_id)
+        if progress is not None:
+            status["rollout"] = progress.status()
         return status
     spec = resource.spec
     if not isinstance(spec, SubscriptionSpec):
         return status
+    plan = _plan_applied(plans, spec.plan_key)
+    if plan is not None:
+        status["plan"] = plan
     _, entitlements = _holdings(connection, resource.ref.namespace, spec)
     held = subscription_entitlements(entitlements, record_id)
     if held:

@@ -173,8 +173,7 @@ async def settle(
     announce(runtime, ref, body, outcome)
     runtime.waiting.forget(ref)
     if kind.name == "Entitlement":
-        current = (body.get("status") or {}).get("value")
-        runtime.entitlements.track(ref, current if isinstance(current, Mapping) else None)
+        runtime.entitlements.track(ref, status.refreshed_fields(body.get("status")))
     for waiter in runtime.waiting.take(ref):
         try:
             await runtime.kube.nudge(

@@ -78,8 +78,9 @@ class LedgerGateway(Protocol):
     def values(
         self, refs: Sequence[tuple[str, str]], now: datetime
     ) -> Mapping[tuple[str, str], Mapping[str, Any]]:
-        """Return ``status.value`` (hasAccess, balance, usage, overage) of the Entitlements
-        named by (namespace, name), for those the ledger has recorded."""
+        """Return the value loop's status fields of the Entitlements named by (namespace, name),
+        for those the ledger has recorded: ``value`` (hasAccess, balance, usage, overage, asOf)
+        and, with a usage period, ``currentUsagePeriod`` (``from``, ``to``)."""
 
     def close(self) -> None:
         """Release every pooled connection."""

@@ -37,7 +37,10 @@ class EventSink(Protocol):
 
 @dataclass
 class EntitlementIndex:
-    """Recorded Entitlements and the ``status.value`` last written for each."""
+    """Recorded Entitlements and the value loop's fields last written for each.
+
+    The fields are ``status.value`` and ``status.currentUsagePeriod`` (``status.refreshed_fields``).
+    """
 
     values: dict[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
 

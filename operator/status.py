@@ -2,7 +2,7 @@
 
 Role: pure functions. Ready, Reconciling and Stalled are always written, each with
 ``observedGeneration``; ``lastTransitionTime`` moves only when a condition's status flips.
-Also decides what a user-visible change of ``status.value`` is.
+Also decides what a user-visible change of ``status.value`` or ``currentUsagePeriod`` is.
 
 Must not: talk to Kubernetes or the ledger, or read the clock (``now`` is a parameter).
 """
@@ -116,6 +116,25 @@ def _same_number(a: Any, b: Any) -> bool:
         return Decimal(str(a)) == Decimal(str(b))
     except (InvalidOperation, ValueError):
         return bool(a == b)
+
+
+REFRESHED_FIELDS = ("value", "currentUsagePeriod")
+
+
+def refreshed_fields(status: Any) -> dict[str, Any] | None:
+    """Return the fields the value loop owns from an Entitlement's ``status`` (None: none yet)."""
+    if not isinstance(status, Mapping) or not isinstance(status.get("value"), Mapping):
+        return None
+    return {key: status[key] for key in REFRESHED_FIELDS if key in status}
+
+
+def refresh_moved(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Return whether the value loop must patch: the value moved, or the period rolled over."""
+    if old is None or not isinstance(old.get("value"), Mapping):
+        return True
+    if value_moved(old["value"], new.get("value") or {}):
+        return True
+    return old.get("currentUsagePeriod") != new.get("currentUsagePeriod")
 
 
 def value_moved(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:

@@ -2,11 +2,13 @@
 
 Role: every interval (at least twice the last pass's duration, so the loop is busy at most a
 third of the time), read the values of every recorded Entitlement from the ledger, 200 per read
-transaction, and patch ``status.value`` (hasAccess, balance, usage, overage, asOf) only where a
-field a user acts on moved, at most N patches a second. It also records the Orphan markers of
+transaction, and patch ``status.value`` (hasAccess, balance, usage, overage, asOf) and
+``status.currentUsagePeriod`` (the period containing asOf, by the core's period arithmetic) only
+where a field a user acts on moved or the period rolled over, at most N patches a second. It also records the Orphan markers of
 deletions the ledger missed. The sidecar remains the answer; this is for ``kubectl get ent``.
 
-Must not: compute values (the ledger does) or patch anything but ``status.value``.
+Must not: compute values or periods (the ledger does) or patch anything but ``status.value``
+and ``status.currentUsagePeriod``.
 """
 
 from __future__ import annotations
@@ -49,12 +51,10 @@ async def refresh_once(runtime: Runtime) -> int:
         values = await _read(runtime, chunk)
         for ref in chunk:
             new = values.get(ref)
-            if new is None or ref not in index or not status.value_moved(index[ref], new):
+            if new is None or ref not in index or not status.refresh_moved(index[ref], new):
                 continue
             namespace, name = ref
-            await runtime.kube.patch_status(
-                ENTITLEMENT.plural, namespace, name, {"value": dict(new)}
-            )
+            await runtime.kube.patch_status(ENTITLEMENT.plural, namespace, name, dict(new))
             index[ref] = new
             patched += 1
             await asyncio.sleep(pause)
