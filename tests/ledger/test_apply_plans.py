@@ -6,6 +6,7 @@ Plan edit and an upgrade reach them, top-ups, deletion, and the collision rule.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import pytest
 
 from allotment.cli.manifests import Document, manifest_files, read_documents
-from allotment.ledger.apply import Outcome
-from allotment.ledger.core.model import Entitlement, EntitlementValue
+from allotment.ledger import apply as apply_module
+from allotment.ledger.apply import Outcome, continue_rollout
+from allotment.ledger.core.model import Entitlement, EntitlementValue, Grant
 from allotment.ledger.core.plans import SUBSCRIPTION_ID
 from allotment.ledger.storage import catalogue
 from allotment.ledger.storage.engine import Ledger
@@ -221,3 +223,133 @@ def test_a_re_created_subscription_re_adopts_its_entitlements(
     outcome = apply(ledger, again, LATER + timedelta(hours=1))
     assert outcome.action == "Adopt"
     assert sorted(e.id for e in held(ledger)) == before
+
+
+# --- rollouts in chunks ------------------------------------------------------------------------
+
+
+def _namespaced(objects: dict[str, dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    placed = []
+    for body in objects.values():
+        copied = {**body, "metadata": {**body["metadata"], "namespace": namespace}}
+        placed.append(copied)
+    return placed
+
+
+def _starter_team(namespace: str, count: int) -> list[dict[str, Any]]:
+    return [
+        stamp(
+            {
+                "apiVersion": "allotment.dev/v1alpha1",
+                "kind": "Subscription",
+                "metadata": {"name": f"team-{i}-starter", "namespace": namespace},
+                "spec": {"subject": f"team-{i}", "planKey": "starter"},
+            }
+        )
+        for i in range(count)
+    ]
+
+
+def _shape(ledger: Ledger, namespace: str) -> list[tuple[str, Any]]:
+    """Return the namespace's entitlements and grants with the random subscription ids (and
+    the ids derived from them) left out: what two ledgers built alike must hold alike."""
+    with ledger.read() as connection:
+        records = catalogue.current_records(connection, namespace, kinds=["entitlement", "grant"])
+    names = {r.id: r.name for r in records if isinstance(r, Entitlement)}
+    shaped: list[tuple[str, Any]] = []
+    for record in records:
+        if isinstance(record, Entitlement):
+            metadata = {k: v for k, v in record.metadata.items() if k != SUBSCRIPTION_ID}
+            shaped.append((record.name, replace(record, id="", namespace="", metadata=metadata)))
+        elif isinstance(record, Grant):
+            annotations = {k: v for k, v in record.annotations.items() if k != SUBSCRIPTION_ID}
+            owner = names[record.entitlement_id]
+            shaped.append(
+                (
+                    owner,
+                    replace(
+                        record,
+                        id="",
+                        namespace="",
+                        name=record.name.split("/")[-1],
+                        entitlement_id="",
+                        annotations=annotations,
+                    ),
+                )
+            )
+    return sorted(shaped, key=lambda item: (item[0], repr(item[1])))
+
+
+class _Crash(Exception):
+    """The operator dies in the middle of a chunk."""
+
+
+def _raise_starter(namespace: str, objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    starter = {**objects["Plan/starter"]}
+    starter["metadata"] = {**starter["metadata"], "namespace": namespace}
+    features = [{**starter["spec"]["features"][0], "issueAfterReset": 300}]
+    return _edited(starter, {"features": features})
+
+
+def _until_rolled_out(ledger: Ledger, body: dict[str, Any], now: datetime) -> list[Outcome]:
+    outcomes = [apply(ledger, body, now)]
+    while outcomes[-1].reason == "RollingOut" and len(outcomes) < 50:
+        now += timedelta(seconds=1)
+        outcomes.append(apply(ledger, body, now))
+    return outcomes
+
+
+def test_a_plan_edit_rolls_out_a_chunk_per_transaction_with_progress_in_status(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apply_module, "ROLLOUT_CHUNK", 2)
+    objects = bodies()
+    converge(ledger, [*objects.values(), *_starter_team("default", 5)])
+    outcomes = _until_rolled_out(ledger, _raise_starter("default", objects), LATER)
+    first, last = outcomes[0], outcomes[-1]
+    assert (first.action, first.ready, first.reason) == ("Wait", False, "RollingOut")
+    assert first.retry_at == LATER  # due at once: applying the Plan again takes the next chunk
+    assert first.status["rollout"]["total"] == 6  # hooli and team-0..4
+    assert first.status["rollout"]["done"] < 6  # the first chunk read two pro subscribers
+    assert [o.status["rollout"]["done"] for o in outcomes] == sorted(
+        o.status["rollout"]["done"] for o in outcomes
+    )
+    assert last.ready
+    assert {k: last.status["rollout"][k] for k in ("observedGeneration", "total", "done")} == {
+        "observedGeneration": 2,
+        "total": 6,
+        "done": 6,
+    }
+    assert "finishedAt" in last.status["rollout"]
+    reached = [ref.name for o in outcomes for ref, _ in o.rolled]
+    assert sorted(reached) == sorted(["hooli-starter", *(f"team-{i}-starter" for i in range(5))])
+    assert all(o.status["plan"]["generation"] == 2 for o in outcomes for _, o in o.rolled)
+    # every subscriber got the raise at the edit instant, whichever chunk reached it
+    found = values(ledger, LATER + timedelta(minutes=1))
+    assert {c: v.balance for (c, f), v in found.items() if f == "ai_requests" and "team" in c} == {
+        f"team-{i}": Decimal(300) for i in range(5)
+    }
+
+
+def test_a_rollout_resumed_after_a_crash_writes_what_an_uninterrupted_one_writes(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apply_module, "ROLLOUT_CHUNK", 2)
+    objects = bodies()
+    for namespace in ("calm", "crash"):
+        converge(ledger, [*_namespaced(objects, namespace), *_starter_team(namespace, 5)])
+    _until_rolled_out(ledger, _raise_starter("calm", objects), LATER)
+
+    crash = _raise_starter("crash", objects)
+    assert apply(ledger, crash, LATER).reason == "RollingOut"
+    before = _shape(ledger, "crash")
+    with pytest.raises(_Crash), ledger.write() as connection:
+        progress, rolled = continue_rollout(connection, "crash", "starter", LATER)
+        assert rolled and progress is not None
+        raise _Crash
+    assert _shape(ledger, "crash") == before  # the chunk in flight left nothing behind
+    outcomes = _until_rolled_out(ledger, crash, LATER + timedelta(hours=2))
+    assert outcomes[-1].status["rollout"]["done"] == 6
+    assert _shape(ledger, "crash") == _shape(ledger, "calm")
+    with ledger.read() as connection:
+        assert continue_rollout(connection, "crash", "starter", LATER)[1] == []  # finished
