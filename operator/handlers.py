@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from allotment.operator import parsing, status
+from allotment.operator import parsing, rollouts, status
 from allotment.operator.kinds import GROUP, KINDS, VERSION, Kind
 from allotment.operator.parsing import ObjectRef
 from allotment.operator.ports import (
@@ -56,6 +56,8 @@ async def reconcile(
         raise kopf.TemporaryError(f"{ref}: {error}", delay=delay) from error
     verdict = status.verdict_of(outcome)
     write_status(patch, body, verdict, outcome.status, now)
+    if kind.name == "Plan":  # its rollout reached subscribers: their status is owed, paced
+        rollouts.publish(memo, runtime.kube, outcome)
     await settle(runtime, kind, ref, body, outcome, now)
 
 
