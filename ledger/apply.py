@@ -306,15 +306,16 @@ def _apply(
     force_orphan: bool = False,
     with_status: bool = True,
     plans: tuple[rc.RecordedPlan, ...] | None = None,
+    features: tuple[rc.RecordedFeature, ...] | None = None,
 ) -> Outcome:
-    """``apply_resource``; a Plan's rollout passes the plans it loaded once (``plans``) and
-    asks its subscribers only for what it changes in their status (``with_status``)."""
+    """``apply_resource``; a Plan's rollout passes the plans and features it loaded once per
+    chunk and asks its subscribers only for what it changes in their status."""
     record_id = _find_identity(connection, resource.ref)
     own = None if record_id is None else _own(connection, resource, record_id, now)
     planned = resource.ref.kind in _PLAN_KINDS
     seen = lookup.recorded_for(connection, resource, record_id)
     if seen is None and planned:
-        seen = _plan_view(connection, resource, record_id)
+        seen = _plan_view(connection, resource, features)
     if seen is None:
         seen = _load_namespace(connection, resource.ref.namespace).recorded
     recorded = replace(
@@ -779,7 +780,11 @@ def _logged(
     return _Page(found, last, limit is None or len(identities) < limit)
 
 
-def _plan_view(connection: Connection, resource: Resource, own_id: str | None) -> rc.Recorded:
+def _plan_view(
+    connection: Connection,
+    resource: Resource,
+    features: tuple[rc.RecordedFeature, ...] | None = None,
+) -> rc.Recorded:
     """Return what reconciling a Plan or Subscription needs, without scanning the namespace.
 
     A Plan needs only the plans (added by the caller). A Subscription needs the features, its
@@ -790,11 +795,6 @@ def _plan_view(connection: Connection, resource: Resource, own_id: str | None) -
     if not isinstance(spec, SubscriptionSpec):
         return rc.Recorded()
     ns = resource.ref.namespace
-    features = [
-        r
-        for r in catalogue.current_records(connection, ns, kinds=["feature"])
-        if isinstance(r, FeatureRecord)
-    ]
     customers, entitlements = _holdings(connection, ns, spec)
     raised = connection.execute(
         select(_RESOURCES.c.id).where(
@@ -808,16 +808,26 @@ def _plan_view(connection: Connection, resource: Resource, own_id: str | None) -
         for r in catalogue.records_by_id(connection, [row.id for row in raised])
         if isinstance(r, Grant)
     ]
-    names = catalogue.names_of(connection, [*(f.id for f in features), *(c.id for c in customers)])
+    names = catalogue.names_of(connection, [c.id for c in customers])
     return rc.Recorded(
-        features=tuple(
-            rc.RecordedFeature(f.id, names.get(f.id, ""), f.created_at, f.feature) for f in features
-        ),
+        features=_load_features(connection, ns) if features is None else features,
         customers=tuple(
             rc.RecordedCustomer(c.id, names.get(c.id), c.created_at, c.customer) for c in customers
         ),
         entitlements=tuple(entitlements),
         grants=tuple(grants),
+    )
+
+
+def _load_features(connection: Connection, ns: str) -> tuple[rc.RecordedFeature, ...]:
+    records = [
+        r
+        for r in catalogue.current_records(connection, ns, kinds=["feature"])
+        if isinstance(r, FeatureRecord)
+    ]
+    names = catalogue.names_of(connection, [r.id for r in records])
+    return tuple(
+        rc.RecordedFeature(r.id, names.get(r.id, ""), r.created_at, r.feature) for r in records
     )
 
 
@@ -890,20 +900,33 @@ def apply_subscribers(
     Each acts at the instant the Plan's generation was applied (D2), whenever this runs.
     """
     subscribers = _subscribers(connection, namespace, plan_key).found
-    plans = _load_plans(connection, namespace)
-    return [_apply_subscriber(connection, namespace, s, plans, now) for s in subscribers]
+    shared = _Shared(_load_plans(connection, namespace), _load_features(connection, namespace))
+    return [_apply_subscriber(connection, namespace, s, shared, now) for s in subscribers]
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """What every subscriber of a rollout chunk reads alike, loaded once per chunk (a rollout
+    writes neither plans nor features)."""
+
+    plans: tuple[rc.RecordedPlan, ...]
+    features: tuple[rc.RecordedFeature, ...]
 
 
 def _apply_subscriber(
-    connection: Connection,
-    namespace: str,
-    logged: _Logged,
-    plans: tuple[rc.RecordedPlan, ...],
-    now: datetime,
+    connection: Connection, namespace: str, logged: _Logged, shared: _Shared, now: datetime
 ) -> tuple[Ref, Outcome]:
     ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
     resource = Resource(ref, logged.spec, logged.uid, logged.generation, logged.created_at)
-    return ref, _apply(connection, resource, now, with_status=False, plans=plans)
+    outcome = _apply(
+        connection,
+        resource,
+        now,
+        with_status=False,
+        plans=shared.plans,
+        features=shared.features,
+    )
+    return ref, outcome
 
 
 # --- a Plan's rollout, in chunks ---------------------------------------------------------------
@@ -1066,7 +1089,8 @@ def _roll_chunk(
     chunk: int,
 ) -> tuple[RolloutProgress, list[tuple[Ref, Outcome]]]:
     page = _subscribers(connection, namespace, plan.key, after=progress.after, limit=chunk)
-    rolled = [_apply_subscriber(connection, namespace, s, plans, now) for s in page.found]
+    shared = _Shared(plans, _load_features(connection, namespace))
+    rolled = [_apply_subscriber(connection, namespace, s, shared, now) for s in page.found]
     done = progress.done + len(rolled)
     progress = replace(
         progress,
@@ -1155,7 +1179,7 @@ def _plan_outcome(
         if progress is None
         else f"rolled out to {progress.changed:,} of {progress.done:,} subscriptions"
     )
-    if verb == "Unchanged" and rolled and progress is not None:
+    if verb == "Unchanged" and progress is not None and progress.finished_at == now:
         message = f"Rolled out {what} generation {progress.generation}: {reached}"
         return Outcome("Amend", "RolledOut", message, status, None, tuple(actions), tuple(rolled))
     if verb == "Unchanged":
