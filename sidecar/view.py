@@ -1,16 +1,21 @@
-"""The sidecar's in-memory view of one namespace: indexes, usage and cached values.
+"""The sidecar's in-memory view of one namespace: compact indexes, usage and cached answers.
 
 Role: hold what a ``LedgerSource`` loaded (customers, features, meters, entitlements with their
 reset timelines, grants, usage buckets), keep it current by applying feed batches in commit
 order (a new ``ledger_epoch`` means: reload), and answer lookups with dict accesses. Each
-entitlement's ``EntitlementValue`` is cached with its ``valid_until``; it is recomputed by the
-core lazily, when a query instant passes ``valid_until`` or after a change touched it (a usage
-bucket of one of its subjects, a grant, the entitlement itself, its customer, feature or meter).
-Usage increments from local ingestion enter through ``apply_usage`` as absolute bucket states,
-so they are idempotent with the same states arriving later through the feed.
+entitlement lives in one ``_Slot`` with its grants and its cached answer: the JSON body of the
+current value (OpenMeter's v2 shape, whose v1 is a prefix) and the query instants it holds for
+(``valid_until``). It is recomputed by the core lazily, when a query instant leaves that range
+or after a change touched it (a usage bucket of one of its subjects, a grant, the entitlement
+itself, its customer, feature or meter). Usage increments from local ingestion enter through
+``apply_usage`` as absolute bucket states, so they are idempotent with the same states arriving
+later through the feed.
 
-After a load the state is frozen from the cyclic garbage collector (``gc.freeze``), so a full
-collection does not walk 10^5 entitlements.
+Memory: one slot per entitlement, no per-record index besides the id, the customer and the
+subject maps; equal values (keys, instants, amounts, timelines, empty mappings) decoded by one
+load or batch are shared; usage lives in machine-word arrays (``usage``). After a load the state
+is frozen from the cyclic garbage collector (``gc.freeze``), so a full collection does not walk
+10^6 entitlements.
 
 It must not do I/O (the follower in ``sync`` fetches; this only applies), read the clock (every
 method takes ``now``), or compute balances (``compute.ValueEngine`` does).
@@ -19,14 +24,17 @@ method takes ``now``), or compute balances (``compute.ValueEngine`` does).
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+import json
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any, TypeVar
 
 from allotment.ledger.core.history import BalanceHistory
 from allotment.ledger.core.model import (
     Aggregation,
+    Customer,
     Entitlement,
     EntitlementType,
     EntitlementValue,
@@ -34,6 +42,7 @@ from allotment.ledger.core.model import (
 )
 
 from .compute import HistoryWindow, ValueEngine
+from .serialize import value_json
 from .source import (
     CONTRACT_VERSIONS,
     Change,
@@ -45,7 +54,7 @@ from .source import (
     RecordRemoved,
     UsageBucketState,
 )
-from .usage import Series, UsageStore
+from .usage import AnySeries, UsageStore
 
 __all__ = ["Counts", "View", "looks_like_ulid"]
 
@@ -53,8 +62,10 @@ MINUTE = timedelta(minutes=1)
 _TICK = timedelta(microseconds=1)
 ZERO = Decimal(0)
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
-
-WatchKey = tuple[str, str]  # (meter slug, subject)
+_GRANTS_SPLIT = b',"grantBalances":'
+_EMPTY: dict[str, str] = {}
+_NEVER = datetime.max.replace(tzinfo=UTC)
+T = TypeVar("T")
 
 
 def looks_like_ulid(text: str) -> bool:
@@ -74,13 +85,56 @@ class Counts:
     usage_buckets: int = 0
 
 
-@dataclass(slots=True)
-class _Cached:
-    """A value valid for query instants ``now`` with ``lo < now <= hi`` (minute-rounded rule)."""
+class _Slot:
+    """One entitlement, its grants and its cached answer (the hot path reads only this).
 
-    value: EntitlementValue
-    lo: datetime
-    hi: datetime | None
+    The cached body answers every query instant ``now`` with ``lo < now`` and (``hi`` None or
+    ``now <= hi``); ``split`` is where the v1 body ends (before ``grantBalances``).
+    """
+
+    __slots__ = ("body", "entitlement", "grants", "hi", "lo", "split")
+
+    def __init__(self, entitlement: Entitlement, grants: tuple[Grant, ...] = ()) -> None:
+        self.entitlement = entitlement
+        self.grants = grants
+        self.body: bytes | None = None
+        self.lo: datetime = _NEVER
+        self.hi: datetime | None = None
+        self.split = 0
+
+    def forget(self) -> None:
+        """Drop the cached answer."""
+        self.body = None
+
+
+class _Sharer:
+    """Replaces equal values decoded by one load or batch with one shared object.
+
+    It lives only as long as that load or batch, so a value seen once costs nothing after it.
+    Records are frozen dataclasses freshly decoded for the view alone; swapping a field for an
+    equal object (``object.__setattr__``) changes no value anyone can observe.
+    """
+
+    def __init__(self) -> None:
+        self.pool: dict[Any, Any] = {}
+
+    def __call__(self, value: T) -> T:
+        if isinstance(value, dict | tuple) and not value:
+            return _EMPTY if isinstance(value, dict) else value  # type: ignore[return-value]
+        if not isinstance(value, Hashable) or isinstance(value, dict):
+            return value
+        try:  # keyed by type too: 1 == True == Decimal(1) must stay apart
+            return self.pool.setdefault((value.__class__, value), value)  # type: ignore[no-any-return]
+        except TypeError:  # a record holding a mapping
+            return value
+
+    def record(self, record: Any) -> None:
+        """Share every field of ``record`` that an equal object already holds."""
+        for item in fields(record):
+            value = getattr(record, item.name)
+            shared = self(value)
+            if shared is not value:
+                object.__setattr__(record, item.name, shared)
 
 
 @dataclass
@@ -91,25 +145,22 @@ class _State:
     contract_version: int
     position: int
     customers: dict[str, CustomerRecord] = field(default_factory=dict)  # id ->
-    customer_by_key: dict[str, CustomerRecord] = field(default_factory=dict)
-    customer_by_subject: dict[str, CustomerRecord] = field(default_factory=dict)
+    #: Every customer key and subject key -> its customer (DESIGN D5: one customer per string).
+    by_subject: dict[str, CustomerRecord] = field(default_factory=dict)
     features: dict[str, FeatureRecord] = field(default_factory=dict)  # id ->
     feature_by_key: dict[str, FeatureRecord] = field(default_factory=dict)
     meters: dict[str, MeterRecord] = field(default_factory=dict)  # id ->
     meter_by_slug: dict[str, MeterRecord] = field(default_factory=dict)
-    entitlements: dict[str, Entitlement] = field(default_factory=dict)  # id ->
-    by_customer_feature: dict[tuple[str, str], list[Entitlement]] = field(default_factory=dict)
-    by_customer: dict[str, tuple[Entitlement, ...]] = field(default_factory=dict)
-    grants: dict[str, tuple[Grant, ...]] = field(default_factory=dict)  # by entitlement id
-    grant_owner: dict[str, str] = field(default_factory=dict)  # grant id -> entitlement id
+    entitlements: dict[str, _Slot] = field(default_factory=dict)  # id ->
+    by_customer: dict[str, tuple[_Slot, ...]] = field(default_factory=dict)  # customer key ->
+    #: Grants whose entitlement is not loaded (yet), by entitlement id.
+    pending_grants: dict[str, tuple[Grant, ...]] = field(default_factory=dict)
     usage: UsageStore = field(default_factory=UsageStore)
-    watchers: dict[WatchKey, tuple[str, ...]] = field(default_factory=dict)
-    watching: dict[str, tuple[WatchKey, ...]] = field(default_factory=dict)
-    cache: dict[str, _Cached] = field(default_factory=dict)
+    grant_count: int = 0
 
 
 class View:
-    """One namespace's ledger state in memory, with cached values."""
+    """One namespace's ledger state in memory, with cached answers."""
 
     def __init__(self, namespace: str, engine: ValueEngine, *, freeze_gc: bool = True) -> None:
         self.namespace = namespace
@@ -152,26 +203,26 @@ class View:
         self._check_contract(loaded.contract_version)
         if self.freeze_gc:
             gc.unfreeze()
+        share = _Sharer()
         state = _State(loaded.epoch, loaded.contract_version, loaded.position)
         for meter in loaded.meters:
             _put_meter(state, meter)
         for feature in loaded.features:
             _put_feature(state, feature)
         for customer in loaded.customers:
-            _put_customer(state, customer)
+            _put_customer(state, _share_customer(share, customer))
         for entitlement in loaded.entitlements:
-            _put_entitlement(state, entitlement)
+            _put_entitlement(state, _share_entitlement(share, entitlement))
         for grant in loaded.grants:
-            _put_grant(state, grant)
+            _put_grant(state, _share_grant(share, grant))
         for bucket in loaded.usage:
-            state.usage.put(bucket)
-        for entitlement in state.entitlements.values():
-            _rewatch(state, entitlement.id)
+            state.usage.put(bucket, share)
         if self._state is not None:
             self.reloads += 1
         self._state = state
         self.details = dict(loaded.details)
         self.loaded_at = self.synced_at = now
+        del share
         if self.freeze_gc:
             gc.collect()
             gc.freeze()
@@ -182,8 +233,9 @@ class View:
         if batch.epoch != state.epoch:
             return False
         self._check_contract(batch.contract_version)
+        share = _Sharer()
         for change in batch.changes:
-            self._apply_change(state, change)
+            _apply_change(state, change, share)
         state.position = max(state.position, batch.position)
         state.contract_version = batch.contract_version
         self.synced_at = now
@@ -192,8 +244,9 @@ class View:
     def apply_usage(self, buckets: Iterable[UsageBucketState]) -> None:
         """Take bucket states committed by local ingestion (idempotent with the feed's)."""
         state = self._require()
+        share = _Sharer()
         for bucket in buckets:
-            self._apply_change(state, bucket)
+            _apply_change(state, bucket, share)
 
     def mark_synced(self, now: datetime) -> None:
         """Record that a poll found nothing new: the view is current as of ``now``."""
@@ -217,49 +270,6 @@ class View:
             raise RuntimeError("the view has not loaded yet")
         return self._state
 
-    def _apply_change(self, state: _State, change: Change) -> None:
-        if isinstance(change, UsageBucketState):
-            if state.usage.put(change):
-                for entitlement_id in state.watchers.get((change.meter_slug, change.subject), ()):
-                    state.cache.pop(entitlement_id, None)
-        elif isinstance(change, Grant):
-            _put_grant(state, change)
-            state.cache.pop(change.entitlement_id, None)
-        elif isinstance(change, Entitlement):
-            _put_entitlement(state, change)
-            _rewatch(state, change.id)
-            state.cache.pop(change.id, None)
-        elif isinstance(change, CustomerRecord):
-            old = state.customers.get(change.id)
-            _put_customer(state, change)
-            self._touch(state, (e.id for e in state.by_customer.get(change.customer.key, ())))
-            if old is not None and old.customer.key != change.customer.key:
-                self._touch(state, (e.id for e in state.by_customer.get(old.customer.key, ())))
-        elif isinstance(change, FeatureRecord):
-            _put_feature(state, change)
-            key = change.feature.key
-            self._touch(state, (e.id for e in state.entitlements.values() if e.feature_key == key))
-        elif isinstance(change, MeterRecord):
-            _put_meter(state, change)
-            slug = change.meter.slug
-            self._touch(
-                state,
-                (
-                    e.id
-                    for e in state.entitlements.values()
-                    if (f := state.feature_by_key.get(e.feature_key))
-                    and f.feature.meter_slug == slug
-                ),
-            )
-        elif isinstance(change, RecordRemoved):
-            _remove(state, change)
-
-    @staticmethod
-    def _touch(state: _State, entitlement_ids: Iterable[str]) -> None:
-        for entitlement_id in list(entitlement_ids):
-            _rewatch(state, entitlement_id)
-            state.cache.pop(entitlement_id, None)
-
     # --- lookups ------------------------------------------------------------------------------
 
     def counts(self) -> Counts:
@@ -272,21 +282,23 @@ class View:
             features=len(state.features),
             meters=len(state.meters),
             entitlements=len(state.entitlements),
-            grants=len(state.grant_owner),
+            grants=state.grant_count,
             usage_buckets=state.usage.bucket_count,
         )
 
     def customer_by_subject(self, subject: str) -> CustomerRecord | None:
         """Return the customer whose key or subject keys contain ``subject`` (DESIGN D5)."""
-        return self._require().customer_by_subject.get(subject)
+        return self._require().by_subject.get(subject)
 
     def customer(self, id_or_key: str) -> CustomerRecord | None:
         """Return the customer with this key, or this ledger id."""
         state = self._require()
-        found = state.customer_by_key.get(id_or_key)
-        if found is None and looks_like_ulid(id_or_key):
-            found = state.customers.get(id_or_key)
-        return found
+        found = state.by_subject.get(id_or_key)
+        if found is not None and found.customer.key == id_or_key:
+            return found
+        if looks_like_ulid(id_or_key):
+            return state.customers.get(id_or_key)
+        return None
 
     def feature(self, key: str) -> FeatureRecord | None:
         """Return the feature with this key."""
@@ -302,63 +314,101 @@ class View:
 
     def customer_of(self, entitlement: Entitlement) -> CustomerRecord | None:
         """Return the entitlement's customer."""
-        return self._require().customer_by_key.get(entitlement.customer_key)
+        return _customer_by_key(self._require(), entitlement.customer_key)
 
     def grants_of(self, entitlement_id: str) -> list[Grant]:
         """Return the recorded grants of an entitlement."""
-        return list(self._require().grants.get(entitlement_id, ()))
+        slot = self._require().entitlements.get(entitlement_id)
+        return list(slot.grants) if slot is not None else []
 
     def entitlements_of(self, customer_key: str) -> list[Entitlement]:
         """Return every entitlement of a customer, oldest first."""
-        found = self._require().by_customer.get(customer_key, ())
+        found = [s.entitlement for s in self._require().by_customer.get(customer_key, ())]
         return sorted(found, key=lambda e: (e.start, e.id))
 
     def entitlement(self, entitlement_id: str) -> Entitlement | None:
         """Return the entitlement with this ledger id."""
-        return self._require().entitlements.get(entitlement_id)
+        slot = self._require().entitlements.get(entitlement_id)
+        return slot.entitlement if slot is not None else None
 
     def active_entitlement(
         self, customer_key: str, feature_key: str, at: datetime
     ) -> Entitlement | None:
-        """Return the customer's entitlement to ``feature_key`` active at ``at``, if any."""
-        for entitlement in self._require().by_customer_feature.get((customer_key, feature_key), ()):
-            if entitlement.is_active_at(at):
-                return entitlement
-        return None
+        """Return the customer's entitlement to ``feature_key`` active at ``at``, if any.
+
+        Should two be active (the ledger prevents it), the newest by (start, id) answers.
+        """
+        found: Entitlement | None = None
+        for slot in self._require().by_customer.get(customer_key, ()):
+            entitlement = slot.entitlement
+            if (
+                entitlement.feature_key == feature_key
+                and entitlement.is_active_at(at)
+                and (found is None or (entitlement.start, entitlement.id) > (found.start, found.id))
+            ):
+                found = entitlement
+        return found
 
     def resolve(
         self, customer_key: str, id_or_feature_key: str, at: datetime
     ) -> Entitlement | None:
         """Resolve ``{entitlementIdOrFeatureKey}`` for a customer (spec §4.6): id, then key."""
         if looks_like_ulid(id_or_feature_key):
-            found = self._require().entitlements.get(id_or_feature_key)
-            if found is not None and found.customer_key == customer_key:
-                return found
+            slot = self._require().entitlements.get(id_or_feature_key)
+            if slot is not None and slot.entitlement.customer_key == customer_key:
+                return slot.entitlement
         return self.active_entitlement(customer_key, id_or_feature_key, at)
 
     # --- values -------------------------------------------------------------------------------
 
+    def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
+        """Return the JSON body of the current value (v1 or v2): the hot path, from the cache."""
+        slot = self._slot(entitlement)
+        body = slot.body
+        if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
+            body = self._refresh(slot, now)
+        if v2 or slot.split == len(body):
+            return body
+        return body[: slot.split] + b"}"
+
     def value(self, entitlement: Entitlement, now: datetime) -> EntitlementValue:
-        """Return the current value: cached while ``now`` stays inside its validity."""
-        state = self._require()
-        cached = state.cache.get(entitlement.id)
-        if cached is not None and cached.lo < now and (cached.hi is None or now <= cached.hi):
-            return cached.value
+        """Return the current value: from the cached body while ``now`` stays inside its range."""
+        slot = self._slot(entitlement)
+        body = slot.body
+        if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
+            return self._compute(slot, now)
+        return _decode_value(body, slot, _step(entitlement))
+
+    def _slot(self, entitlement: Entitlement) -> _Slot:
+        slot = self._require().entitlements.get(entitlement.id)
+        if slot is None:
+            raise LookupError(f"entitlement {entitlement.id} is not loaded")
+        return slot
+
+    def _refresh(self, slot: _Slot, now: datetime) -> bytes:
+        self._compute(slot, now)
+        if slot.body is None:  # pragma: no cover - _compute always fills it
+            raise RuntimeError("no cached body after computing")
+        return slot.body
+
+    def _compute(self, slot: _Slot, now: datetime) -> EntitlementValue:
+        entitlement = slot.entitlement
         value = self.value_at(entitlement, now)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity
         # value read at ``now`` answers [now, valid_until).
-        step = MINUTE if entitlement.type is EntitlementType.METERED else _TICK
-        state.cache[entitlement.id] = _Cached(
-            value,
-            value.at - step,
-            None if value.valid_until is None else value.valid_until - step,
-        )
+        step = _step(entitlement)
+        body = value_json(value, v2=True).encode()
+        split = body.find(_GRANTS_SPLIT)
+        slot.split = len(body) if split < 0 else split
+        slot.lo = value.at - step
+        slot.hi = None if value.valid_until is None else value.valid_until - step
+        slot.body = body
         return value
 
     def value_at(self, entitlement: Entitlement, at: datetime) -> EntitlementValue:
         """Compute the value at any instant, bypassing the cache (the core rounds metered)."""
         state = self._require()
-        aggregation, series = self._usage_inputs(state, entitlement)
+        aggregation, series = _usage_inputs(state, entitlement)
         store = state.usage
 
         def usage(start: datetime, end: datetime, /) -> Decimal:
@@ -366,13 +416,14 @@ class View:
                 return ZERO
             return store.aggregate(aggregation, series, start, end)
 
-        grants = state.grants.get(entitlement.id, ())
+        slot = state.entitlements.get(entitlement.id)
+        grants = slot.grants if slot is not None else ()
         return self.engine.value(entitlement, grants, aggregation, usage, at)
 
     def history(self, entitlement: Entitlement, window: HistoryWindow) -> BalanceHistory:
         """Compute a metered entitlement's balance history from memory."""
         state = self._require()
-        aggregation, series = self._usage_inputs(state, entitlement)
+        aggregation, series = _usage_inputs(state, entitlement)
         if aggregation is None:
             raise ValueError(f"entitlement {entitlement.id} has no recorded meter")
         store = state.usage
@@ -380,35 +431,133 @@ class View:
         def usage(start: datetime, end: datetime, /) -> Decimal:
             return store.aggregate(aggregation, series, start, end)
 
-        grants = state.grants.get(entitlement.id, ())
+        slot = state.entitlements.get(entitlement.id)
+        grants = slot.grants if slot is not None else ()
         return self.engine.history(entitlement, grants, aggregation, usage, window)
 
-    def _usage_inputs(
-        self, state: _State, entitlement: Entitlement
-    ) -> tuple[Aggregation | None, list[Series]]:
-        feature = state.feature_by_key.get(entitlement.feature_key)
-        if feature is None or feature.feature.meter_slug is None:
-            return None, []
-        meter = state.meter_by_slug.get(feature.feature.meter_slug)
-        customer = state.customer_by_key.get(entitlement.customer_key)
-        if meter is None:
-            return None, []
-        subjects = customer.customer.all_subject_keys if customer else (entitlement.customer_key,)
-        series = state.usage.matching(
-            meter.meter.slug, subjects, feature.feature.meter_group_by_filters
-        )
-        return meter.meter.aggregation, series
-
-    def usage_inputs(self, entitlement: Entitlement) -> tuple[Aggregation | None, list[Series]]:
+    def usage_inputs(self, entitlement: Entitlement) -> tuple[Aggregation | None, list[AnySeries]]:
         """Return the aggregation and usage series that count for an entitlement."""
-        return self._usage_inputs(self._require(), entitlement)
+        return _usage_inputs(self._require(), entitlement)
 
     def usage_store(self) -> UsageStore:
         """Return the usage store (for history windows)."""
         return self._require().usage
 
 
-# --- index maintenance (module-level so load and apply share them) ---------------------------
+def _step(entitlement: Entitlement) -> timedelta:
+    return MINUTE if entitlement.type is EntitlementType.METERED else _TICK
+
+
+def _decode_value(body: bytes, slot: _Slot, step: timedelta) -> EntitlementValue:
+    """Rebuild the ``EntitlementValue`` a cached body was rendered from (numbers exact)."""
+    data = json.loads(body, parse_float=Decimal, parse_int=Decimal)
+    lo, hi = slot.lo, slot.hi
+    balances = data.get("grantBalances")
+    return EntitlementValue(
+        at=lo + step,
+        has_access=data["hasAccess"],
+        valid_until=None if hi is None else hi + step,
+        balance=data.get("balance"),
+        usage=data.get("usage"),
+        overage=data.get("overage"),
+        total_available_grant_amount=data.get("totalAvailableGrantAmount"),
+        grant_balances=balances,
+        config=data.get("config"),
+    )
+
+
+def _customer_by_key(state: _State, key: str) -> CustomerRecord | None:
+    found = state.by_subject.get(key)
+    return found if found is not None and found.customer.key == key else None
+
+
+def _usage_inputs(
+    state: _State, entitlement: Entitlement
+) -> tuple[Aggregation | None, list[AnySeries]]:
+    feature = state.feature_by_key.get(entitlement.feature_key)
+    if feature is None or feature.feature.meter_slug is None:
+        return None, []
+    meter = state.meter_by_slug.get(feature.feature.meter_slug)
+    if meter is None:
+        return None, []
+    customer = _customer_by_key(state, entitlement.customer_key)
+    subjects = customer.customer.all_subject_keys if customer else (entitlement.customer_key,)
+    series = state.usage.matching(
+        meter.meter.slug, subjects, feature.feature.meter_group_by_filters
+    )
+    return meter.meter.aggregation, series
+
+
+# --- sharing equal values between freshly decoded records --------------------------------------
+
+
+def _share_customer(share: _Sharer, record: CustomerRecord) -> CustomerRecord:
+    share.record(record.customer)
+    share.record(record)
+    return record
+
+
+def _share_entitlement(share: _Sharer, entitlement: Entitlement) -> Entitlement:
+    share.record(entitlement)
+    share(entitlement.id)  # grants name it: their entitlement_id becomes this very string
+    return entitlement
+
+
+def _share_grant(share: _Sharer, grant: Grant) -> Grant:
+    share.record(grant)
+    return grant
+
+
+# --- applying changes and maintaining the indexes ----------------------------------------------
+
+
+def _apply_change(state: _State, change: Change, share: _Sharer) -> None:
+    if isinstance(change, UsageBucketState):
+        if state.usage.put(change, share):
+            _forget_usage_of(state, change.meter_slug, change.subject)
+    elif isinstance(change, Grant):
+        _put_grant(state, _share_grant(share, change))
+    elif isinstance(change, Entitlement):
+        _put_entitlement(state, _share_entitlement(share, change))
+    elif isinstance(change, CustomerRecord):
+        old = state.customers.get(change.id)
+        _put_customer(state, _share_customer(share, change))
+        _forget_customer(state, change.customer)
+        if old is not None:
+            _forget_customer(state, old.customer)
+    elif isinstance(change, FeatureRecord):
+        old_feature = state.features.get(change.id)
+        _put_feature(state, change)
+        keys = {change.feature.key} | ({old_feature.feature.key} if old_feature else set())
+        _forget_where(state, lambda e: e.feature_key in keys)
+    elif isinstance(change, MeterRecord):
+        _put_meter(state, change)
+        _forget_where(state, lambda _e: True)
+    elif isinstance(change, RecordRemoved):
+        _remove(state, change)
+
+
+def _forget_usage_of(state: _State, meter_slug: str, subject: str) -> None:
+    """Drop the cached answers a bucket of (meter, subject) may change."""
+    customer = state.by_subject.get(subject)
+    keys = (subject,) if customer is None else (customer.customer.key, subject)
+    for key in keys:
+        for slot in state.by_customer.get(key, ()):
+            feature = state.feature_by_key.get(slot.entitlement.feature_key)
+            if feature is None or feature.feature.meter_slug == meter_slug:
+                slot.body = None
+
+
+def _forget_customer(state: _State, customer: Customer) -> None:
+    for key in customer.all_subject_keys:
+        for slot in state.by_customer.get(key, ()):
+            slot.body = None
+
+
+def _forget_where(state: _State, matches: Callable[[Entitlement], bool]) -> None:
+    for slot in state.entitlements.values():
+        if matches(slot.entitlement):
+            slot.body = None
 
 
 def _put_meter(state: _State, record: MeterRecord) -> None:
@@ -431,117 +580,94 @@ def _put_feature(state: _State, record: FeatureRecord) -> None:
     state.feature_by_key[record.feature.key] = record
 
 
+def _unindex_customer(state: _State, record: CustomerRecord) -> None:
+    for subject in record.customer.all_subject_keys:
+        if state.by_subject.get(subject) is record:
+            del state.by_subject[subject]
+
+
 def _put_customer(state: _State, record: CustomerRecord) -> None:
     old = state.customers.get(record.id)
     if old is not None:
-        state.customer_by_key.pop(old.customer.key, None)
-        for subject in old.customer.all_subject_keys:
-            if state.customer_by_subject.get(subject) is old:
-                del state.customer_by_subject[subject]
+        _unindex_customer(state, old)
     state.customers[record.id] = record
-    state.customer_by_key[record.customer.key] = record
     for subject in record.customer.all_subject_keys:
-        state.customer_by_subject[subject] = record
+        state.by_subject[subject] = record
 
 
 def _put_entitlement(state: _State, entitlement: Entitlement) -> None:
-    old = state.entitlements.get(entitlement.id)
-    if old is not None:
-        _unindex_entitlement(state, old)
-    state.entitlements[entitlement.id] = entitlement
-    key = (entitlement.customer_key, entitlement.feature_key)
-    siblings = [e for e in state.by_customer_feature.get(key, []) if e.id != entitlement.id]
-    siblings.append(entitlement)
-    siblings.sort(key=lambda e: (e.start, e.id), reverse=True)  # newest first
-    state.by_customer_feature[key] = siblings
-    others = state.by_customer.get(entitlement.customer_key, ())
-    state.by_customer[entitlement.customer_key] = (
-        *(e for e in others if e.id != entitlement.id),
-        entitlement,
-    )
-
-
-def _unindex_entitlement(state: _State, entitlement: Entitlement) -> None:
-    key = (entitlement.customer_key, entitlement.feature_key)
-    remaining = [e for e in state.by_customer_feature.get(key, []) if e.id != entitlement.id]
-    if remaining:
-        state.by_customer_feature[key] = remaining
+    slot = state.entitlements.get(entitlement.id)
+    if slot is None:
+        slot = _Slot(entitlement, state.pending_grants.pop(entitlement.id, ()))
+        state.entitlements[entitlement.id] = slot
     else:
-        state.by_customer_feature.pop(key, None)
-    others = state.by_customer.get(entitlement.customer_key, ())
-    kept = tuple(e for e in others if e.id != entitlement.id)
+        _unindex_entitlement(state, slot)
+        slot.entitlement = entitlement
+        slot.body = None
+    key = entitlement.customer_key
+    state.by_customer[key] = (*state.by_customer.get(key, ()), slot)
+
+
+def _unindex_entitlement(state: _State, slot: _Slot) -> None:
+    key = slot.entitlement.customer_key
+    kept = tuple(s for s in state.by_customer.get(key, ()) if s is not slot)
     if kept:
-        state.by_customer[entitlement.customer_key] = kept
+        state.by_customer[key] = kept
     else:
-        state.by_customer.pop(entitlement.customer_key, None)
+        state.by_customer.pop(key, None)
 
 
 def _put_grant(state: _State, grant: Grant) -> None:
-    previous_owner = state.grant_owner.get(grant.id)
-    if previous_owner is not None and previous_owner != grant.entitlement_id:
-        _drop_grant(state, previous_owner, grant.id)
-        state.cache.pop(previous_owner, None)
-    others = state.grants.get(grant.entitlement_id, ())
-    state.grants[grant.entitlement_id] = (*(g for g in others if g.id != grant.id), grant)
-    state.grant_owner[grant.id] = grant.entitlement_id
-
-
-def _drop_grant(state: _State, entitlement_id: str, grant_id: str) -> None:
-    kept = tuple(g for g in state.grants.get(entitlement_id, ()) if g.id != grant_id)
-    if kept:
-        state.grants[entitlement_id] = kept
+    slot = state.entitlements.get(grant.entitlement_id)
+    held = slot.grants if slot is not None else state.pending_grants.get(grant.entitlement_id, ())
+    kept = tuple(g for g in held if g.id != grant.id)
+    state.grant_count += 1 - (len(held) - len(kept))
+    if slot is None:
+        state.pending_grants[grant.entitlement_id] = (*kept, grant)
     else:
-        state.grants.pop(entitlement_id, None)
+        slot.grants = (*kept, grant)
+        slot.body = None
 
 
-def _rewatch(state: _State, entitlement_id: str) -> None:
-    """Recompute which (meter, subject) usage keys invalidate an entitlement's value."""
-    for key in state.watching.pop(entitlement_id, ()):
-        kept = tuple(e for e in state.watchers.get(key, ()) if e != entitlement_id)
-        if kept:
-            state.watchers[key] = kept
-        else:
-            state.watchers.pop(key, None)
-    entitlement = state.entitlements.get(entitlement_id)
-    if entitlement is None:
-        return
-    feature = state.feature_by_key.get(entitlement.feature_key)
-    if feature is None or feature.feature.meter_slug is None:
-        return
-    customer = state.customer_by_key.get(entitlement.customer_key)
-    subjects: Sequence[str] = (
-        customer.customer.all_subject_keys if customer else (entitlement.customer_key,)
-    )
-    keys = tuple((feature.feature.meter_slug, s) for s in subjects)
-    for key in keys:
-        state.watchers[key] = (*state.watchers.get(key, ()), entitlement_id)
-    state.watching[entitlement_id] = keys
+def _drop_grant(state: _State, grant_id: str) -> None:
+    """Remove a grant wherever it is held (a rare change: a scan is fine)."""
+    for slot in state.entitlements.values():
+        kept = tuple(g for g in slot.grants if g.id != grant_id)
+        if len(kept) != len(slot.grants):
+            state.grant_count -= 1
+            slot.grants = kept
+            slot.body = None
+    for entitlement_id, grants in list(state.pending_grants.items()):
+        kept = tuple(g for g in grants if g.id != grant_id)
+        if len(kept) != len(grants):
+            state.grant_count -= 1
+            if kept:
+                state.pending_grants[entitlement_id] = kept
+            else:
+                del state.pending_grants[entitlement_id]
 
 
 def _remove(state: _State, removed: RecordRemoved) -> None:
     if removed.kind == "entitlement":
-        entitlement = state.entitlements.pop(removed.id, None)
-        if entitlement is not None:
-            _unindex_entitlement(state, entitlement)
-            _rewatch(state, removed.id)
-            state.cache.pop(removed.id, None)
+        slot = state.entitlements.pop(removed.id, None)
+        if slot is not None:
+            _unindex_entitlement(state, slot)
+            state.grant_count -= len(slot.grants)
     elif removed.kind == "grant":
-        owner = state.grant_owner.pop(removed.id, None)
-        if owner is not None:
-            _drop_grant(state, owner, removed.id)
-            state.cache.pop(owner, None)
+        _drop_grant(state, removed.id)
     elif removed.kind == "customer":
         record = state.customers.pop(removed.id, None)
         if record is not None:
-            state.customer_by_key.pop(record.customer.key, None)
-            for subject in record.customer.all_subject_keys:
-                if state.customer_by_subject.get(subject) is record:
-                    del state.customer_by_subject[subject]
+            _unindex_customer(state, record)
+            _forget_customer(state, record.customer)
     elif removed.kind == "feature":
         feature = state.features.pop(removed.id, None)
         if feature is not None:
             state.feature_by_key.pop(feature.feature.key, None)
+            key = feature.feature.key
+            _forget_where(state, lambda e: e.feature_key == key)
     elif removed.kind == "meter":
         meter = state.meters.pop(removed.id, None)
         if meter is not None:
             state.meter_by_slug.pop(meter.meter.slug, None)
+            _forget_where(state, lambda _e: True)
