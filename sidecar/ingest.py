@@ -29,14 +29,15 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import Counter, Histogram
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
@@ -54,6 +55,7 @@ from allotment.ledger.storage.usage import (
 from .ingest_events import InvalidBodyError, InvalidEventError, parse_events
 from .ingest_group import GroupCommitter, ShuttingDownError
 from .keys import CLOCK, METRICS, SETTINGS, VIEW
+from .leases import LEASES, LeaseConfig, install_leases
 from .problems import ProblemError
 
 __all__ = [
@@ -70,6 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("allotment.sidecar.ingest")
+R = TypeVar("R")
 
 #: aiohttp's default request size, and the largest batch a client should send at once.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -89,6 +92,8 @@ class IngestConfig:
     writers: int | None = None
     retry_after_seconds: int = 1
     group_events: int = DEFAULT_GROUP_EVENTS
+    #: Strict-mode leases (``consistency: Strict``), kept on the same ledger connection.
+    leases: LeaseConfig = field(default_factory=LeaseConfig)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,10 @@ class UsageWriter(Protocol):
         horizon: timedelta,
     ) -> Committed:
         """Store the batch in one transaction; raise ``LedgerUnavailableError`` if it cannot."""
+        ...
+
+    def transact(self, work: Callable[[Connection], R]) -> R:
+        """Run ``work`` in one write transaction; raise ``LedgerUnavailableError`` if it cannot."""
         ...
 
     def close(self) -> None:
@@ -173,6 +182,15 @@ class LedgerWriter:
         except (DBAPIError, PoolTimeoutError) as error:
             raise LedgerUnavailableError(_describe(error)) from error
         return Committed(outcome, buckets)
+
+    def transact(self, work: Callable[[Connection], R]) -> R:
+        """Run ``work`` in one write transaction (strict-mode leases use it; D12, D14)."""
+        ledger = self._open()
+        try:
+            with ledger.write() as connection:
+                return work(connection)
+        except (DBAPIError, PoolTimeoutError) as error:
+            raise LedgerUnavailableError(_describe(error)) from error
 
     def close(self) -> None:
         """Dispose of the connections; later commits answer 503."""
@@ -263,6 +281,7 @@ def install_ingestion(
     )
     app[INGESTION] = ingestion
     app.cleanup_ctx.append(_run_writer)
+    install_leases(app, ingestion.writer, config.leases)
     return ingestion
 
 
@@ -281,7 +300,12 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
         _record(ingestion, result, seconds, app[CLOCK]())
         view = app[VIEW]
         if result.buckets and view.ready:
+            book = app.get(LEASES)
+            now = app[CLOCK]()
+            before = book.pending_usage(view, now) if book is not None and book.held else None
             view.apply_usage(result.buckets)
+            if book is not None and before:
+                book.settle_committed(view, before, now)  # consistency: Strict only
 
     committer = GroupCommitter(
         commit,
@@ -428,4 +452,5 @@ def ingest_status(app: web.Application) -> dict[str, Any] | None:
         "lastError": ingestion.last_error,
         "maxBodyBytes": ingestion.config.max_body_bytes,
         "horizonDays": ingestion.config.horizon.days,
+        "strictLeases": app[LEASES].status() if LEASES in app else None,
     }

@@ -25,6 +25,7 @@ from aiohttp import web
 from .freshness import apply_stale_policy, stale_at
 from .ingest_precheck import apply_requested_usage, requested_usage_of_context
 from .keys import CLOCK, SETTINGS, VIEW
+from .leases import gate_flag
 from .parsing import OfrepContext, parse_ofrep_context
 from .serialize import dumps
 from .source import FeatureRecord
@@ -131,7 +132,10 @@ async def evaluate_flag(request: web.Request) -> web.Response:
         requested = requested_usage_of_context(context.attributes)
     except ValueError as error:
         return _error(400, "INVALID_CONTEXT", str(error), key)
-    body = _evaluate(request, view, feature, context.targeting_key, request.app[CLOCK](), requested)
+    now = request.app[CLOCK]()
+    body = _evaluate(request, view, feature, context.targeting_key, now, requested)
+    if requested is not None and body["value"]:
+        body = await gate_flag(request.app, body, requested, now)  # consistency: Strict
     return web.Response(text=dumps(body), content_type="application/json")
 
 

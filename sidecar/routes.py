@@ -24,7 +24,7 @@ from allotment.ledger.core.history import HistoryError
 from allotment.ledger.core.model import Entitlement, EntitlementType
 from allotment.ledger.core.periods import last_reset
 
-from . import ingest, ofrep
+from . import ingest, leases, ofrep
 from .compute import HistoryWindow
 from .freshness import apply_stale_policy, stale_at
 from .ingest_precheck import apply_requested_usage, parse_requested_usage
@@ -110,7 +110,7 @@ def _entitlement(view: View, customer: CustomerRecord, id_or_key: str, at: datet
     return entitlement
 
 
-def _value(
+async def _value(
     request: web.Request, view: View, customer: CustomerRecord, id_or_key: str, *, v2: bool
 ) -> web.Response:
     """Decide a value read: the one place an access answer is made for OpenMeter's paths."""
@@ -130,7 +130,10 @@ def _value(
             headers = {"Allotment-Stale-Policy": policy.value}
     else:
         value = view.value_at(entitlement, at)
-    value = apply_requested_usage(entitlement, value, parse_requested_usage(query))
+    requested = parse_requested_usage(query)
+    value = apply_requested_usage(entitlement, value, requested)
+    if requested is not None and value.has_access and at is None:
+        value = await leases.gate(request.app, entitlement, value, requested, now)  # Strict
     return web.Response(
         body=value_json(value, v2=v2).encode(), content_type="application/json", headers=headers
     )
@@ -167,21 +170,21 @@ async def get_subject_entitlement_value(request: web.Request) -> web.Response:
     """GET /api/v1/subjects/{subject}/entitlements/{entitlementIdOrFeatureKey}/value."""
     view = ready_view(request)
     customer = _customer_by_subject(view, request.match_info["subject"])
-    return _value(request, view, customer, request.match_info["entitlement"], v2=False)
+    return await _value(request, view, customer, request.match_info["entitlement"], v2=False)
 
 
 async def get_customer_entitlement_value(request: web.Request) -> web.Response:
     """GET /api/v1/customers/{customer}/entitlements/{featureKey}/value."""
     view = ready_view(request)
     customer = _customer(view, request.match_info["customer"])
-    return _value(request, view, customer, request.match_info["entitlement"], v2=False)
+    return await _value(request, view, customer, request.match_info["entitlement"], v2=False)
 
 
 async def get_customer_entitlement_value_v2(request: web.Request) -> web.Response:
     """GET /api/v2/customers/{customer}/entitlements/{entitlementIdOrFeatureKey}/value."""
     view = ready_view(request)
     customer = _customer(view, request.match_info["customer"])
-    return _value(request, view, customer, request.match_info["entitlement"], v2=True)
+    return await _value(request, view, customer, request.match_info["entitlement"], v2=True)
 
 
 async def get_customer_access(request: web.Request) -> web.Response:

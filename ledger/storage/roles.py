@@ -2,7 +2,8 @@
 
 Role: create (or drop) the login role a namespace's sidecar connects as. It is a member of the
 NOLOGIN group ``allotment_sidecar``, which the migrations grant reads of the feed, the catalogue
-and the usage tables, inserts of usage, and the feed-position function, nothing else; row-level
+and the usage tables, inserts of usage, strict-mode leases (insert and update, never delete;
+migration 0006), and the feed-position function, nothing else; row-level
 security limits every row it sees or writes to the namespace recorded for it in
 ``sidecar_roles``. The operator (the schema owner) runs these; a sidecar never can.
 

@@ -289,3 +289,22 @@ class EntitlementPairRow(Base):
     customer_key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     feature_key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     entitlement_id: Mapped[str] = mapped_column(ForeignKey("resources.id"), primary_key=True)
+
+
+class LeaseRow(Base):
+    """A strict-mode lease: a slice of one entitlement's period balance one sidecar may approve.
+
+    ``reserved - spent`` is what the holder still claims while ``expires_at`` lies ahead; a
+    lease belongs to the usage period starting at ``period_start`` and never changes a balance
+    (usage events do). Rows only grow ``spent``; expired rows count for nothing.
+    """
+
+    __tablename__ = "leases"
+
+    namespace: Mapped[str] = mapped_column(String(NAMESPACE_LENGTH), primary_key=True)
+    entitlement_id: Mapped[str] = mapped_column(String(ULID_LENGTH), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(Instant(), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    reserved: Mapped[Decimal] = mapped_column(Amount())
+    spent: Mapped[Decimal] = mapped_column(Amount())
+    expires_at: Mapped[datetime] = mapped_column(Instant())

@@ -18,6 +18,7 @@ from allotment.ledger.storage import feed
 from allotment.ledger.storage.engine import Ledger
 from allotment.ledger.storage.schema import UsageEventRow
 from allotment.sidecar.ingest import INGESTION, LedgerUnavailableError
+from allotment.sidecar.keys import FOLLOWER
 from tests.sidecar.conftest import Clock, Sidecar, StartSidecar
 from tests.sidecar.seed import Seeder
 
@@ -281,6 +282,9 @@ class _FailingWriter:
     def commit(self, *args: Any, **kwargs: Any) -> Any:
         raise LedgerUnavailableError("OperationalError: the connection was closed")
 
+    def transact(self, *args: Any, **kwargs: Any) -> Any:
+        raise LedgerUnavailableError("OperationalError: the connection was closed")
+
     def close(self) -> None:
         pass
 
@@ -303,13 +307,20 @@ async def test_a_failed_commit_is_503_and_the_retry_counts_once(
 
 
 async def test_read_your_writes_and_the_feed_does_not_count_twice(
-    seeder: Seeder, start_sidecar: StartSidecar, ledger: Ledger
+    seeder: Seeder, start_sidecar: StartSidecar, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed(seeder)
     sidecar = await start_sidecar(poll_interval=timedelta(hours=1))
     await sidecar.caught_up(seeder.head())
     before = sidecar.view.position
     assert before is not None
+    # Hold the feed back (PostgreSQL's NOTIFY would otherwise wake the follower at once).
+    follower = sidecar.app[FOLLOWER]
+
+    async def held_back() -> bool:
+        return False
+
+    monkeypatch.setattr(follower, "poll_once", held_back)
     status, _, _ = await post(sidecar, [event(1, 300), event(2, 5)], BATCH)
     assert status == 204
     # The next answer shows the usage although the view has not read the feed yet.
@@ -317,6 +328,7 @@ async def test_read_your_writes_and_the_feed_does_not_count_twice(
         head = feed.feed_head(conn)
     assert sidecar.view.position == before < head
     assert await usage_of(sidecar) == 305
+    monkeypatch.undo()
     # The feed brings the same bucket states back: nothing changes.
     await sidecar.caught_up(head)
     assert await usage_of(sidecar) == 305
