@@ -18,6 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, and_, func, insert, select
 
+from allotment.ledger.core.model import Entitlement, Grant
+from allotment.ledger.storage import snapshots
 from allotment.ledger.storage.codec import Record, Removed, decode_record, encode_record
 from allotment.ledger.storage.feed import Change, append
 from allotment.ledger.storage.schema import (
@@ -76,10 +78,13 @@ def record_versions(
     """Append a new version of each record and its feed entry; return the versions written.
 
     Appending a document equal to the current one writes nothing and returns the current
-    version, so a retried reconciliation is idempotent.
+    version, so a retried reconciliation is idempotent. A new version of an entitlement or of
+    one of its grants (a grant, a void, a reset, an edit) deletes that entitlement's balance
+    snapshots, after the feed entry, under the lock a snapshot save takes.
     """
     versions: list[int] = []
     changes: list[Change] = []
+    changed_entitlements: set[str] = set()
     for record in records:
         document = encode_record(record)
         text = _document_text(document)
@@ -105,7 +110,12 @@ def record_versions(
         )
         versions.append(version)
         changes.append(Change(RECORD_CHANGE, document))
+        if isinstance(record, Entitlement):
+            changed_entitlements.add(record.id)
+        elif isinstance(record, Grant):
+            changed_entitlements.add(record.entitlement_id)
     append(connection, namespace, changes, recorded_at=recorded_at)
+    snapshots.invalidate_entitlements(connection, changed_entitlements)
     return versions
 
 

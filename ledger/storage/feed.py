@@ -81,10 +81,16 @@ def lock(connection: Connection) -> None:
     """Take the lock that orders commits to the feed, until this transaction ends.
 
     For writers that must not interleave with appends without appending themselves (saving a
-    balance snapshot). SQLite's single writer already holds it from ``BEGIN IMMEDIATE``.
+    balance snapshot). On SQLite a writer that began with ``BEGIN IMMEDIATE`` already holds it;
+    a no-op write takes it in a deferred transaction too, waiting out the busy timeout, before
+    the transaction reads anything (a deferred read-then-write could not upgrade).
     """
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": FEED_LOCK_KEY})
+    else:
+        connection.execute(
+            update(_STATE).where(_STATE.c.id == 1).values(feed_position=_STATE.c.feed_position)
+        )
 
 
 def append(

@@ -7,7 +7,11 @@ usage of minutes before ``at``, so usage in minute M invalidates exactly the sna
 Snapshots are a cache: deleting one never changes a value, only the cost of computing it. A
 snapshot computed from an older read is refused when the ledger changed since, and writers
 invalidate after appending to the feed, under the lock that saving takes: no stale snapshot
-survives a race.
+survives a race. Each snapshot also carries the ``basis`` it was computed from (a digest of the
+entitlement, its grants and the usage it reads, ``allotment.ledger.values``): a reader passes
+its own basis and a snapshot of another basis is never returned, so a catalogue change that
+reached the ledger by any path cannot be resumed from. Saving keeps an entitlement's snapshots
+few: the newest, and one per UTC day for ``KEEP_DAILY`` days before it.
 
 It must not decide when a snapshot may be taken (never for LATEST meters; the engine refuses
 them) nor compute one; the caller owns the transaction.
@@ -16,8 +20,8 @@ them) nor compute one; the caller owns the transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,10 +38,15 @@ from allotment.ledger.storage.types import format_amount
 _SNAPSHOTS: Table = BalanceSnapshotRow.__table__  # type: ignore[assignment]
 _FEED: Table = FeedEntryRow.__table__  # type: ignore[assignment]
 
+#: How many days of daily snapshots an entitlement keeps behind its newest one: a late event
+#: inside them resumes from the day before it instead of replaying from measureUsageFrom.
+KEEP_DAILY = timedelta(days=7)
 
-def encode_snapshot(snapshot: BalanceSnapshot) -> dict[str, Any]:
+
+def encode_snapshot(snapshot: BalanceSnapshot, basis: str | None = None) -> dict[str, Any]:
     """Return the JSON of a snapshot: instants as RFC 3339, amounts as decimal strings."""
-    return {
+    document: dict[str, Any] = {} if basis is None else {"basis": basis}
+    return document | {
         "at": format_rfc3339(snapshot.at),
         "periodStart": format_rfc3339(snapshot.period_start),
         "balances": {k: format_amount(v) for k, v in sorted(snapshot.balances.items())},
@@ -68,6 +77,7 @@ def save_snapshot(
     *,
     read_position: int,
     recorded_at: datetime,
+    basis: str | None = None,
 ) -> bool:
     """Save ``snapshot``, computed from the ledger as of feed position ``read_position``.
 
@@ -75,7 +85,9 @@ def save_snapshot(
     ledger changed since ``read_position`` in a way that may make it stale: usage of the meter,
     or any catalogue change of the namespace. It takes the feed lock, so a writer that commits
     afterwards deletes it if it must (writers invalidate after appending to the feed). Call it
-    in a write transaction (``Ledger.write``), whose statements see every committed change.
+    in a write transaction whose statements see every committed change (``Ledger.write``, or a
+    READ COMMITTED transaction on PostgreSQL). With a ``basis``, the entitlement's snapshots of
+    another basis are deleted and the rest thinned (``KEEP_DAILY``).
     """
     feed.lock(connection)
     since = connection.execute(
@@ -94,26 +106,64 @@ def save_snapshot(
             entitlement_id=entitlement_id,
             meter_id=meter_id,
             at=snapshot.at,
-            document=json.dumps(encode_snapshot(snapshot), sort_keys=True, separators=(",", ":")),
+            document=json.dumps(
+                encode_snapshot(snapshot, basis), sort_keys=True, separators=(",", ":")
+            ),
             recorded_at=recorded_at,
         )
         .on_conflict_do_nothing(index_elements=["entitlement_id", "at"])
         .returning(_SNAPSHOTS.c.id)
     )
-    return connection.execute(statement).first() is not None
+    saved = connection.execute(statement).first() is not None
+    if saved and basis is not None:
+        _thin(connection, entitlement_id, basis, newest=snapshot.at)
+    return saved
+
+
+def _thin(connection: Connection, entitlement_id: str, basis: str, *, newest: datetime) -> None:
+    """Delete the entitlement's snapshots of another basis, and all but the daily ones kept."""
+    rows = connection.execute(
+        select(_SNAPSHOTS.c.id, _SNAPSHOTS.c.at, _SNAPSHOTS.c.document).where(
+            _SNAPSHOTS.c.entitlement_id == entitlement_id
+        )
+    ).all()
+    doomed = [
+        row.id
+        for row in rows
+        if json.loads(row.document).get("basis") != basis
+        or (
+            row.at < newest
+            and (row.at < newest - KEEP_DAILY or (row.at.hour, row.at.minute) != (0, 0))
+        )
+    ]
+    if doomed:
+        connection.execute(delete(_SNAPSHOTS).where(_SNAPSHOTS.c.id.in_(doomed)))
 
 
 def latest_snapshot(
-    connection: Connection, entitlement_id: str, *, at_or_before: datetime
+    connection: Connection,
+    entitlement_id: str,
+    *,
+    at_or_before: datetime,
+    basis: str | None = None,
 ) -> BalanceSnapshot | None:
-    """Return the entitlement's latest valid snapshot at or before ``at_or_before``."""
+    """Return the entitlement's latest valid snapshot at or before ``at_or_before``.
+
+    With a ``basis``, None when the latest one was computed from another basis: the catalogue
+    changed since, and no older snapshot can be of the current basis either.
+    """
     document = connection.execute(
         select(_SNAPSHOTS.c.document)
         .where(_SNAPSHOTS.c.entitlement_id == entitlement_id, _SNAPSHOTS.c.at <= at_or_before)
         .order_by(_SNAPSHOTS.c.at.desc())
         .limit(1)
     ).scalar_one_or_none()
-    return None if document is None else decode_snapshot(json.loads(document))
+    if document is None:
+        return None
+    data = json.loads(document)
+    if basis is not None and data.get("basis") != basis:
+        return None
+    return decode_snapshot(data)
 
 
 def invalidate_usage_after(connection: Connection, meter_id: str, minute: datetime) -> int:
@@ -136,4 +186,16 @@ def invalidate_entitlement_after(
             _SNAPSHOTS.c.entitlement_id == entitlement_id, _SNAPSHOTS.c.at > instant
         )
     )
+    return int(result.rowcount)
+
+
+def invalidate_entitlements(connection: Connection, entitlement_ids: Iterable[str]) -> int:
+    """Delete every snapshot of the given entitlements (their records changed); return how many.
+
+    Call it after appending the change to the feed, so a concurrent save is ordered by the lock.
+    """
+    wanted = sorted(set(entitlement_ids))
+    if not wanted:
+        return 0
+    result = connection.execute(delete(_SNAPSHOTS).where(_SNAPSHOTS.c.entitlement_id.in_(wanted)))
     return int(result.rowcount)
