@@ -35,6 +35,7 @@ from allotment.cli.plan_model import (
     VALUE_FIELDS,
     EntitlementPlan,
     Plan,
+    PlanRollout,
     PlanUsageError,
     ResourcePlan,
 )
@@ -166,6 +167,36 @@ def _entitlement_lines(plan: EntitlementPlan) -> Iterator[str]:
         yield f"    {name:<26} {old:>12} -> {new:<12}{marker}".rstrip()
 
 
+def _headline(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """Return ``balance 1000 -> 2000`` (or ``hasAccess``, for a feature without a balance)."""
+    old, new = before or {}, after or {}
+    names = [n for n in ("balance", "hasAccess") if n in old or n in new]
+    shown = [
+        f"{name} {_amount(old.get(name))} -> {_amount(new.get(name))}"
+        for name in names[:1] + [n for n in names[1:] if old.get(n) != new.get(n)]
+    ]
+    line = ", ".join(shown) or "- -> -"
+    if before != after:
+        line += "   (changes)"
+    return line
+
+
+def _rollout_lines(rollout: PlanRollout, now: datetime) -> Iterator[str]:
+    yield rollout.summary()
+    for value in rollout.values:
+        yield (
+            f"    Subscription {rollout.namespace}/{value.subscription} / {value.feature} "
+            f"(customer {value.customer})"
+        )
+        yield f"        now {format_rfc3339(now)}:".ljust(50) + _headline(
+            value.now_before, value.now_after
+        )
+        if value.next_at is not None:
+            yield f"        next period {format_rfc3339(value.next_at)}:".ljust(50) + _headline(
+                value.next_before, value.next_after
+            )
+
+
 def render_text(plan: Plan, out: TextIO) -> None:
     """Print the plan for a reviewer."""
     out.write(f"plan at {format_rfc3339(plan.now)}\n")
@@ -188,6 +219,14 @@ def render_text(plan: Plan, out: TextIO) -> None:
         out.write(f"\nentitlement values at {format_rfc3339(plan.now)} (before -> after):\n")
         for entitlement in plan.entitlements:
             for line in _entitlement_lines(entitlement):
+                out.write(f"  {line}\n")
+    if plan.rollouts:
+        out.write(
+            f"\nplan rollouts (before -> after, at the rollout instant {format_rfc3339(plan.now)} "
+            "and at each subscriber's next period):\n"
+        )
+        for rollout in plan.rollouts:
+            for line in _rollout_lines(rollout, plan.now):
                 out.write(f"  {line}\n")
     refusals = [(r.title, line) for r in plan.resources for line in r.refusals]
     if refusals or plan.problems:
@@ -273,6 +312,32 @@ def plan_document(plan: Plan) -> dict[str, Any]:
                     "notes": list(e.notes),
                 }
                 for e in plan.entitlements
+            ],
+            "rollouts": [
+                {
+                    "namespace": r.namespace,
+                    "plan": r.plan,
+                    "key": r.key,
+                    "rolloutPolicy": r.policy,
+                    "changes": list(r.changes),
+                    "subscriptions": r.subscriptions,
+                    "summary": r.summary(),
+                    "values": [
+                        {
+                            "subscription": v.subscription,
+                            "customer": v.customer,
+                            "feature": v.feature,
+                            "entitlement": v.entitlement,
+                            "id": v.id,
+                            "now": {"at": plan.now, "before": v.now_before, "after": v.now_after},
+                            "nextPeriod": None
+                            if v.next_at is None
+                            else {"at": v.next_at, "before": v.next_before, "after": v.next_after},
+                        }
+                        for v in r.values
+                    ],
+                }
+                for r in plan.rollouts
             ],
             "orphans": [
                 {"kind": r.kind, "namespace": r.namespace, "name": r.name}

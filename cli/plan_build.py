@@ -34,19 +34,32 @@ from allotment.cli.plan_model import (
     FieldChange,
     GrantChange,
     Plan,
+    PlanRollout,
     ResourcePlan,
 )
+from allotment.cli.plan_rollouts import Around, boundaries_of, next_values, plan_rollout
 from allotment.ledger.apply import Outcome
 from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at
 from allotment.ledger.core.model import Entitlement, EntitlementValue, Grant
 from allotment.ledger.core.periods import next_reset_after
-from allotment.ledger.core.resources import ParseError, Spec, parse_resource
+from allotment.ledger.core.resources import (
+    ParseError,
+    PlanSpec,
+    Spec,
+    default_key,
+    parse_resource,
+)
 from allotment.ledger.core.timeutil import format_rfc3339
 from allotment.ledger.storage.engine import Ledger
 from allotment.ledger.values import NamespaceRecords, load_records, status_value, values_of
 
 __all__ = ["FixedClock", "PlanLoop", "Snapshot", "build_plan", "take_snapshot"]
+
+#: The reason a Plan's outcome gives while its rollout is not finished (``ledger.apply``).
+ROLLING_OUT = "RollingOut"
+#: Passes a plan makes to finish rollouts (a chunk each): 10^7 subscribers at 500 a chunk.
+_MAX_CHUNKS = 20_000
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,20 @@ class PlanLoop(DevLoop):
 
     def _report(self, tracked: Tracked, outcome: Outcome) -> None:
         self.reports[tracked.key] = outcome
+
+    def reconcile(self, now: datetime) -> None:
+        """Reconcile as dev does, and take every Plan's rollout to its end (dev's loop takes a
+        chunk of subscribers per pass; a plan shows the whole rollout)."""
+        super().reconcile(now)
+        for _ in range(_MAX_CHUNKS):
+            rolling = [
+                t
+                for t in self.tracked.values()
+                if t.outcome is not None and t.outcome.reason == ROLLING_OUT
+            ]
+            if not rolling:
+                return
+            super().reconcile(now)
 
     def forget(self) -> None:
         """Clear what was recorded, before the next sync."""
@@ -155,11 +182,16 @@ def build_plan(
     }
     namespaces = {key[1] for key in loop.tracked}
     before = take_snapshot(loop.ledger, namespaces | {"default"}, now)
+    next_before = next_values(loop.ledger, before.records, now)
     loop.forget()
     loop.paths = list(desired)
     loop.sync()
     namespaces |= {key[1] for key in (*loop.tracked, *loop.admission, *loop.reports)}
     after = take_snapshot(loop.ledger, namespaces | {"default"}, now)
+    next_after = next_values(loop.ledger, after.records, now, boundaries_of(next_before))
+    around = Around(
+        before.records, after.records, before.values, after.values, next_before, next_after
+    )
 
     resources: list[ResourcePlan] = []
     unchanged = 0
@@ -179,6 +211,12 @@ def build_plan(
         if line.startswith(("Refused", "Skipped"))
     )
     entitlements = _entitlement_plans(before, after, resources, now)
+    rollouts = tuple(
+        rollout
+        for resource in resources
+        if resource.kind == "Plan" and resource.change == "change" and not resource.refused
+        if (rollout := _rollout(resource, before_tracked, loop, around, now)) is not None
+    )
     return Plan(
         now=now,
         usage=usage,
@@ -187,7 +225,44 @@ def build_plan(
         unchanged=unchanged,
         notes=tuple(notes),
         problems=problems,
+        rollouts=rollouts,
     )
+
+
+def _plan_spec(key: Key, stored: Mapping[str, Any]) -> PlanSpec | None:
+    kind, namespace, name = key
+    body = {
+        "apiVersion": stored.get("apiVersion", "allotment.dev/v1alpha1"),
+        "kind": kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": stored.get("spec") or {},
+    }
+    try:
+        spec = parse_resource(body).spec
+    except ParseError:
+        return None
+    return spec if isinstance(spec, PlanSpec) else None
+
+
+def _rollout(
+    resource: ResourcePlan,
+    before_tracked: Mapping[Key, _Before],
+    loop: PlanLoop,
+    around: Around,
+    now: datetime,
+) -> PlanRollout | None:
+    """Return what a changed Plan does to its subscribers (None: its specs cannot be read)."""
+    key: Key = (resource.kind, resource.namespace, resource.name)
+    tracked, was = loop.tracked.get(key), before_tracked.get(key)
+    recorded = loop.recorded_specs.get(key)
+    old = recorded if isinstance(recorded, PlanSpec) else None
+    if old is None and was is not None:
+        old = _plan_spec(key, was.stored)
+    new = _plan_spec(key, tracked.stored) if tracked is not None else None
+    if old is None or new is None:
+        return None
+    plan_key = new.key or default_key(resource.name)
+    return plan_rollout(resource.namespace, resource.name, old, new, plan_key, around, now, _shown)
 
 
 _KIND_ORDER = {

@@ -110,6 +110,44 @@ class EntitlementPlan:
 
 
 @dataclass(frozen=True)
+class SubscriberValue:
+    """One subscriber's entitlement to a feature a Plan edit changes: its value at the rollout
+    instant and at the subscriber's next usage-period boundary, before and after the change
+    (None: not active then)."""
+
+    subscription: str
+    customer: str
+    feature: str
+    entitlement: str
+    id: str
+    now_before: dict[str, Any] | None
+    now_after: dict[str, Any] | None
+    next_at: datetime | None = None  # its next period boundary (None: no usage period)
+    next_before: dict[str, Any] | None = None
+    next_after: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PlanRollout:
+    """What a Plan edit does to its subscribers: one summary per changed feature, and the
+    values of each subscriber's entitlements to those features."""
+
+    namespace: str
+    plan: str  # the Plan's name
+    key: str
+    policy: str
+    changes: tuple[str, ...]
+    subscriptions: int
+    values: tuple[SubscriberValue, ...] = ()
+
+    def summary(self) -> str:
+        """Return ``pro: ai_requests monthly 1,000 -> 2,000 from each one's next period;
+        3 subscriptions``."""
+        count = f"{self.subscriptions:,} subscription{'' if self.subscriptions == 1 else 's'}"
+        return f"{self.key}: {'; '.join(self.changes) or 'no template change'}; {count}"
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything ``allotment plan`` prints."""
 
@@ -120,6 +158,7 @@ class Plan:
     unchanged: int
     notes: tuple[str, ...] = ()
     problems: tuple[str, ...] = field(default=())  # refusals not tied to one resource
+    rollouts: tuple[PlanRollout, ...] = ()
 
     @property
     def refused(self) -> bool:

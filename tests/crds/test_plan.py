@@ -412,3 +412,69 @@ def test_every_example_plans_as_a_create_from_nothing(tmp_path: Path) -> None:
     assert {r["change"] for r in body["resources"]} == {"create"}
     customer_1 = [e for e in body["entitlements"] if e["entitlement"] == "customer-1-gpt-4-tokens"]
     assert [(e["before"], e["after"]["balance"]) for e in customer_1] == [(None, 1000000)]
+
+
+# --- a Plan edit: what each subscriber gets ------------------------------------------------------
+
+PLANS = "08-plans"
+
+
+def edit_plans(head: Path) -> None:
+    """Raise pro's ai_requests 1000 -> 2000 (NextPeriod) and starter's 100 -> 250 (Immediately)."""
+    plans = head / PLANS / "plans.yaml"
+    text = plans.read_text()
+    assert text.count("issueAfterReset: 1000\n") == 1 and text.count("issueAfterReset: 100\n") == 1
+    text = text.replace("issueAfterReset: 1000\n", "issueAfterReset: 2000\n")
+    plans.write_text(text.replace("issueAfterReset: 100\n", "issueAfterReset: 250\n"))
+
+
+def _balances(value: dict[str, Any]) -> tuple[Any, ...]:
+    nxt = value["nextPeriod"]
+    return (
+        value["now"]["before"]["balance"],
+        value["now"]["after"]["balance"],
+        nxt["at"],
+        nxt["before"]["balance"],
+        nxt["after"]["balance"],
+    )
+
+
+def test_a_plan_edit_plans_each_subscribers_values_now_and_at_its_next_period(base: Path) -> None:
+    head = _branch(base, edit_plans)
+    run = run_plan("--current", base, "--desired", head, "--now", NOW, "--format", "json")
+    assert run.code == 0, run.out + run.err
+    rollouts = {r["key"]: r for r in run.json()["rollouts"]}
+    pro, starter = rollouts["pro"], rollouts["starter"]
+    assert pro["summary"] == (
+        "pro: ai_requests monthly 1,000 -> 2,000 from each one's next period; 2 subscriptions"
+    )
+    assert starter["summary"] == (
+        "starter: ai_requests monthly 100 -> 250 at the rollout instant (a grant of the "
+        "difference until each one's period ends); 1 subscription"
+    )
+    # --current takes every object as created at --now: every period starts then
+    boundary = "2026-12-24T12:00:00Z"
+    assert {(v["subscription"], v["feature"]): _balances(v) for v in pro["values"]} == {
+        ("acme-corp-pro", "ai_requests"): (1000, 1000, boundary, 1000, 2000),
+        ("globex-pro", "ai_requests"): (1500, 1500, boundary, 1500, 2500),  # its top-up stays
+    }
+    assert [_balances(v) for v in starter["values"]] == [(100, 250, boundary, 100, 250)]
+
+
+def test_the_text_plan_of_a_plan_edit_shows_the_summary_and_each_subscriber(base: Path) -> None:
+    head = _branch(base, edit_plans)
+    run = run_plan("--current", base, "--desired", head, "--now", NOW)
+    assert run.code == 0, run.out + run.err
+    block = run.out.split("plan rollouts", 1)[1].split("\n\nplan:", 1)[0].splitlines()
+    rows = [" ".join(line.split()) for line in block]
+    at = f"now {NOW}:"
+    assert rows[1:8] == [
+        "pro: ai_requests monthly 1,000 -> 2,000 from each one's next period; 2 subscriptions",
+        "Subscription default/acme-corp-pro / ai_requests (customer acme-corp)",
+        f"{at} balance 1000 -> 1000",
+        "next period 2026-12-24T12:00:00Z: balance 1000 -> 2000 (changes)",
+        "Subscription default/globex-pro / ai_requests (customer globex)",
+        f"{at} balance 1500 -> 1500",
+        "next period 2026-12-24T12:00:00Z: balance 1500 -> 2500 (changes)",
+    ]
+    assert f"{at} balance 100 -> 250 (changes)" in rows
