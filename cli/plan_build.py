@@ -38,6 +38,7 @@ from allotment.cli.plan_model import (
     ResourcePlan,
 )
 from allotment.cli.plan_rollouts import Around, boundaries_of, next_values, plan_rollout
+from allotment.cli.validate import subscription_removal
 from allotment.ledger.apply import Outcome
 from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at
@@ -525,7 +526,12 @@ def _deletion(
 def _removal_warnings(
     kind: str, namespace: str, name: str, stored: Mapping[str, Any], deletion: Deletion
 ) -> Iterable[str]:
-    """Warn as ``validate --previous`` does: a removal without activeTo/voidAt (D3)."""
+    """Warn as ``validate --previous`` does: a removal without activeTo/voidAt, or of a
+    Subscription (D3)."""
+    if kind == "Subscription":
+        message, hint = subscription_removal(f"{kind} {namespace}/{name}", deletion.policy)
+        yield f"{message} ({hint})"
+        return
     if kind not in ("Entitlement", "Grant"):
         return
     field_name = "activeTo" if kind == "Entitlement" else "voidAt"

@@ -590,15 +590,37 @@ def _reference_findings(index: _Index, referrer: Resource) -> Iterator[Finding]:
             )
 
 
+def subscription_removal(title: str, policy: str) -> tuple[str, str]:
+    """Return the warning and the hint for removing a Subscription (it has no activeTo, D3)."""
+    if policy == "Apply":
+        return (
+            f"this change removes {title}; deletionPolicy Apply will end its entitlements at the "
+            "deletion instant (never before the current period), which no reviewer sees",
+            "plan the removal for a known instant, or set deletionPolicy: Orphan to keep them",
+        )
+    return (
+        f"this change removes {title}; the ledger keeps its entitlements active as last applied "
+        "(deletionPolicy Orphan): deleting it ends nothing",
+        "to end them, first set deletionPolicy: Apply in a reviewed change, then remove the file",
+    )
+
+
 def removal_findings(
     current: Iterable[Resource], previous: Iterable[Resource]
 ) -> Iterator[Finding]:
-    """Warn when a change removes an active Entitlement or Grant without ending or voiding it (D3)."""
+    """Warn when a change removes an active Entitlement or Grant without ending or voiding it,
+    or a Subscription, whatever its deletionPolicy does (D3)."""
     present = {(item.kind, item.namespace, item.name) for item in current}
     for old in previous:
-        if old.kind not in ("Entitlement", "Grant"):
+        if old.kind not in ("Entitlement", "Grant", "Subscription"):
             continue
         if (old.kind, old.namespace, old.name) in present:
+            continue
+        if old.kind == "Subscription":
+            policy = str(old.spec.get("deletionPolicy", "Orphan"))
+            message, hint = subscription_removal(old.title, policy)
+            doc = old.document
+            yield Finding("warning", doc.path, doc.index, doc.line, old.title, message, hint)
             continue
         field = "activeTo" if old.kind == "Entitlement" else "voidAt"
         if field in old.spec:

@@ -3,8 +3,9 @@
 Role: the pure reconciliation of the two kinds ``reconcile`` routes here (issue 9, DESIGN D13).
 A Plan is declared (its key unique per namespace) and its generations are kept with the instant
 each was applied. A Subscription holds one ledger entitlement per feature of its plan, marked
-with the subscription in its metadata (``subscription.id``), anchored at the subscription's
-start. Reconciling a Subscription compares, feature by feature, what its entitlements will hold
+with the subscription in its metadata (``subscription.id``, beside a copy of the
+Subscription's own ``spec.metadata``, which an edit replaces from the rollout instant), anchored
+at the subscription's start. Reconciling a Subscription compares, feature by feature, what its entitlements will hold
 once every pending timeline entry is in force with what the plan says, and appends what differs:
 
 - a kept feature keeps its entitlement (and so its usage and top-up Grants): interval and
@@ -32,8 +33,8 @@ instant), log, or do I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -384,9 +385,12 @@ class _Rollout:
     at: datetime
     policy: RolloutPolicy
     first: bool  # the subscription's creation: everything starts at ``at``
+    metadata: Mapping[str, str] = field(default_factory=dict)  # the Subscription's spec.metadata
 
     def marks(self) -> dict[str, str]:
+        """Return an entitlement's metadata: the Subscription's, then its marks (which win)."""
         return {
+            **self.metadata,
             SUBSCRIPTION_ID: self.subscription_id,
             SUBSCRIPTION_NAME: self.ref.name,
             PLAN_KEY: self.plan.key,
@@ -467,6 +471,7 @@ def _subscribe(
         at,
         plan.spec.effective_rollout_policy,
         own is None,
+        dict(spec.metadata or {}),
     )
     actions.extend(_roll_out(rollout, recorded))
     return tuple(actions)
@@ -642,7 +647,7 @@ def _amend(
         if preserving != preserve:
             updated = edit_preserve_overage(updated, preserve, since)
             changes.append(Change("spec.preserveOverageAtReset", since, preserve))
-    marks = {**dict(updated.metadata), **rollout.marks()}
+    marks = rollout.marks()
     if marks != dict(updated.metadata):
         updated = replace(updated, metadata=marks)
         changes.append(Change("metadata", at, marks))

@@ -63,10 +63,13 @@ def subscription(
     at: str = "2024-01-01T00:00",
     deleted: str | None = None,
     policy: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> Resource:
     spec: dict[str, Any] = {"customer": customer, "planKey": plan_key}
     if policy is not None:
         spec["deletionPolicy"] = policy
+    if labels is not None:
+        spec["metadata"] = labels
     metadata: dict[str, Any] = {
         "name": name,
         "uid": f"uid-sub-{name}",
@@ -501,3 +504,21 @@ def test_raising_lowering_and_raising_again_issues_the_difference_once(ledger: L
     assert sorted(g.amount for g in ledger.grants.values()) == [Decimal(500), Decimal(2000)]
     assert ledger.balance("2024-02-06T00:00") == Decimal(3500)
     assert ledger.balance("2024-02-16T00:00") == Decimal(3500)
+
+
+def test_a_subscription_s_metadata_is_copied_to_its_entitlements_under_its_marks() -> None:
+    led = Ledger()
+    led.apply(plan([tokens(1000), SUPPORT]), "2024-01-01T00:00")
+    forged = {"tier": "gold", SUBSCRIPTION_ID: "forged"}
+    led.apply(subscription(at="2024-01-15T12:00", labels=forged), "2024-01-15T12:00")
+    [metered] = led.held()
+    assert metered.metadata["tier"] == "gold"
+    assert metered.metadata[SUBSCRIPTION_ID] != "forged"  # the marks win: identity stays ours
+    led.apply(
+        subscription(at="2024-01-15T12:00", generation=2, labels={"region": "eu"}),
+        "2024-01-20T00:00",
+    )
+    [edited] = led.held()
+    assert edited.id == metered.id  # an edit of metadata keeps the entitlement
+    assert (edited.metadata.get("tier"), edited.metadata["region"]) == (None, "eu")
+    assert edited.metadata[SUBSCRIPTION_ID] == metered.metadata[SUBSCRIPTION_ID]

@@ -18,6 +18,7 @@ import pytest
 from allotment.cli import plan
 from allotment.cli.admission import admit
 from allotment.cli.manifests import Document, load_crds, manifest_files, read_documents
+from tests.crds.cli import run_validate
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -478,3 +479,31 @@ def test_the_text_plan_of_a_plan_edit_shows_the_summary_and_each_subscriber(base
         "next period 2026-12-24T12:00:00Z: balance 1500 -> 2500 (changes)",
     ]
     assert f"{at} balance 100 -> 250 (changes)" in rows
+
+
+def remove_subscriptions(head: Path) -> None:
+    (head / PLANS / "subscriptions.yaml").unlink()
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        pytest.param(
+            "acme-corp-pro", "deletionPolicy Orphan): deleting it ends nothing", id="orphan"
+        ),
+        pytest.param("globex-pro", "deletionPolicy Apply will end its entitlements", id="apply"),
+    ],
+)
+def test_removing_a_subscription_warns_in_validate_and_plan(
+    base: Path, name: str, words: str
+) -> None:
+    head = _branch(base, remove_subscriptions)
+    validated = run_validate(head / PLANS, "--previous", base / PLANS)
+    assert validated.code == 0, validated.out
+    warnings = "\n".join(validated.warning_lines)
+    assert f"this change removes Subscription default/{name};" in warnings
+    assert words in warnings
+    planned = run_plan("--current", base, "--desired", head, "--now", NOW, "--format", "json")
+    removed = {r["name"]: r for r in planned.json()["resources"] if r["kind"] == "Subscription"}
+    [warning] = removed[name]["warnings"]
+    assert words in warning
