@@ -8,9 +8,11 @@ over HTTP, as the example's README does.
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,17 @@ import pytest
 import yaml
 
 from allotment.cli.admission import cel_violations
+from allotment.cli.dev import DevLoop
 from allotment.cli.manifests import load_crds
+from allotment.cli.plan_build import FixedClock
+from allotment.ledger import apply as apply_module
+from allotment.ledger.storage import migrate
+from allotment.ledger.storage.engine import open_ledger
 
 from .cli import REPO
 from .test_dev import Dev, start_dev
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def _subscription(**spec: Any) -> dict[str, Any]:
@@ -129,3 +138,35 @@ def _wait(condition: Any, timeout: float = 5) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("the sidecar's answer did not change in time")
+
+
+def test_dev_rolls_a_plan_edit_out_a_chunk_per_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(apply_module, "ROLLOUT_CHUNK", 1)
+    folder = tmp_path / "08-plans"
+    shutil.copytree(REPO / "examples" / "08-plans", folder)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate.upgrade(url)
+    ledger = open_ledger(url)
+    out = io.StringIO()
+    try:
+        loop = DevLoop([folder], ledger, FixedClock(NOW), out)
+        loop.sync()
+        plans = folder / "plans.yaml"
+        plans.write_text(
+            plans.read_text().replace("issueAfterReset: 1000\n", "issueAfterReset: 2000\n")
+        )
+        loop.sync()
+        plan = loop.tracked[("Plan", "default", "pro")]
+        assert plan.outcome is not None and plan.outcome.reason == "RollingOut"
+        reached = [plan.outcome.status["rollout"]["done"]]
+        while not plan.outcome.ready and len(reached) < 10:
+            loop.reconcile(NOW)
+            reached.append(plan.outcome.status["rollout"]["done"])
+    finally:
+        ledger.dispose()
+    assert reached[-1] == 2 and reached == sorted(reached)  # acme-corp-pro and globex-pro
+    assert "Rolled out Plan default/pro generation 2: rolled out to 2 of 2 subscriptions" in (
+        out.getvalue()
+    )
