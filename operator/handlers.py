@@ -11,6 +11,7 @@ Must not: compute balances, compare specs or decide identity; that is the ledger
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -176,7 +177,19 @@ async def settle(
     runtime.waiting.forget(ref)
     if kind.name == "Entitlement":
         runtime.entitlements.track(ref, status.refreshed_fields(body.get("status")))
-    for waiter in runtime.waiting.take(ref):
+    waiters = runtime.waiting.take(ref)
+    await nudge(runtime, ref, waiters)
+    if waiters:  # again, past a waiter's own retry-delay patch that may overwrite the first
+        runtime.spawn(nudge(runtime, ref, waiters, after=settings.nudge_again_seconds))
+
+
+async def nudge(
+    runtime: Runtime, ref: ObjectRef, waiters: list[ObjectRef], *, after: float = 0.0
+) -> None:
+    """Re-trigger ``waiters`` now (or ``after`` seconds) because ``ref`` was recorded."""
+    if after > 0:
+        await asyncio.sleep(after)
+    for waiter in waiters:
         try:
             await runtime.kube.nudge(
                 _plural(waiter.kind), waiter.namespace, waiter.name, _handler_id(waiter.kind)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -69,6 +69,13 @@ class Runtime:
     writers: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     # Deleted objects the ledger could not be told about; retried as Orphan markers (D3).
     pending_orphans: list[Mapping[str, Any]] = field(default_factory=list)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, holding a reference until it is done."""
+        task = asyncio.create_task(work)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def apply(
         self, obj: Mapping[str, Any], now: datetime, *, orphan: bool = False

@@ -50,6 +50,9 @@ class OperatorSettings:
     ledger_timeout_seconds: float = 10.0
     ledger_writers: int = 4  # concurrent reconcile transactions on PostgreSQL (SQLite: 1)
     wait_retry_seconds: float = 30.0
+    # A waiter's handler may still be finishing when its reference is recorded: Kopf's own patch
+    # of the retry delay then overwrites the nudge, so every nudge is repeated once, this later.
+    nudge_again_seconds: float = 2.0
     conflict_retry_seconds: float = 120.0
     max_wait_seconds: float = 3600.0
     value_refresh_seconds: float = 15.0

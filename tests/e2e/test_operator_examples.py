@@ -27,11 +27,13 @@ import yaml
 from tests.harness.cluster import ControlPlane
 from tests.harness.postgres import server_url
 from tests.operator.running import (
+    PLURALS,
     OperatorProcess,
     allotment,
     install_crds,
     kubectl_ok,
     operator_kubeconfig,
+    ready,
     running_operator,
     wait_until,
 )
@@ -39,16 +41,6 @@ from tests.operator.running import (
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir())
 READY_TIMEOUT = 60.0
-PLURALS = {
-    "Meter": "meters",
-    "Feature": "features",
-    "Customer": "customers",
-    "Entitlement": "entitlements",
-    "Grant": "grants",
-    "EntitlementReset": "entitlementresets",
-    "Plan": "plans",
-    "Subscription": "subscriptions",
-}
 
 
 def example_objects(folder: Path) -> list[dict[str, Any]]:
@@ -117,13 +109,6 @@ def get_all(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     out = kubectl_ok(plane, "get", ",".join(PLURALS.values()), "-n", namespace, "-o", "json")
     items: list[dict[str, Any]] = json.loads(out)["items"]
     return items
-
-
-def ready(obj: dict[str, Any]) -> bool:
-    status = obj.get("status") or {}
-    conditions = {c["type"]: c for c in status.get("conditions") or []}
-    current = status.get("observedGeneration") == obj["metadata"]["generation"]
-    return current and conditions.get("Ready", {}).get("status") == "True"
 
 
 def describe(objs: list[dict[str, Any]]) -> str:

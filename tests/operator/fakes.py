@@ -86,7 +86,9 @@ class FakeEvents:
 
 def make_runtime(ledger: FakeLedger, kube: FakeKube | None = None) -> Runtime:
     return Runtime(
-        settings=OperatorSettings(database_url="sqlite://", value_patches_per_second=1000.0),
+        settings=OperatorSettings(
+            database_url="sqlite://", value_patches_per_second=1000.0, nudge_again_seconds=0.01
+        ),
         ledger=ledger,
         kube=kube or FakeKube(),
         events=FakeEvents(),

@@ -11,7 +11,6 @@ Must not: stop processes it did not start, or bind anything but 127.0.0.1.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,9 +28,27 @@ from typing import Any, TypeVar
 from tests.harness.cluster import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
+PLURALS = {
+    "Meter": "meters",
+    "Feature": "features",
+    "Customer": "customers",
+    "Entitlement": "entitlements",
+    "Grant": "grants",
+    "EntitlementReset": "entitlementresets",
+    "Plan": "plans",
+    "Subscription": "subscriptions",
+}
 MANIFESTS = ROOT / "manifests"
 SERVICE_ACCOUNT = "system:serviceaccount:allotment-system:allotment-operator"
 T = TypeVar("T")
+
+
+def ready(obj: dict[str, Any]) -> bool:
+    """Tell whether an object is Ready at its current generation (what ``kubectl wait`` checks)."""
+    status = obj.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    current = status.get("observedGeneration") == obj["metadata"]["generation"]
+    return current and conditions.get("Ready", {}).get("status") == "True"
 
 
 def free_port() -> int:
@@ -134,6 +151,18 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def kill(self) -> None:
+        """Kill the operator's process group with SIGKILL (a crash: no cleanup runs)."""
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=15)
+
+    def __enter__(self) -> OperatorProcess:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             os.killpg(self.popen.pid, signal.SIGTERM)
@@ -190,27 +219,27 @@ class OperatorStartError(AssertionError):
     """The operator did not become alive; the message is its log's tail."""
 
 
-@contextlib.contextmanager
-def running_operator(
+def start_operator(
     db_url: str,
     kubeconfig: Path,
     folder: Path,
     namespaces: Sequence[str],
     extra: Sequence[str] = (),
     startup_timeout: float = 60.0,
-) -> Iterator[OperatorProcess]:
-    """Run ``allotment operator`` until the block ends; wait until Kopf reports it alive.
+) -> OperatorProcess:
+    """Start ``allotment operator`` and wait until Kopf reports it alive; the caller stops it
+    (or uses it as a context manager).
 
     A port taken between choosing it and binding it (a busy machine) is retried with another.
     """
     for attempt in range(3):
         try:
-            process = _start(db_url, kubeconfig, folder, namespaces, extra, startup_timeout)
-            break
+            return _start(db_url, kubeconfig, folder, namespaces, extra, startup_timeout)
         except OperatorStartError as error:
             if "address already in use" not in str(error) or attempt == 2:
                 raise AssertionError(f"the operator did not start:\n{error}") from None
-    try:
-        yield process
-    finally:
-        process.stop()
+    raise AssertionError("unreachable: three start attempts neither returned nor raised")
+
+
+#: ``with running_operator(...) as operator:`` stops it when the block ends.
+running_operator = start_operator
