@@ -102,6 +102,8 @@ class Committed:
 
     outcome: IngestOutcome
     buckets: tuple[BucketState, ...]
+    #: The events of the transaction (strict-mode leases settle approvals by them).
+    events: Sequence[IncomingEvent] = ()
 
 
 class LedgerUnavailableError(RuntimeError):
@@ -181,7 +183,7 @@ class LedgerWriter:
                     )
         except (DBAPIError, PoolTimeoutError) as error:
             raise LedgerUnavailableError(_describe(error)) from error
-        return Committed(outcome, buckets)
+        return Committed(outcome, buckets, events)
 
     def transact(self, work: Callable[[Connection], R]) -> R:
         """Run ``work`` in one write transaction (strict-mode leases use it; D12, D14)."""
@@ -300,12 +302,10 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
         _record(ingestion, result, seconds, app[CLOCK]())
         view = app[VIEW]
         if result.buckets and view.ready:
-            book = app.get(LEASES)
-            now = app[CLOCK]()
-            before = book.pending_usage(view, now) if book is not None and book.held else None
             view.apply_usage(result.buckets)
-            if book is not None and before:
-                book.settle_committed(view, before, now)  # consistency: Strict only
+            book = app.get(LEASES)
+            if book is not None and book.held and not result.outcome.duplicates:
+                book.settle_committed(result.events)  # consistency: Strict only
 
     committer = GroupCommitter(
         commit,

@@ -7,8 +7,8 @@ When the lease is short the sidecar asks the ledger for more (storage's ``leases
 a conditional update: committed usage plus every live lease stays within the budget) and
 answers no access when the ledger has none to give.
 
-An approval stays claimed until its usage is committed through this sidecar (read your
-writes settles the oldest approvals by the usage just committed), or at most ``settle`` after
+An approval stays claimed until its usage is committed through this sidecar (each commit
+settles the oldest approvals by what its own events add, evaluated as ingestion does), or at most ``settle`` after
 it was answered (the time usage sent elsewhere has to reach the ledger); then it is *settled*:
 recorded as ``spent`` so it no longer claims. A background task records settled approvals and
 renews leases every ``sync_interval``; leases idle for a ``ttl`` are returned. On shutdown
@@ -33,7 +33,7 @@ import os
 import socket
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +52,7 @@ from allotment.ledger.core.model import (
 from allotment.ledger.core.periods import last_reset_at
 from allotment.ledger.storage import leases
 from allotment.ledger.storage.leases import ADDITIVE, Lease, UsageScope
+from allotment.ledger.storage.usage import IncomingEvent, RecordedMeter
 
 from .keys import CLOCK, SETTINGS, VIEW
 from .problems import ProblemError
@@ -109,6 +110,7 @@ class _Held:
     approved: Decimal = ZERO
     settled: Decimal = ZERO
     pending: deque[tuple[datetime, Decimal]] = field(default_factory=deque)
+    meter: RecordedMeter | None = None
     last_used: datetime | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -178,8 +180,9 @@ class LeaseBook:
     async def _take(
         self, held: _Held, *, budget: Decimal, want: Decimal, minimum: Decimal, now: datetime
     ) -> Lease:
-        lease = await self._call(
-            lambda conn: leases.take_lease(
+        def take(conn: Connection) -> tuple[Lease, RecordedMeter | None]:
+            meter = held.meter or leases.recorded_meter(conn, self.namespace, held.scope)
+            return leases.take_lease(
                 conn,
                 self.namespace,
                 held.entitlement_id,
@@ -192,8 +195,9 @@ class LeaseBook:
                 spent=held.settled,
                 now=now,
                 ttl=self.config.ttl,
-            )
-        )
+            ), meter
+
+        lease, held.meter = await self._call(take)
         held.record(lease)
         return lease
 
@@ -252,28 +256,18 @@ class LeaseBook:
         self.denials += 1
         return False
 
-    def pending_usage(self, view: View, now: datetime) -> dict[tuple[str, datetime], Decimal]:
-        """Return the usage the view shows for each lease with approvals still claimed."""
-        usage: dict[tuple[str, datetime], Decimal] = {}
-        for key, held in self.held.items():
-            entitlement = view.entitlement(held.entitlement_id) if held.pending else None
-            if entitlement is not None:
-                usage[key] = view.value(entitlement, now).usage or ZERO
-        return usage
+    def settle_committed(self, events: Sequence[IncomingEvent]) -> None:
+        """Settle the oldest approvals by the usage of ``events`` this sidecar just committed.
 
-    def settle_committed(
-        self, view: View, before: dict[tuple[str, datetime], Decimal], now: datetime
-    ) -> None:
-        """Settle approvals by the usage this sidecar just committed (read your writes).
-
-        Usage posted through the sidecar that approved it is committed: its approval need not
-        stay claimed until ``settle`` (it would count twice and deny early).
+        Usage posted through the sidecar that approved it is in the ledger now: its approval
+        need not stay claimed until ``settle`` (it would count twice and deny early). Only the
+        events' own amounts count (a bucket's new total may hold other sidecars' usage too).
         """
-        for key, used in before.items():
-            held = self.held.get(key)
-            entitlement = view.entitlement(key[0])
-            if held is not None and entitlement is not None:
-                held.settle_amount((view.value(entitlement, now).usage or ZERO) - used)
+        for held in self.held.values():
+            if held.pending and held.meter is not None:
+                held.settle_amount(
+                    leases.usage_of_events(held.meter, held.scope, events, since=held.period_start)
+                )
 
     async def sync(self, now: datetime) -> None:
         """Record settled approvals, renew leases in use, return idle ones."""

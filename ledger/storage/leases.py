@@ -22,8 +22,9 @@ access answers. It must not compute balances (the caller's engine does) nor deci
 
 from __future__ import annotations
 
+import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -41,8 +42,10 @@ __all__ = [
     "committed_usage",
     "outstanding",
     "prune_leases",
+    "recorded_meter",
     "return_lease",
     "take_lease",
+    "usage_of_events",
 ]
 
 ZERO = Decimal(0)
@@ -118,6 +121,48 @@ def committed_usage(
         end=since + _FAR_FUTURE,
     )
     return sum((b.amount or ZERO for b in buckets), ZERO)
+
+
+def recorded_meter(
+    connection: Connection, namespace: str, scope: UsageScope
+) -> usage.RecordedMeter | None:
+    """Return the scope's meter as recorded (paths compiled), to evaluate events with."""
+    return next(
+        (m for m in usage.load_meters(connection, namespace) if m.meter.slug == scope.meter_slug),
+        None,
+    )
+
+
+def usage_of_events(
+    meter: usage.RecordedMeter,
+    scope: UsageScope,
+    events: Iterable[usage.IncomingEvent],
+    *,
+    since: datetime,
+) -> Decimal:
+    """Return what ``events`` add to the scope's usage from ``since`` on, as ingestion counts it.
+
+    Evaluated with ingestion's own meter evaluation; an event the meter cannot evaluate adds
+    nothing.
+    """
+    total = ZERO
+    subjects = set(scope.subjects)
+    for event in events:
+        if (
+            event.type != meter.meter.event_type
+            or event.subject not in subjects
+            or event.time < since
+        ):
+            continue
+        evaluated = usage._evaluate(meter, event)
+        if isinstance(evaluated, str):
+            continue
+        (_, _, groups, _), number, _ = evaluated
+        found = json.loads(groups)
+        if any(found.get(key) != value for key, value in scope.filters.items()):
+            continue
+        total += Decimal(1) if meter.meter.aggregation is Aggregation.COUNT else number or ZERO
+    return total
 
 
 def _rows(

@@ -292,3 +292,38 @@ def test_a_sidecar_role_cannot_write_leases_outside_ingestion(
         write(conn)
     with sidecar.read() as conn:
         assert leases.outstanding(conn, NS, ENT, PERIOD, now=NOW) == 100
+
+
+def _event(
+    subject: str = "customer-1", *, at: datetime = NOW, **data: object
+) -> usage.IncomingEvent:
+    return usage.IncomingEvent(str(uuid.uuid4()), "app", "prompt", subject, at, dict(data))
+
+
+@pytest.mark.parametrize(
+    ("events", "filters", "added"),
+    [
+        pytest.param([_event(tokens=30), _event(tokens=12)], {}, 42, id="sum-of-own-events"),
+        pytest.param([_event("customer-2", tokens=30)], {}, 0, id="another-subject"),
+        pytest.param([_event(tokens=30, at=PERIOD - timedelta(minutes=1))], {}, 0, id="before"),
+        pytest.param([_event(tokens="lots")], {}, 0, id="not-a-number-is-not-counted"),
+        pytest.param(
+            [_event(tokens=30, model="gpt-4"), _event(tokens=5, model="gpt-3")],
+            {"model": "gpt-4"},
+            30,
+            id="group-by-filter",
+        ),
+    ],
+)
+def test_what_events_add_to_a_lease_scope_is_what_ingestion_counts(
+    ledger: Ledger, events: list[usage.IncomingEvent], filters: dict[str, str], added: int
+) -> None:
+    grouped = Meter("tokens", "prompt", Aggregation.SUM, "$.tokens", {"model": "$.model"})
+    with ledger.write() as conn:
+        usage.record_meter(conn, NS, "tokens", grouped, uid="m", generation=1, acted_at=T0, now=T0)
+        scope = leases.UsageScope("tokens", ("customer-1",), filters)
+        meter = leases.recorded_meter(conn, NS, scope)
+        assert meter is not None
+        usage.ingest(conn, NS, events, received_at=NOW)
+        counted = leases.committed_usage(conn, NS, scope, since=PERIOD)
+    assert leases.usage_of_events(meter, scope, events, since=PERIOD) == added == counted
