@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "allotment.cli.validate",
     "allotment.cli.plan",
     "allotment.cli.migrate",
+    "allotment.cli.ledger",
     "allotment.cli.operator",
     "allotment.cli.sidecar",
 )

@@ -6,10 +6,11 @@ evaluating the meters recorded in that same transaction. Dedup is by (namespace,
 a unique constraint with ``INSERT ... ON CONFLICT DO NOTHING``, so concurrent writers never count
 an event twice; the first copy counts. Raw events are kept for the horizon (default 32 days),
 which is also the dedup horizon: an event older than the horizon is refused, so a duplicate of a
-pruned event can never be stored. An event no meter can evaluate is stored and reported, not
-counted. Usage of a minute deletes the cached balance snapshots after that minute (a late event
-invalidates later snapshots). ``record_meter`` records a Meter (D1 identity) and builds its
-buckets from the raw events inside the horizon. Each batch appends one usage entry to the feed.
+pruned event (``prune`` deletes them) can never be stored. An event no meter can evaluate is
+stored and reported, not counted. Usage of a minute deletes the cached balance snapshots after
+that minute (a late event invalidates later snapshots). ``record_meter`` records a Meter (D1
+identity) and builds its buckets from the raw events inside the horizon. Each batch appends one
+usage entry to the feed.
 
 It must not commit, read the clock, or apply a feature's group-by filters at write time: those
 are applied when usage is read (``read_buckets``).
@@ -31,7 +32,6 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
-    delete,
     func,
     insert,
     select,
@@ -937,14 +937,6 @@ def count_uncounted(connection: Connection, namespace: str, *, since: datetime) 
             )
         ).scalar_one()
     )
-
-
-def prune_events(
-    connection: Connection, *, now: datetime, horizon: timedelta = DEFAULT_HORIZON
-) -> int:
-    """Delete raw events older than the horizon (their buckets stay) and return how many."""
-    result = connection.execute(delete(_EVENTS).where(_EVENTS.c.time < now - horizon))
-    return int(result.rowcount)
 
 
 def load_bucket_states(

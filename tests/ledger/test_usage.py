@@ -250,14 +250,6 @@ def test_namespaces_do_not_share_dedup_keys_or_usage(ledger: Ledger) -> None:
     assert total(ledger) == Decimal(1)
 
 
-def test_pruning_keeps_buckets(ledger: Ledger) -> None:
-    record(ledger)
-    ingest(ledger, event(1))
-    with ledger.write() as conn:
-        assert usage.prune_events(conn, now=T0 + usage.DEFAULT_HORIZON + timedelta(minutes=1)) == 1
-    assert total(ledger) == Decimal(10)
-
-
 def test_a_namespace_load_matches_the_feeds_latest_bucket_states(ledger: Ledger) -> None:
     record(ledger, Meter("users", "prompt", Aggregation.UNIQUE_COUNT, "$.user"), name="users")
     record(ledger)
