@@ -28,7 +28,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, false, insert, or_, select
+from sqlalchemy import Connection, Table, and_, bindparam, false, func, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from allotment.ledger import lookup
 from allotment.ledger.core import reconcile as rc
@@ -55,7 +57,7 @@ from allotment.ledger.storage.codec import (
     Removed,
 )
 from allotment.ledger.storage.ids import new_id
-from allotment.ledger.storage.schema import ReconcileLogRow, ResourceRow
+from allotment.ledger.storage.schema import CatalogueKeyRow, ReconcileLogRow, ResourceRow
 from allotment.ledger.values import load_records, status_value, values_of
 
 __all__ = [
@@ -81,6 +83,47 @@ PLAN_GRANT_KIND = "PlanGrant"
 
 _RESOURCES: Table = ResourceRow.__table__  # type: ignore[assignment]
 _LOG: Table = ReconcileLogRow.__table__  # type: ignore[assignment]
+_KEYS: Table = CatalogueKeyRow.__table__  # type: ignore[assignment]
+
+# The statements every apply runs, built once: building a SQLAlchemy statement costs several
+# times executing a cached one (about 0.7 ms against 0.1 ms on SQLite), and an apply runs ~20.
+_IDENTITY = select(
+    func.coalesce(
+        select(_KEYS.c.resource_id)
+        .where(
+            _KEYS.c.namespace == bindparam("namespace"),
+            _KEYS.c.space == bindparam("space"),
+            _KEYS.c.key == bindparam("name"),
+        )
+        .scalar_subquery(),
+        select(_RESOURCES.c.id)
+        .where(
+            _RESOURCES.c.namespace == bindparam("namespace"),
+            _RESOURCES.c.kind == bindparam("kind"),
+            _RESOURCES.c.name == bindparam("name"),
+        )
+        .scalar_subquery(),
+    )
+)
+_LOG_ROWS = (
+    select(_LOG, _RESOURCES.c.created_at)
+    .join(_RESOURCES, _RESOURCES.c.id == _LOG.c.resource_id)
+    .where(_LOG.c.resource_id == bindparam("record_id"))
+    .order_by(_LOG.c.id)
+)
+_LOG_INSERT = insert(_LOG)
+_CREATED_AT = select(_RESOURCES.c.created_at).where(_RESOURCES.c.id == bindparam("record_id"))
+_NEW_IDENTITY = {
+    "postgresql": pg_insert(_RESOURCES).on_conflict_do_nothing(index_elements=["id"]),
+    "sqlite": sqlite_insert(_RESOURCES).on_conflict_do_nothing(index_elements=["id"]),
+}
+_STATUS_KEYS = select(_KEYS.c.space, _KEYS.c.resource_id).where(
+    _KEYS.c.namespace == bindparam("namespace"),
+    or_(
+        and_(_KEYS.c.space == "feature", _KEYS.c.key == bindparam("feature_key")),
+        and_(_KEYS.c.space == "subject", _KEYS.c.key == bindparam("customer_key")),
+    ),
+)
 
 _APPLIED, _SEEN, _DELETED = "applied", "seen", "deleted"
 
@@ -205,16 +248,18 @@ def _load_namespace(connection: Connection, namespace: str) -> _Namespace:
 
 
 def _find_identity(connection: Connection, ref: Ref) -> str | None:
-    """Return the record id that holds ``ref`` (a declared Customer may hold an implied id)."""
-    alias = catalogue.key_owner(connection, ref.namespace, _ref_space(ref.kind), ref.name)
-    if alias is not None:
-        return alias
+    """Return the record id that holds ``ref`` (a declared Customer may hold an implied id).
+
+    The owner of the ``ref:Kind`` key first, else the identity row of (namespace, kind, name).
+    """
     found: str | None = connection.execute(
-        select(_RESOURCES.c.id).where(
-            _RESOURCES.c.namespace == ref.namespace,
-            _RESOURCES.c.kind == ref.kind.value,
-            _RESOURCES.c.name == ref.name,
-        )
+        _IDENTITY,
+        {
+            "namespace": ref.namespace,
+            "space": _ref_space(ref.kind),
+            "kind": ref.kind.value,
+            "name": ref.name,
+        },
     ).scalar_one_or_none()
     return found
 
@@ -227,16 +272,12 @@ def _own(
     connection: Connection, resource: Resource, record_id: str, now: datetime
 ) -> rc.Own | None:
     """Derive ``Own`` from the log; persist the instant a new generation is first seen (D2)."""
-    rows = connection.execute(
-        select(_LOG).where(_LOG.c.resource_id == record_id).order_by(_LOG.c.id)
-    ).all()
+    rows = connection.execute(_LOG_ROWS, {"record_id": record_id}).all()
     applied = [row for row in rows if row.action == _APPLIED]
     if not applied:
         return None
     last = applied[-1]
-    created_at = connection.execute(
-        select(_RESOURCES.c.created_at).where(_RESOURCES.c.id == record_id)
-    ).scalar_one()
+    created_at = last.created_at
     deleted = any(row.action == _DELETED and row.uid == last.uid for row in rows)
     seen_rows = [
         row
@@ -273,14 +314,15 @@ def _log(
     spec: Spec | None = None,
 ) -> None:
     connection.execute(
-        insert(_LOG).values(
-            resource_id=record_id,
-            action=action,
-            uid=uid,
-            generation=generation,
-            at=at,
-            spec=None if spec is None else _dump_spec(spec),
-        )
+        _LOG_INSERT,
+        {
+            "resource_id": record_id,
+            "action": action,
+            "uid": uid,
+            "generation": generation,
+            "at": at,
+            "spec": None if spec is None else _dump_spec(spec),
+        },
     )
 
 
@@ -341,15 +383,13 @@ def _apply(
 def _create_identity(
     connection: Connection, record_id: str, namespace: str, kind: str, name: str, at: datetime
 ) -> None:
-    exists = connection.execute(
-        select(_RESOURCES.c.id).where(_RESOURCES.c.id == record_id)
-    ).scalar_one_or_none()
-    if exists is None:
-        connection.execute(
-            insert(_RESOURCES).values(
-                id=record_id, namespace=namespace, kind=kind, name=name, created_at=at
-            )
-        )
+    """Insert the identity row of ``record_id`` unless it exists (one statement)."""
+    row = {"id": record_id, "namespace": namespace, "kind": kind, "name": name, "created_at": at}
+    upsert = _NEW_IDENTITY.get(connection.dialect.name)
+    if upsert is not None:
+        connection.execute(upsert, row)
+    elif connection.execute(_CREATED_AT, {"record_id": record_id}).first() is None:
+        connection.execute(insert(_RESOURCES), row)
 
 
 def _catalogue_record(record: rc.LedgerRecord, record_id: str, created_at: datetime) -> Record:
@@ -507,9 +547,7 @@ def _write_record(
 
 
 def _created_at(connection: Connection, record_id: str) -> datetime:
-    created: datetime = connection.execute(
-        select(_RESOURCES.c.created_at).where(_RESOURCES.c.id == record_id)
-    ).scalar_one()
+    created: datetime = connection.execute(_CREATED_AT, {"record_id": record_id}).scalar_one()
     return created
 
 
@@ -582,7 +620,7 @@ def _outcome(
             return Outcome("Noop", action.reason, action.message, status, None, tuple(actions))
     writes = [a for a in actions if rc.is_write(a) and not isinstance(a, rc.ImplyCustomer)]
     verb = type(writes[-1]).__name__ if writes else "Unchanged"
-    record_id = _find_identity(connection, ref)
+    record_id = own.id if own is not None else _find_identity(connection, ref)
     status = {} if record_id is None else _status(connection, record_id, ref)
     if verb == "Unchanged":
         message = f"{ref.kind.value} {ref.namespace}/{ref.name} is recorded as written"
@@ -650,8 +688,17 @@ def _entitlement_status(connection: Connection, e: Entitlement) -> dict[str, Any
         "activeFrom": _instant(e.start),
         "activeTo": _instant(e.active_to),
     }
-    feature_id = catalogue.key_owner(connection, e.namespace, "feature", e.feature_key)
-    customer_id = catalogue.key_owner(connection, e.namespace, "subject", e.customer_key)
+    owners = dict(
+        connection.execute(
+            _STATUS_KEYS,
+            {
+                "namespace": e.namespace,
+                "feature_key": e.feature_key,
+                "customer_key": e.customer_key,
+            },
+        ).all()
+    )
+    feature_id, customer_id = owners.get("feature"), owners.get("subject")
     if feature_id is not None:
         status["featureId"] = feature_id
     if customer_id is not None:
