@@ -349,11 +349,16 @@ def _apply(
     with_status: bool = True,
     plans: tuple[rc.RecordedPlan, ...] | None = None,
     features: tuple[rc.RecordedFeature, ...] | None = None,
+    own: rc.Own | None = None,
 ) -> Outcome:
     """``apply_resource``; a Plan's rollout passes the plans and features it loaded once per
-    chunk and asks its subscribers only for what it changes in their status."""
-    record_id = _find_identity(connection, resource.ref)
-    own = None if record_id is None else _own(connection, resource, record_id, now)
+    chunk and each subscriber's ``own`` as its log says, and asks its subscribers only for what
+    it changes in their status."""
+    if own is None:
+        record_id = _find_identity(connection, resource.ref)
+        own = None if record_id is None else _own(connection, resource, record_id, now)
+    else:
+        record_id = own.id
     planned = resource.ref.kind in _PLAN_KINDS
     seen = lookup.recorded_for(connection, resource, record_id)
     if seen is None and planned:
@@ -965,6 +970,16 @@ def _apply_subscriber(
 ) -> tuple[Ref, Outcome]:
     ref = Ref(namespace, Kind.SUBSCRIPTION, logged.name)
     resource = Resource(ref, logged.spec, logged.uid, logged.generation, logged.created_at)
+    # As ``_own`` derives it: the subscriber is applied at its last applied generation.
+    own = rc.Own(
+        id=logged.id,
+        uid=logged.uid,
+        generation=logged.generation,
+        recorded_at=logged.at,
+        created_at=logged.created_at,
+        spec=logged.spec,
+        deleted=logged.deleted,
+    )
     outcome = _apply(
         connection,
         resource,
@@ -972,6 +987,7 @@ def _apply_subscriber(
         with_status=False,
         plans=shared.plans,
         features=shared.features,
+        own=own,
     )
     return ref, outcome
 
@@ -1204,7 +1220,7 @@ def _plan_outcome(
         verb = "Amend"
     else:
         verb = "Unchanged"
-    record_id = _find_identity(connection, ref)
+    record_id = own.id if own is not None else _find_identity(connection, ref)
     if record_id is None:
         status: dict[str, Any] = {}
     elif with_status:
