@@ -68,7 +68,6 @@ __all__ = [
     "Outcome",
     "RolloutProgress",
     "apply_resource",
-    "apply_subscribers",
     "continue_rollout",
     "entitlement_values",
     "recorded_spec",
@@ -941,19 +940,6 @@ def _subscribers(
     among at most ``limit`` named after ``after``."""
     page = _logged(connection, namespace, Kind.SUBSCRIPTION, after=after, limit=limit)
     return replace(page, found=[logged for logged in page.found if _subscribes(logged, plan_key)])
-
-
-def apply_subscribers(
-    connection: Connection, namespace: str, plan_key: str, now: datetime
-) -> list[tuple[Ref, Outcome]]:
-    """Reconcile every recorded, undeleted Subscription to ``plan_key`` as last applied, in
-    the caller's transaction (a rollout in one piece; ``continue_rollout`` takes it in chunks).
-
-    Each acts at the instant the Plan's generation was applied (D2), whenever this runs.
-    """
-    subscribers = _subscribers(connection, namespace, plan_key).found
-    shared = _Shared(_load_plans(connection, namespace), _load_features(connection, namespace))
-    return [_apply_subscriber(connection, namespace, s, shared, now) for s in subscribers]
 
 
 @dataclass(frozen=True)
