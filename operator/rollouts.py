@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 MEMO_KEY = "rollouts"
 #: Subscription status patches a second, across every rollout of this operator.
 PATCHES_PER_SECOND = 50.0
+#: Subscription status patches waiting for the apiserver at once.
+IN_FLIGHT = 4
 
 _SUBSCRIPTION = next(kind for kind in KINDS if kind.name == "Subscription")
 
@@ -48,6 +50,7 @@ class SubscriberStatuses:
 
     kube: KubeApi
     per_second: float = PATCHES_PER_SECOND
+    in_flight: int = IN_FLIGHT
     pending: dict[Key, Mapping[str, Any] | None] = field(default_factory=dict)
     written: int = 0
     drain_task: asyncio.Task[None] | None = None
@@ -64,28 +67,40 @@ class SubscriberStatuses:
         return len(rolled)
 
     async def drain(self) -> None:
-        """Write what is owed, oldest first, at most ``per_second`` a second, then stop."""
+        """Write what is owed, oldest first, at most ``per_second`` a second (``in_flight`` at
+        a time, so a slow apiserver lowers the rate instead of queueing more), then stop."""
         loop = asyncio.get_running_loop()
         pause = 1.0 / self.per_second
         next_at = loop.time()
+        slots = asyncio.Semaphore(self.in_flight)
+        writing: set[asyncio.Task[None]] = set()
         while self.pending:
             key = next(iter(self.pending))
             fields = self.pending.pop(key)
-            namespace, name = key
             delay = next_at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             next_at = max(next_at, loop.time() - pause) + pause
-            try:
-                if fields is None:
-                    await self.kube.nudge(
-                        _SUBSCRIPTION.plural, namespace, name, _SUBSCRIPTION.handler_id
-                    )
-                elif fields:
-                    await self.kube.patch_status(_SUBSCRIPTION.plural, namespace, name, fields)
-                self.written += 1
-            except Exception as error:  # deleted meanwhile, or an API blip: its handler catches up
-                logger.warning("Could not write the status of Subscription %s/%s: %s", *key, error)
+            await slots.acquire()
+            task = loop.create_task(self._write(key, fields))
+            writing.add(task)
+            task.add_done_callback(writing.discard)
+            task.add_done_callback(lambda _: slots.release())
+        if writing:
+            await asyncio.gather(*writing)
+
+    async def _write(self, key: Key, fields: Mapping[str, Any] | None) -> None:
+        namespace, name = key
+        try:
+            if fields is None:
+                await self.kube.nudge(
+                    _SUBSCRIPTION.plural, namespace, name, _SUBSCRIPTION.handler_id
+                )
+            elif fields:
+                await self.kube.patch_status(_SUBSCRIPTION.plural, namespace, name, fields)
+            self.written += 1
+        except Exception as error:  # deleted meanwhile, or an API blip: its handler catches up
+            logger.warning("Could not write the status of Subscription %s/%s: %s", *key, error)
 
 
 def statuses_of(memo: MutableMapping[str, Any], kube: KubeApi) -> SubscriberStatuses:
