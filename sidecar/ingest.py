@@ -92,6 +92,8 @@ class IngestConfig:
     writers: int | None = None
     retry_after_seconds: int = 1
     group_events: int = DEFAULT_GROUP_EVENTS
+    #: How long a group commit waits for requests like the ones its last commit answered.
+    linger: timedelta = timedelta(milliseconds=2)
     #: Strict-mode leases (``consistency: Strict``), kept on the same ledger connection.
     leases: LeaseConfig = field(default_factory=LeaseConfig)
 
@@ -312,6 +314,7 @@ async def _run_writer(app: web.Application) -> AsyncIterator[None]:
         executor,
         workers=ingestion.workers,
         max_events=ingestion.config.group_events,
+        linger=ingestion.config.linger.total_seconds(),
         on_commit=committed,
     )
     committer.start()

@@ -12,7 +12,9 @@ the group is committed alone, so the refusal names the index inside its own requ
 requests are not refused with it.
 
 Why: a commit costs a round of locks and a WAL append whatever its size; one event per request
-(the legacy SDK's ``events.ingest(event)``) would otherwise pay that per event.
+(the legacy SDK's ``events.ingest(event)``) would otherwise pay that per event. For the same
+reason a consumer lingers (at most ``linger``, 2 ms by default) while fewer requests are queued
+than its last group held: the clients that group answered are usually about to send again.
 
 It must not parse, validate or answer requests, nor touch the view itself (``on_commit`` does).
 """
@@ -67,12 +69,16 @@ class GroupCommitter(Generic[T]):
         workers: int,
         max_events: int,
         on_commit: Callable[[T, float], None],
+        linger: float = 0.0,
     ) -> None:
         self.commit = commit
         self.executor = executor
         self.workers = workers
         self.max_events = max_events
         self.on_commit = on_commit
+        self.linger = linger
+        self._arrived = asyncio.Event()
+        self._last_group = 1
         self._queue: asyncio.Queue[_Pending[T]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -100,22 +106,39 @@ class GroupCommitter(Generic[T]):
             raise ShuttingDownError("the write path is not running")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Pending(events, received_at, done))
+        self._arrived.set()
         return await done
 
     async def _consume(self) -> None:
         while True:
             group = [await self._queue.get()]
             count = len(group[0].events)
+            await self._await_stragglers()
             while count < self.max_events and not self._queue.empty():
                 pending = self._queue.get_nowait()
                 group.append(pending)
                 count += len(pending.events)
+            self._last_group = max(len(group), self._last_group - 1)
             try:
                 await self._commit(group)
             except asyncio.CancelledError:
                 for pending in group:
                     _fail(pending, ShuttingDownError("the sidecar is shutting down"))
                 raise
+
+    async def _await_stragglers(self) -> None:
+        """Wait up to ``linger`` while fewer requests wait than the last group held.
+
+        Clients answered by the last commit usually send their next request at once; waiting
+        a moment for them lets one transaction carry them all. A lone client never waits.
+        """
+        if not self.linger:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger):
+                while self._queue.qsize() + 1 < self._last_group:
+                    self._arrived.clear()
+                    await self._arrived.wait()
 
     async def _commit(self, group: list[_Pending[T]]) -> None:
         loop = asyncio.get_running_loop()

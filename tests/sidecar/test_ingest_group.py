@@ -106,3 +106,41 @@ async def test_submitting_after_stop_is_refused() -> None:
         await committer.stop()
         with pytest.raises(ShuttingDownError):
             await committer.submit(batch("a"), T0)
+
+
+@pytest.mark.parametrize(
+    ("linger", "commits"),
+    [
+        pytest.param(0.0, [["x-0"], ["y-0", "z-0"]], id="no-linger-commits-the-first-alone"),
+        pytest.param(5.0, [["x-0", "y-0", "z-0"]], id="linger-waits-for-the-group-to-return"),
+    ],
+)
+async def test_after_a_group_of_three_the_next_three_are_awaited_together(
+    linger: float, commits: list[list[str]]
+) -> None:
+    ledger = Ledger()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        committer = GroupCommitter(
+            ledger.commit,
+            executor,
+            workers=1,
+            max_events=100,
+            on_commit=lambda r, s: None,
+            linger=linger,
+        )
+        committer.start()
+        ledger.gate.clear()
+        first = asyncio.create_task(committer.submit(batch("p", 1), T0))
+        await asyncio.sleep(0.05)
+        three = [asyncio.create_task(committer.submit(batch(n, 1), T0)) for n in "qrs"]
+        await asyncio.sleep(0.05)
+        ledger.gate.set()
+        await asyncio.gather(first, *three)
+        assert ledger.commits[-1] == ["q-0", "r-0", "s-0"]
+        before = len(ledger.commits)
+        x = asyncio.create_task(committer.submit(batch("x", 1), T0))
+        await asyncio.sleep(0.1)
+        rest = [asyncio.create_task(committer.submit(batch(n, 1), T0)) for n in "yz"]
+        await asyncio.gather(x, *rest)
+        await committer.stop()
+    assert ledger.commits[before:] == commits
