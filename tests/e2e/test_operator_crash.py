@@ -263,11 +263,19 @@ class Run:
         return set(found) == expected and all(ready(obj) for obj in found.values())
 
 
-def kill_points(seed: int = SEED) -> dict[int, str]:
-    """Return the seeded kill points: write index -> when (``returned`` or ``logged``)."""
+def kill_points(writes: list[Write], seed: int = SEED) -> dict[int, str]:
+    """Return the seeded kill points: write index -> when (``returned`` or ``logged``).
+
+    One lands right after an edit, one after a deletion (the finalizer still held), the rest
+    anywhere.
+    """
     rng = random.Random(seed + 1)
-    points = sorted(rng.sample(range(10, WRITES - 5), KILLS))
-    return {k: rng.choice(["returned", "logged"]) for k in points}
+    by_verb = {verb: [i for i, w in enumerate(writes) if w.verb == verb and i >= 10]
+               for verb in ("create", "edit", "delete")}  # fmt: skip
+    points = {rng.choice(by_verb["edit"]), rng.choice(by_verb["delete"])}
+    while len(points) < KILLS:
+        points.add(rng.choice(by_verb["create"] + by_verb["edit"] + by_verb["delete"]))
+    return {k: rng.choice(["returned", "logged"]) for k in sorted(points)}
 
 
 def barrier(run: Run, writes: list[Write]) -> None:
@@ -337,13 +345,16 @@ def test_the_trial_writes_are_deterministic_and_varied() -> None:
     }
     assert verbs == {"create": 178, "edit": 14, "delete": 8}
     assert {w.kind for w in writes} == set(KINDS)
-    assert len(kill_points()) == KILLS
+    kills = kill_points(writes)
+    assert len(kills) == KILLS
+    assert {writes[i].verb for i in kills} == {"create", "edit", "delete"}
 
 
 def test_a_ledger_after_five_kills_equals_a_clean_runs_ledger(
     control_plane: ControlPlane, trial_env: tuple[Path, Path, Any]
 ) -> None:
-    writes, kills = trial_writes(), kill_points()
+    writes = trial_writes()
+    kills = kill_points(writes)
     clean, crashed = (
         new_run(control_plane, trial_env, "clean"),
         new_run(control_plane, trial_env, "kill"),
