@@ -15,6 +15,7 @@ from allotment.ledger.storage import leases, records
 from allotment.ledger.storage.codec import FeatureRecord
 from allotment.ledger.storage.engine import Ledger
 from allotment.sidecar.ingest import INGESTION
+from allotment.sidecar.keys import FOLLOWER
 from allotment.sidecar.leases import LEASES
 from tests.sidecar.conftest import Clock, Sidecar, StartSidecar
 from tests.sidecar.seed import NS, Seeder
@@ -213,3 +214,24 @@ async def test_leases_never_change_the_balance(seeder: Seeder, start_sidecar: St
     status, body, _ = await sidecar.get(VALUE)
     assert (status, body["balance"], body["usage"]) == (200, 1000, 0)
     assert sidecar.app[LEASES].status()["reservedRemaining"] == Decimal(100)
+
+
+async def test_only_a_sidecars_own_events_settle_its_approvals(
+    seeder: Seeder, start_sidecar: StartSidecar, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed(seeder)
+    first, second, third = await start_sidecar(), await start_sidecar(), await start_sidecar()
+    assert await approvals(first, 3) == 3  # a lease of 400, 300 of it approved
+
+    async def held_back() -> bool:
+        return False
+
+    # The first sidecar has not read the second's usage when it commits its own, in the same
+    # minute bucket: the bucket's new total holds both.
+    monkeypatch.setattr(first.app[FOLLOWER], "poll_once", held_back)
+    await use(second, clock, 500)  # not checked (ungated)
+    await use(first, clock, 100)  # the usage of one approval
+    await first.app[LEASES].sync(clock.now)
+    # 1000 - 600 used - 200 still approved in flight - 100 unapproved in the first's lease.
+    await third.caught_up(seeder.head())
+    assert await approvals(third, 3) == 1
