@@ -16,6 +16,7 @@ import json
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,8 @@ def test_an_example_applied_in_name_order_becomes_ready(setup: Setup, example: P
 
 
 def test_the_walkthrough_entitlement_shows_its_value(setup: Setup) -> None:
-    """`kubectl get entitlements` shows BALANCE 1000000 and USAGE 0 (examples/01 README)."""
+    """`kubectl get entitlements` shows BALANCE 1000000 and USAGE 0 (examples/01 README), and
+    the usage period the value is in."""
     apply_until_ready(setup, EXAMPLES[0])
     namespace = setup.namespaces[EXAMPLES[0].name]
 
@@ -198,6 +200,15 @@ def test_the_walkthrough_entitlement_shows_its_value(setup: Setup) -> None:
     shown = wait_until(value, timeout=30, what="status.value to be written")
     assert shown["hasAccess"] is True
     assert (shown["balance"], shown["usage"], shown["overage"]) == (1000000, 0, 0)
+    status = json.loads(
+        kubectl_ok(setup.plane, "get", "entitlement", "customer-1-gpt-4-tokens",
+                   "-n", namespace, "-o", "json")
+    )["status"]  # fmt: skip
+    period = status["currentUsagePeriod"]  # written with the value, by the same loop
+    assert period["from"] == status["measureUsageFrom"]  # the first monthly period
+    start, end, as_of = (datetime.fromisoformat(t) for t in (period["from"], period["to"],
+                                                              shown["asOf"]))  # fmt: skip
+    assert start <= as_of < end
     table = kubectl_ok(setup.plane, "get", "entitlements", "-n", namespace)
     assert "1000000" in table.splitlines()[1]
 
