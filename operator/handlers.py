@@ -49,6 +49,8 @@ async def reconcile(
     ref, now = parsing.ref_of(kind, body), runtime.clock()
     try:
         outcome = await runtime.apply(parsing.object_of(kind, body), now)
+        if kind.name == "Plan":  # a rollout: the next chunks, each its own transaction
+            outcome = await rollouts.drive(runtime, memo, kind, body, outcome)
     except LedgerConflictError as error:  # a lost race: try again soon, status unchanged
         raise kopf.TemporaryError(f"{ref}: {error}", delay=min(60, 2**retry)) from error
     except LedgerUnavailableError as error:
@@ -57,8 +59,6 @@ async def reconcile(
         raise kopf.TemporaryError(f"{ref}: {error}", delay=delay) from error
     verdict = status.verdict_of(outcome)
     write_status(patch, body, verdict, outcome.status, now)
-    if kind.name == "Plan":  # its rollout reached subscribers: their status is owed, paced
-        rollouts.publish(memo, runtime.kube, outcome)
     await settle(runtime, kind, ref, body, outcome, now)
 
 

@@ -1,19 +1,23 @@
-"""A Plan's rollout as the operator drives it: chunks in the ledger, subscribers' status paced.
+"""A Plan's rollout as the operator drives it: chunks in the ledger, statuses paced.
 
 Role: the ledger rolls a Plan edit out a chunk of subscribers per transaction; until the last
-chunk the Plan's outcome waits (``RollingOut``, due at once), the Plan handler writes
-``status.rollout`` (one patch per chunk: the progress is coalesced by construction) and Kopf
-applies the Plan again, which takes the next chunk. A crash loses at most the chunk in flight;
-Kopf's resume applies the Plan again and the ledger continues where its log says.
+chunk the Plan's outcome waits (``RollingOut``, due at once). ``drive`` applies the Plan again
+and again from its handler, one chunk per transaction (the writer slot is released between
+chunks, so other objects interleave), merge-patches the Plan's ``status`` (conditions and
+``status.rollout``) at most every ``PROGRESS_SECONDS``, and returns the last outcome for the
+handler to write. A crash or a ledger timeout loses at most the chunk in flight's statuses,
+never its ledger writes; Kopf's retry or resume applies the Plan again and the ledger
+continues where its log says.
 
-What this module adds is the subscribers' side: each chunk's outcome lists the Subscriptions it
-reached; their ``status`` (the plan generation they follow, their entitlements when one was
-added or ended) is owed to the apiserver and written by one background drain per operator, at
-most ``per_second`` patches a second, one patch per Subscription whatever number of chunks or
-edits reached it meanwhile (the latest wins). A subscriber the rollout could not complete (a
-collision) is nudged instead, so its own handler writes its conditions.
+Each chunk's outcome lists the Subscriptions it reached; their ``status`` (the plan generation
+they follow, their entitlements when one was added or ended) is owed to the apiserver and
+written by one background drain per Plan, at most ``per_second`` patches a second and
+``in_flight`` at once, one patch per Subscription whatever number of chunks or edits reached it
+meanwhile (the latest wins). A subscriber the rollout could not complete (a collision) is
+nudged instead, so its own handler writes its conditions.
 
-Must not: touch the ledger or decide anything about a subscriber; it only carries status.
+Must not: touch the ledger but through ``Runtime.apply``, or decide anything about a
+subscriber; it only carries status.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from allotment.operator.kinds import KINDS
-from allotment.operator.ports import DONE_ACTIONS, KubeApi, Outcome
+from allotment.operator import parsing, status
+from allotment.operator.kinds import KINDS, Kind
+from allotment.operator.ports import DONE_ACTIONS, WAIT, KubeApi, Outcome
+from allotment.operator.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,10 @@ MEMO_KEY = "rollouts"
 PATCHES_PER_SECOND = 50.0
 #: Subscription status patches waiting for the apiserver at once.
 IN_FLIGHT = 4
+#: Seconds between two patches of a rolling-out Plan's status.
+PROGRESS_SECONDS = 2.0
+#: The reason of a Plan's outcome while its rollout is not finished (``ledger.apply``).
+ROLLING_OUT = "RollingOut"
 
 _SUBSCRIPTION = next(kind for kind in KINDS if kind.name == "Subscription")
 
@@ -115,3 +125,51 @@ def statuses_of(memo: MutableMapping[str, Any], kube: KubeApi) -> SubscriberStat
 def publish(memo: MutableMapping[str, Any], kube: KubeApi, outcome: Outcome) -> int:
     """Owe the status of the Subscriptions a Plan's chunk reached; return how many."""
     return statuses_of(memo, kube).owe(outcome)
+
+
+def rolling_out(outcome: Outcome) -> bool:
+    """Tell whether ``outcome`` is a Plan's whose rollout has chunks left."""
+    return outcome.action == WAIT and outcome.reason == ROLLING_OUT
+
+
+async def drive(
+    runtime: Runtime,
+    memo: MutableMapping[str, Any],
+    kind: Kind,
+    body: Mapping[str, Any],
+    outcome: Outcome,
+) -> Outcome:
+    """Take a Plan's rollout to its end, a chunk per transaction; return the last outcome.
+
+    Raises what ``Runtime.apply`` raises (the handler maps it, and Kopf retries: the ledger
+    continues from its log).
+    """
+    loop = asyncio.get_running_loop()
+    publish(memo, runtime.kube, outcome)
+    shown = loop.time()
+    ref = parsing.ref_of(kind, body)
+    while rolling_out(outcome):
+        if loop.time() - shown >= PROGRESS_SECONDS:
+            shown = loop.time()
+            await _show(runtime, kind, body, outcome)
+        outcome = await runtime.apply(parsing.object_of(kind, body), runtime.clock())
+        publish(memo, runtime.kube, outcome)
+    logger.info("Rolled out %s: %s", ref, outcome.message)
+    return outcome
+
+
+async def _show(runtime: Runtime, kind: Kind, body: Mapping[str, Any], outcome: Outcome) -> None:
+    """Merge-patch the Plan's status with the rollout's progress (a blip only delays it)."""
+    now = runtime.clock()
+    whole = status.status_patch(
+        status.verdict_of(outcome),
+        outcome.status,
+        parsing.generation_of(body),
+        now,
+        parsing.previous_conditions(body),
+    )
+    ref = parsing.ref_of(kind, body)
+    try:
+        await runtime.kube.patch_status(kind.plural, ref.namespace, ref.name, whole)
+    except Exception as error:
+        logger.warning("Could not show the rollout progress of %s: %s", ref, error)
