@@ -14,9 +14,10 @@ grants, its meter, subjects and filters) at or before the read and reads only th
 it. The snapshot rule (``SnapshotRule``): snapshots lie on whole UTC hours at least ``settle``
 behind the read, so usage arriving with ordinary lag never invalidates them; a read whose
 latest snapshot (or measureUsageFrom) is before such an hour runs the engine to that hour,
-collects the state there as a ``PendingSnapshot``, and resumes from it. ``status_values`` saves
-what it collected in a transaction of its own after its reads (``save_snapshots``): at most one
-snapshot per entitlement and hour of history. LATEST meters never use snapshots (the engine
+collects the state there as a ``PendingSnapshot``, and resumes from it. ``values_of``,
+``entitlement_values`` and ``status_values`` save what they collected after their reads, in a
+transaction of their own that gives up after ``SAVE_LOCK_TIMEOUT_MS`` (``save_snapshots``): at
+most one snapshot per entitlement and hour of history. LATEST meters never use snapshots (the engine
 refuses them); UNIQUE_COUNT reads the buckets from the snapshot's period start.
 
 It must not do balance arithmetic of its own, read the clock, or import the sidecar (the sidecar
@@ -37,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import QueuePool
 
 from allotment.ledger.core.engine import run
 from allotment.ledger.core.grants import with_default_grants
@@ -57,9 +59,11 @@ from allotment.ledger.core.usage import MinuteSeries
 from allotment.ledger.core.values import entitlement_value
 from allotment.ledger.storage import catalogue, feed, snapshots, usage
 from allotment.ledger.storage.codec import CustomerRecord, FeatureRecord, encode_record
+from allotment.ledger.storage.engine import SQLITE_BUSY_TIMEOUT_MS
 
 __all__ = [
     "DEFAULT_SNAPSHOT_RULE",
+    "SAVE_LOCK_TIMEOUT_MS",
     "NamespaceRecords",
     "PendingSnapshot",
     "SnapshotRule",
@@ -287,16 +291,27 @@ def values_of(
     now: datetime,
     *,
     pending: list[PendingSnapshot] | None = None,
+    save: bool = True,
 ) -> dict[str, EntitlementValue]:
-    """Return the values at ``now`` of the given recorded entitlements (unknown ids skipped)."""
+    """Return the values at ``now`` of the given recorded entitlements (unknown ids skipped).
+
+    Snapshots the reads crossed are appended to ``pending`` for the caller to save; without
+    it they are saved here (unless ``save`` is False), through the engine of ``connection`` in
+    a transaction of its own: call it in a read transaction.
+    """
+    collected: list[PendingSnapshot] | None = pending
+    if collected is None and save:
+        collected = []
     values: dict[str, EntitlementValue] = {}
     for entitlement_id in entitlement_ids:
         entitlement = records.entitlements.get(entitlement_id)
         if entitlement is None:
             continue
-        value = value_of(connection, records, entitlement, now, pending=pending)
+        value = value_of(connection, records, entitlement, now, pending=collected)
         if value is not None:
             values[entitlement_id] = value
+    if pending is None and collected:
+        save_snapshots(connection.engine, collected, now)
     return values
 
 
@@ -306,10 +321,20 @@ def entitlement_values(
     now: datetime,
     *,
     pending: list[PendingSnapshot] | None = None,
+    save: bool = True,
 ) -> dict[str, EntitlementValue]:
-    """Return the value at ``now`` of every entitlement recorded in ``namespace``, by id."""
+    """Return the value at ``now`` of every entitlement recorded in ``namespace``, by id.
+
+    Snapshots are collected and saved as ``values_of`` does.
+    """
     records = load_records(connection, namespace)
-    return values_of(connection, records, sorted(records.entitlements), now, pending=pending)
+    return values_of(
+        connection, records, sorted(records.entitlements), now, pending=pending, save=save
+    )
+
+
+#: How long saving snapshots waits for a lock before giving up (a cache can wait for later).
+SAVE_LOCK_TIMEOUT_MS = 2_000
 
 
 def save_snapshots(
@@ -318,28 +343,43 @@ def save_snapshots(
     """Save the snapshots reads collected, in one transaction of ``writer``; return how many.
 
     Each is refused when the ledger changed since its read in a way that may make it stale
-    (``snapshots.save_snapshot``). A snapshot is a cache: when the ledger is busy (a lock
-    timeout, a serialization failure) nothing is saved and the next read tries again.
+    (``snapshots.save_snapshot``). A snapshot is a cache: when the ledger is busy (a lock held
+    longer than ``SAVE_LOCK_TIMEOUT_MS``, even by the caller's own write transaction, or a
+    serialization failure) or has no free connection (SQLite engines never overflow) nothing
+    is saved and a later read tries again.
     """
     if not pending:
         return 0
-    try:
-        with writer.begin() as connection:
-            return sum(
-                snapshots.save_snapshot(
-                    connection,
-                    one.namespace,
-                    one.entitlement_id,
-                    one.meter_id,
-                    one.snapshot,
-                    read_position=one.read_position,
-                    recorded_at=recorded_at,
-                    basis=one.basis,
+    sqlite = writer.dialect.name == "sqlite"
+    pool = writer.pool
+    if sqlite and isinstance(pool, QueuePool) and pool.checkedout() >= pool.size():
+        return 0  # e.g. the caller holds the one writer connection: it would wait for itself
+    with writer.connect() as connection:
+        raw: Any = connection.connection.dbapi_connection
+        if sqlite:
+            raw.execute(f"PRAGMA busy_timeout={SAVE_LOCK_TIMEOUT_MS}")
+        try:
+            with connection.begin():
+                if not sqlite:
+                    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {SAVE_LOCK_TIMEOUT_MS}")
+                return sum(
+                    snapshots.save_snapshot(
+                        connection,
+                        one.namespace,
+                        one.entitlement_id,
+                        one.meter_id,
+                        one.snapshot,
+                        read_position=one.read_position,
+                        recorded_at=recorded_at,
+                        basis=one.basis,
+                    )
+                    for one in pending
                 )
-                for one in pending
-            )
-    except OperationalError:
-        return 0
+        except OperationalError:
+            return 0
+        finally:
+            if sqlite:
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def _number(amount: Decimal) -> int | float:

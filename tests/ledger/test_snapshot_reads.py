@@ -44,6 +44,7 @@ from allotment.ledger.values import (
     status_value,
     status_values,
     value_of,
+    values_of,
 )
 from tests.core.factory import metered
 
@@ -287,3 +288,32 @@ def test_a_late_event_or_a_grant_drops_the_snapshots_it_makes_stale(ledger: Ledg
     status, value = read_through_snapshots(scenario)
     assert value == scenario.full_value()
     assert status["usage"] == 10  # this day's period: 00:00, 01:00 and 01:55
+
+
+def test_values_of_without_a_pending_list_saves_what_it_crossed(ledger: Ledger) -> None:
+    scenario = open_scenario(ledger)
+    scenario.add_grant(100, 0, 0, "plain")
+    scenario.now = START + timedelta(hours=5, minutes=20)
+    scenario.ingest([(30, 4)])
+    with ledger.read() as conn:
+        loaded = load_records(conn, scenario.namespace)
+        values = values_of(conn, loaded, [scenario.entitlement_id], scenario.now)
+    assert values[scenario.entitlement_id] == scenario.full_value()
+    assert scenario.snapshot_instants() == [START + timedelta(hours=5)]
+
+
+def test_a_read_inside_a_write_transaction_answers_and_gives_up_saving(ledger: Ledger) -> None:
+    scenario = open_scenario(ledger)
+    scenario.add_grant(100, 0, 0, "plain")
+    scenario.now = START + timedelta(hours=5, minutes=20)
+    with ledger.write() as conn:  # holds the writer lock (SQLite) and the feed lock (PostgreSQL)
+        usage.ingest(
+            conn,
+            scenario.namespace,
+            [usage.IncomingEvent("w1", "test", "prompt", CUSTOMER, START, {"tokens": 3})],
+            received_at=scenario.now,
+        )
+        loaded = load_records(conn, scenario.namespace)
+        values = values_of(conn, loaded, [scenario.entitlement_id], scenario.now)
+    assert values[scenario.entitlement_id].usage == 3
+    assert scenario.snapshot_instants() == []
