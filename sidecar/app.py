@@ -40,6 +40,7 @@ log = logging.getLogger("allotment.sidecar")
 
 SourceOpener = Callable[[SidecarSettings], LedgerSource]
 _FRESHNESS_PREFIXES = ("/api/", "/ofrep/")
+_VERSION = "Allotment-Ledger-Version"  # present: the handler has set the freshness headers
 
 
 def wall_clock() -> datetime:
@@ -81,13 +82,8 @@ async def _boundary(request: web.Request, handler: Handler) -> web.StreamRespons
         log.exception("Unexpected error answering %s %s", request.method, request.path)
         response = problem_response(500, "")
     app = request.app
-    if request.path.startswith(_FRESHNESS_PREFIXES):
-        view = app[VIEW]
-        if view.position is not None:
-            response.headers["Allotment-Ledger-Version"] = str(view.position)
-            age = view.age(app[CLOCK]())
-            if age is not None:
-                response.headers["Allotment-Ledger-Age"] = f"{age.total_seconds():.3f}"
+    if request.path.startswith(_FRESHNESS_PREFIXES) and _VERSION not in response.headers:
+        response.headers.update(app[VIEW].freshness_headers(app[CLOCK]()))
     app[METRICS].observe_request(_route_name(request), time.perf_counter() - started)
     return response
 

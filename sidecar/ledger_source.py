@@ -17,14 +17,16 @@ It must not write to the ledger (the sidecar's role may only ingest, D12) or com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, and_, func, select, tuple_
 from sqlalchemy.engine import make_url
 
 from allotment.ledger.core.model import Aggregation, Entitlement, Grant, Meter
@@ -33,11 +35,17 @@ from allotment.ledger.storage.codec import (
     CustomerRecord,
     FeatureRecord,
     MeterRecord,
+    Record,
     Removed,
     decode_record,
 )
 from allotment.ledger.storage.engine import Ledger, current_revision, open_ledger
-from allotment.ledger.storage.schema import MeterRow, UsageBucketRow, UsageBucketValueRow
+from allotment.ledger.storage.schema import (
+    CatalogueVersionRow,
+    MeterRow,
+    UsageBucketRow,
+    UsageBucketValueRow,
+)
 from allotment.ledger.storage.usage import BucketState
 
 from .settings import SidecarSettings
@@ -50,6 +58,9 @@ log = logging.getLogger("allotment.sidecar.ledger")
 _BUCKETS: Table = UsageBucketRow.__table__  # type: ignore[assignment]
 _VALUES: Table = UsageBucketValueRow.__table__  # type: ignore[assignment]
 _METERS: Table = MeterRow.__table__  # type: ignore[assignment]
+_VERSIONS: Table = CatalogueVersionRow.__table__  # type: ignore[assignment]
+#: Rows per query of a load: bounded statements, so a starting fleet never stampedes the ledger.
+PAGE = 5000
 
 
 class StorageSource:
@@ -77,17 +88,26 @@ class StorageSource:
         self.ledger.dispose()
 
     def load(self, namespace: str) -> LoadedNamespace:
-        """Read the namespace in one snapshot, one bulk query per table."""
-        with self.ledger.read() as connection:
+        """Read the namespace in one snapshot, in pages of ``PAGE`` rows per query.
+
+        The catalogue is read here; the usage buckets are read page by page as the caller
+        iterates ``usage`` (in the same read transaction, closed after the last page), so a
+        load of 10^6 entitlements never holds every bucket twice nor sends one huge query.
+        """
+        stack = contextlib.ExitStack()
+        connection = stack.enter_context(self.ledger.read())
+        try:
             epoch = feed.ledger_epoch(connection)
             position = feed.feed_head(connection)
             revision = current_revision(connection)
-            records = catalogue.current_records(connection, namespace)
+            records = _current_records(connection, namespace)
             meters = [
                 MeterRecord(m.id, m.meter, m.created_at)
                 for m in usage.load_meters(connection, namespace)
             ]
-            buckets = _load_buckets(connection, namespace)
+        except BaseException:
+            stack.close()
+            raise
         customers = [r for r in records if isinstance(r, CustomerRecord)]
         features = [r for r in records if isinstance(r, FeatureRecord)]
         entitlements = [r for r in records if isinstance(r, Entitlement)]
@@ -102,7 +122,7 @@ class StorageSource:
             meters=meters,
             entitlements=entitlements,
             grants=grants,
-            usage=buckets,
+            usage=_PagedBuckets(connection, namespace, stack),
             details={"schemaRevision": revision or "none"},
         )
 
@@ -176,7 +196,63 @@ def _decode(entry: feed.FeedRecord) -> list[Change]:
     return []
 
 
-def _load_buckets(connection: Connection, namespace: str) -> list[BucketState]:
+def _current_records(connection: Connection, namespace: str) -> list[Record]:
+    """Return the namespace's current records, ``PAGE`` resources per query (keyset paging)."""
+    found: list[Record] = []
+    after = ""
+    while True:
+        latest = (
+            select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version"))
+            .where(_VERSIONS.c.namespace == namespace, _VERSIONS.c.resource_id > after)
+            .group_by(_VERSIONS.c.resource_id)
+            .order_by(_VERSIONS.c.resource_id)
+            .limit(PAGE)
+            .subquery()
+        )
+        rows = connection.execute(
+            select(_VERSIONS.c.resource_id, _VERSIONS.c.document)
+            .join(
+                latest,
+                and_(
+                    _VERSIONS.c.resource_id == latest.c.resource_id,
+                    _VERSIONS.c.version == latest.c.version,
+                ),
+            )
+            .order_by(_VERSIONS.c.resource_id)
+        ).all()
+        for row in rows:
+            record = decode_record(json.loads(row.document))
+            if not isinstance(record, Removed):
+                found.append(record)
+        if len(rows) < PAGE:
+            return found
+        after = rows[-1].resource_id
+
+
+class _PagedBuckets:
+    """The namespace's usage buckets, read ``PAGE`` at a time while iterated (once).
+
+    Pages follow the buckets' unique key (meter, subject, group, minute), so each series arrives
+    whole and in minute order. The read transaction closes after the last page, or when this
+    object is dropped unread.
+    """
+
+    def __init__(self, connection: Connection, namespace: str, stack: contextlib.ExitStack) -> None:
+        self.connection = connection
+        self.namespace = namespace
+        self.stack = stack
+
+    def __iter__(self) -> Iterator[BucketState]:
+        try:
+            yield from _read_buckets(self.connection, self.namespace)
+        finally:
+            self.stack.close()
+
+    def __del__(self) -> None:
+        self.stack.close()
+
+
+def _read_buckets(connection: Connection, namespace: str) -> Iterator[BucketState]:
     slugs = {
         row.id: (row.slug, row.aggregation)
         for row in connection.execute(
@@ -191,19 +267,26 @@ def _load_buckets(connection: Connection, namespace: str) -> list[BucketState]:
             select(_VALUES.c.bucket_id, _VALUES.c.value).where(_VALUES.c.namespace == namespace)
         ):
             distinct[row.bucket_id].add(row.value)
-    buckets = []
-    for row in connection.execute(
-        select(_BUCKETS).where(_BUCKETS.c.namespace == namespace).order_by(_BUCKETS.c.minute)
-    ):
-        slug = slugs.get(row.meter_id)
-        if slug is None:
-            continue
-        buckets.append(
-            BucketState(
+    key = (_BUCKETS.c.meter_id, _BUCKETS.c.subject, _BUCKETS.c.group_key, _BUCKETS.c.minute)
+    after: tuple[Any, ...] | None = None
+    groups: dict[str, tuple[tuple[str, str], ...]] = {}
+    while True:
+        query = select(_BUCKETS).where(_BUCKETS.c.namespace == namespace)
+        if after is not None:
+            query = query.where(tuple_(*key) > tuple_(*after))
+        rows = connection.execute(query.order_by(*key).limit(PAGE)).all()
+        for row in rows:
+            slug = slugs.get(row.meter_id)
+            if slug is None:
+                continue
+            group = groups.get(row.group_key)
+            if group is None:
+                group = groups[row.group_key] = tuple(sorted(json.loads(row.group_key).items()))
+            yield BucketState(
                 meter_id=row.meter_id,
                 meter_slug=slug[0],
                 subject=row.subject,
-                groups=tuple(sorted(json.loads(row.group_key).items())),
+                groups=group,
                 minute=row.minute,
                 event_count=row.event_count,
                 value_sum=row.value_sum,
@@ -211,5 +294,7 @@ def _load_buckets(connection: Connection, namespace: str) -> list[BucketState]:
                 latest_value=row.latest_value,
                 distinct=frozenset(distinct.get(row.id, ())),
             )
-        )
-    return buckets
+        if len(rows) < PAGE:
+            return
+        last = rows[-1]
+        after = (last.meter_id, last.subject, last.group_key, last.minute)

@@ -13,7 +13,7 @@ It must not compute balances (the core does) nor hold a database connection itse
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias
 
@@ -72,7 +72,8 @@ class LoadedNamespace:
     meters: Sequence[MeterRecord] = ()
     entitlements: Sequence[Entitlement] = ()
     grants: Sequence[Grant] = ()
-    usage: Sequence[UsageBucketState] = ()
+    #: Iterated once, by the view's load (a database source may read it page by page then).
+    usage: Iterable[UsageBucketState] = ()
     #: Extra read-only facts for /status (e.g. the schema revision).
     details: Mapping[str, str] = field(default_factory=dict)
 

@@ -1,8 +1,8 @@
 """Following the ledger: the first load, then the change feed by cursor, reloading on a new epoch.
 
 Role: one asyncio task per sidecar. It opens the ledger (retrying while it is unreachable or
-at a schema this sidecar does not read, reported in /status, never crashing the app), loads the namespace in bulk (in a worker thread: the
-ledger driver is blocking), then polls ``changes_since(position)`` every ``poll_interval`` and
+at a schema this sidecar does not read, reported in /status, never crashing the app), loads the namespace in pages and builds the view's indexes
+(in a worker thread: the ledger driver is blocking, and the loop keeps answering), then polls ``changes_since(position)`` every ``poll_interval`` and
 applies each batch to the view on the event loop, so lookups never see a half-applied batch and
 need no lock. A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
 correct (DESIGN D10). A batch from another ``ledger_epoch`` (a restore) triggers a full reload.
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from datetime import datetime
 
 from .settings import SidecarSettings
-from .source import LedgerSource
-from .view import View
+from .source import LedgerSource, LoadedNamespace
+from .view import PreparedLoad, View
 
 __all__ = ["Follower"]
 
@@ -113,8 +113,15 @@ class Follower:
         """Load the whole namespace (one bulk query per table) and replace the view."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        loaded = await loop.run_in_executor(None, self._source().load, self.view.namespace)
-        self.view.load(loaded, self.clock())
+        source, view = self._source(), self.view
+
+        def load_and_prepare() -> tuple[LoadedNamespace, PreparedLoad]:
+            loaded = source.load(view.namespace)
+            return loaded, view.prepare(loaded)
+
+        # Read and index in a worker thread: the loop keeps answering (/livez, the old state).
+        loaded, prepared = await loop.run_in_executor(None, load_and_prepare)
+        self.view.install(prepared, self.clock())
         elapsed = loop.time() - started
         counts = self.view.counts()
         log.info(

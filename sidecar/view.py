@@ -13,9 +13,10 @@ later through the feed.
 
 Memory: one slot per entitlement, no per-record index besides the id, the customer and the
 subject maps; equal values (keys, instants, amounts, timelines, empty mappings) decoded by one
-load or batch are shared; usage lives in machine-word arrays (``usage``). After a load the state
-is frozen from the cyclic garbage collector (``gc.freeze``), so a full collection does not walk
-10^6 entitlements.
+load or batch are shared; usage lives in machine-word arrays (``usage``). A load is indexed off
+the event loop (``prepare``, in a worker thread) and then swapped in (``install``) and frozen
+from the cyclic garbage collector (``gc.freeze``), so a full collection does not walk 10^6
+entitlements.
 
 It must not do I/O (the follower in ``sync`` fetches; this only applies), read the clock (every
 method takes ``now``), or compute balances (``compute.ValueEngine`` does).
@@ -56,7 +57,7 @@ from .source import (
 )
 from .usage import AnySeries, UsageStore
 
-__all__ = ["Counts", "View", "looks_like_ulid"]
+__all__ = ["Counts", "PreparedLoad", "View", "looks_like_ulid"]
 
 MINUTE = timedelta(minutes=1)
 _TICK = timedelta(microseconds=1)
@@ -65,6 +66,7 @@ _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
 _GRANTS_SPLIT = b',"grantBalances":'
 _EMPTY: dict[str, str] = {}
 _NEVER = datetime.max.replace(tzinfo=UTC)
+_NO_TIME = timedelta(0)
 T = TypeVar("T")
 
 
@@ -159,6 +161,14 @@ class _State:
     grant_count: int = 0
 
 
+@dataclass(frozen=True)
+class PreparedLoad:
+    """A load's indexes, built off the event loop, ready to be installed."""
+
+    state: _State
+    details: dict[str, str]
+
+
 class View:
     """One namespace's ledger state in memory, with cached answers."""
 
@@ -173,6 +183,7 @@ class View:
         self.reloads = 0
         self.details: dict[str, str] = {}
         self.degraded: str | None = None
+        self._version: tuple[int, str] = (-1, "")
 
     # --- loading and following ----------------------------------------------------------------
 
@@ -198,33 +209,51 @@ class View:
 
     def load(self, loaded: LoadedNamespace, now: datetime) -> None:
         """Replace everything with ``loaded`` and freeze it from the cyclic GC."""
+        self.install(self.prepare(loaded), now)
+
+    def prepare(self, loaded: LoadedNamespace) -> PreparedLoad:
+        """Build the indexes of ``loaded`` without touching the served state.
+
+        Safe in a worker thread while the event loop answers from the current state; the
+        cyclic collector is paused meanwhile so it does not walk the growing new state.
+        """
         if loaded.namespace != self.namespace:
             raise ValueError(f"loaded namespace {loaded.namespace!r}, serving {self.namespace!r}")
-        self._check_contract(loaded.contract_version)
-        if self.freeze_gc:
-            gc.unfreeze()
         share = _Sharer()
         state = _State(loaded.epoch, loaded.contract_version, loaded.position)
-        for meter in loaded.meters:
-            _put_meter(state, meter)
-        for feature in loaded.features:
-            _put_feature(state, feature)
-        for customer in loaded.customers:
-            _put_customer(state, _share_customer(share, customer))
-        for entitlement in loaded.entitlements:
-            _put_entitlement(state, _share_entitlement(share, entitlement))
-        for grant in loaded.grants:
-            _put_grant(state, _share_grant(share, grant))
-        for bucket in loaded.usage:
-            state.usage.put(bucket, share)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for meter in loaded.meters:
+                _put_meter(state, meter)
+            for feature in loaded.features:
+                _put_feature(state, feature)
+            for customer in loaded.customers:
+                _put_customer(state, _share_customer(share, customer))
+            for entitlement in loaded.entitlements:
+                _put_entitlement(state, _share_entitlement(share, entitlement))
+            for grant in loaded.grants:
+                _put_grant(state, _share_grant(share, grant))
+            for bucket in loaded.usage:
+                state.usage.put(bucket, share)
+        finally:
+            if collecting:
+                gc.enable()
+        return PreparedLoad(state, dict(loaded.details))
+
+    def install(self, prepared: PreparedLoad, now: datetime) -> None:
+        """Serve a prepared load from now on (on the event loop: one swap) and freeze it."""
+        state = prepared.state
+        self._check_contract(state.contract_version)
         if self._state is not None:
             self.reloads += 1
         self._state = state
-        self.details = dict(loaded.details)
+        self.details = dict(prepared.details)
         self.loaded_at = self.synced_at = now
-        del share
         if self.freeze_gc:
-            gc.collect()
+            # No full collection first: it would stop the loop for a walk of every record. The
+            # state holds no reference cycles, so the replaced one is freed by reference counts
+            # even where an earlier freeze left it.
             gc.freeze()
 
     def apply(self, batch: FeedBatch, now: datetime) -> bool:
@@ -254,7 +283,29 @@ class View:
 
     def age(self, now: datetime) -> timedelta | None:
         """Return how long ago the view was last known to be current (None before loading)."""
-        return None if self.synced_at is None else max(now - self.synced_at, timedelta(0))
+        if self.synced_at is None:
+            return None
+        age = now - self.synced_at
+        return age if age > _NO_TIME else _NO_TIME
+
+    def stale(self, now: datetime, budget: timedelta) -> bool:
+        """Tell whether the view is older than ``budget`` at ``now`` (or has never loaded)."""
+        synced_at = self.synced_at
+        return synced_at is None or now - synced_at > budget
+
+    def freshness_headers(self, now: datetime) -> dict[str, str]:
+        """Return the ``Allotment-Ledger-Version`` and ``-Age`` headers (none before loading)."""
+        state = self._state
+        synced_at = self.synced_at
+        if state is None or synced_at is None:
+            return {}
+        if state.position != self._version[0]:
+            self._version = (state.position, str(state.position))
+        age = (now - synced_at).total_seconds()
+        return {
+            "Allotment-Ledger-Version": self._version[1],
+            "Allotment-Ledger-Age": f"{age:.3f}" if age > 0 else "0.000",
+        }
 
     def _check_contract(self, version: int) -> None:
         if version not in CONTRACT_VERSIONS:

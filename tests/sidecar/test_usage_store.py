@@ -1,0 +1,101 @@
+"""The view's usage store: compact integer series answer exactly what the general series does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allotment.ledger.core.model import Aggregation
+from allotment.ledger.storage.usage import BucketState
+from allotment.sidecar.usage import IntegerSeries, Series, UsageStore, minute_index
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+BASE = minute_index(T0)
+
+
+def bucket(minute: int, count: int, total: str, subject: str = "sub-a") -> BucketState:
+    return BucketState(
+        "meter-id", "tokens", subject, (), T0 + timedelta(minutes=minute), count, Decimal(total)
+    )
+
+
+def store(*buckets: BucketState) -> UsageStore:
+    held = UsageStore()
+    held.plain_meters.add("tokens")
+    for each in buckets:
+        held.put(each)
+    return held
+
+
+def total(held: UsageStore, start: int, end: int, subject: str = "sub-a") -> Decimal:
+    series = held.matching("tokens", [subject], {})
+    return held.aggregate(
+        Aggregation.SUM, series, T0 + timedelta(minutes=start), T0 + timedelta(minutes=end)
+    )
+
+
+@pytest.mark.parametrize(
+    ("buckets", "window", "expected"),
+    [
+        pytest.param([bucket(0, 1, "5"), bucket(3, 2, "7")], (0, 10), "12", id="in-order"),
+        pytest.param([bucket(3, 2, "7"), bucket(0, 1, "5")], (0, 3), "5", id="late-minute"),
+        pytest.param(
+            [bucket(1, 1, "5"), bucket(1, 3, "9"), bucket(1, 2, "7")], (0, 2), "9", id="newest"
+        ),
+        pytest.param([bucket(0, 1, "2.5"), bucket(1, 1, "1")], (0, 2), "3.5", id="fraction"),
+        pytest.param(
+            [bucket(0, 1, str(2**62)), bucket(1, 1, str(2**62))],
+            (0, 2),
+            str(2**63),
+            id="past-64-bits",
+        ),
+        pytest.param([bucket(0, 1, "-4"), bucket(1, 1, "1")], (0, 2), "-3", id="negative"),
+    ],
+)
+def test_sums_are_exact_whatever_the_order_and_size(
+    buckets: list[BucketState], window: tuple[int, int], expected: str
+) -> None:
+    assert total(store(*buckets), *window) == Decimal(expected)
+
+
+def test_a_bucket_state_applied_twice_counts_once() -> None:
+    held = store(bucket(0, 2, "10"))
+    assert held.put(bucket(0, 2, "10")) is False
+    assert held.put(bucket(0, 1, "4")) is False
+    assert total(held, 0, 1) == Decimal(10)
+    assert held.bucket_count == 1
+
+
+def test_group_by_series_of_one_subject_are_kept_apart() -> None:
+    held = store(bucket(0, 1, "5"))
+    grouped = BucketState("meter-id", "tokens", "sub-a", (("model", "gpt-4"),), T0, 1, Decimal(7))
+    held.put(grouped)
+    everything = held.matching("tokens", ["sub-a"], {})
+    only_gpt4 = held.matching("tokens", ["sub-a"], {"model": "gpt-4"})
+    window = (T0, T0 + timedelta(minutes=1))
+    assert held.aggregate(Aggregation.SUM, everything, *window) == Decimal(12)
+    assert held.aggregate(Aggregation.SUM, only_gpt4, *window) == Decimal(7)
+
+
+STATES = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(1, 6), st.integers(-1000, 10**6)),
+    max_size=60,
+)
+
+
+@given(STATES, st.integers(0, 42), st.integers(0, 42))
+def test_integer_series_answers_what_the_general_series_does(
+    states: list[tuple[int, int, int]], start: int, end: int
+) -> None:
+    compact, general = IntegerSeries(), Series()
+    for minute, count, value in states:
+        state = bucket(minute, count, str(value))
+        assert compact.put(state, False) == general.put(state, False)
+    lo, hi = BASE + min(start, end), BASE + max(start, end)
+    assert compact.total(lo, hi) == general.total(lo, hi)
+    assert compact.count(lo, hi) == general.count(lo, hi)
+    assert len(compact) == len(general)
