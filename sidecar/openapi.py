@@ -1,7 +1,8 @@
 """The sidecar's OpenAPI 3.0 document, served at ``/openapi.json``.
 
 Role: describe every route the sidecar serves. The OpenMeter-compatible response schemas
-(``EntitlementValue``, ``EntitlementValueV2``, the v1 entitlements, ``WindowedBalanceHistory``,
+(``EntitlementValue``, ``EntitlementValueV2``, the v1 and v2 entitlements, the v2 page,
+``WindowedBalanceHistory``,
 the access map, problems) follow reference/openmeter-api.md §2, §6 and §7 field for field,
 required fields included; a test compares them with the reference shapes.
 
@@ -71,6 +72,20 @@ def _entitlement(kind: str, extra: dict[str, Schema], required: list[str]) -> Sc
     return _object(properties, [*_COMMON_REQUIRED, *required])
 
 
+def _entitlement_v2(kind: str, extra: dict[str, Schema], required: list[str]) -> Schema:
+    """Return a v2 entitlement: v1 without subjectKey, plus the customer's id and key."""
+    common = {k: v for k, v in _COMMON.items() if k != "subjectKey"}
+    properties = {
+        "type": {"type": "string", "enum": [kind]},
+        **common,
+        "customerId": _ULID,
+        "customerKey": _STRING,
+        **extra,
+    }
+    base = [r for r in _COMMON_REQUIRED if r != "subjectKey"]
+    return _object(properties, [*base, "customerId", *required])
+
+
 SCHEMAS: dict[str, Schema] = {
     "Period": _PERIOD,
     "RecurringPeriod": _USAGE_PERIOD,
@@ -127,6 +142,62 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "EntitlementMeteredV2": _entitlement_v2(
+        "metered",
+        {
+            "isSoftLimit": _BOOL,
+            "issueAfterReset": _NUMBER,
+            "issueAfterResetPriority": {"type": "integer", "minimum": 1, "maximum": 255},
+            "issue": _object(
+                {"amount": _NUMBER, "priority": {"type": "integer", "minimum": 1}}, ["amount"]
+            ),
+            "preserveOverageAtReset": _BOOL,
+            "measureUsageFrom": _TIME,
+            "lastReset": _TIME,
+        },
+        ["isSoftLimit", "measureUsageFrom", "lastReset", "currentUsagePeriod", "usagePeriod"],
+    ),
+    "EntitlementStaticV2": _entitlement_v2("static", {"config": _STRING}, ["config"]),
+    "EntitlementBooleanV2": _entitlement_v2("boolean", {}, []),
+    "EntitlementV2": {
+        "oneOf": [
+            _ref("EntitlementMeteredV2"),
+            _ref("EntitlementStaticV2"),
+            _ref("EntitlementBooleanV2"),
+        ],
+        "discriminator": {
+            "propertyName": "type",
+            "mapping": {
+                "metered": "#/components/schemas/EntitlementMeteredV2",
+                "static": "#/components/schemas/EntitlementStaticV2",
+                "boolean": "#/components/schemas/EntitlementBooleanV2",
+            },
+        },
+    },
+    "EntitlementV2PaginatedResponse": _object(
+        {
+            "totalCount": {"type": "integer", "minimum": 0},
+            "page": {"type": "integer", "minimum": 1},
+            "pageSize": {"type": "integer", "minimum": 1},
+            "items": {"type": "array", "items": _ref("EntitlementV2")},
+        },
+        ["totalCount", "page", "pageSize", "items"],
+    ),
+    "Event": _object(
+        {
+            "id": _STRING,
+            "source": _STRING,
+            "specversion": {"type": "string", "enum": ["1.0"]},
+            "type": _STRING,
+            "subject": _STRING,
+            "time": _TIME,
+            "datacontenttype": {"type": "string", "nullable": True},
+            "dataschema": {"type": "string", "nullable": True},
+            "data": {"type": "object", "additionalProperties": True},
+        },
+        ["id", "source", "specversion", "type", "subject"],
+        additionalProperties=True,
+    ),
     "BalanceHistoryWindow": _object(
         {"period": _ref("Period"), "usage": _NUMBER, "balanceAtStart": _NUMBER},
         ["period", "usage", "balanceAtStart"],
@@ -224,6 +295,13 @@ def _param(name: str, where: str = "path", schema: Schema | None = None, **extra
 
 
 _TIME_QUERY = _param("time", "query", _TIME, description="Default: now; rounded up a minute")
+_REQUESTED_USAGE = _param(
+    "requestedUsage",
+    "query",
+    {"type": "number", "minimum": 0},
+    description="Our extension: hasAccess is false when a hard-limit balance is below this "
+    "amount (usage about to be sent); nothing else changes",
+)
 _HISTORY_QUERY = [
     _param("from", "query", _TIME),
     _param("to", "query", _TIME),
@@ -279,7 +357,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/value": _get(
             "getEntitlementValue",
             "An entitlement's value",
-            [subject, ent, _TIME_QUERY],
+            [subject, ent, _TIME_QUERY, _REQUESTED_USAGE],
             _json(_ref("EntitlementValue")),
         ),
         "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}/history": _get(
@@ -291,7 +369,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/customers/{customerIdOrKey}/entitlements/{featureKey}/value": _get(
             "getCustomerEntitlementValue",
             "A customer's entitlement value",
-            [customer, _param("featureKey"), _TIME_QUERY],
+            [customer, _param("featureKey"), _TIME_QUERY, _REQUESTED_USAGE],
             _json(_ref("EntitlementValue")),
         ),
         "/api/v1/customers/{customerIdOrKey}/access": _get(
@@ -303,7 +381,7 @@ def openapi_document() -> dict[str, Any]:
         "/api/v2/customers/{customerIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/value": _get(
             "getCustomerEntitlementValueV2",
             "A customer's entitlement value with grant balances",
-            [customer, ent, _TIME_QUERY],
+            [customer, ent, _TIME_QUERY, _REQUESTED_USAGE],
             _json(_ref("EntitlementValueV2")),
         ),
         "/api/v2/customers/{customerIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/history": _get(
@@ -330,10 +408,64 @@ def openapi_document() -> dict[str, Any]:
         "/api/v1/subjects/{subjectIdOrKey}/entitlements/{entitlementId}/reset": _refused(
             "post", "EntitlementReset"
         ),
-        "/api/v2/customers/{customerIdOrKey}/entitlements": _refused("post", "Entitlement"),
-        "/api/v2/customers/{customerIdOrKey}/entitlements/{entitlementIdOrFeatureKey}": _refused(
-            "delete", "Entitlement"
-        ),
+        "/api/v2/customers/{customerIdOrKey}/entitlements": {
+            **_get(
+                "listCustomerEntitlementsV2",
+                "A customer's entitlements, one page",
+                [
+                    customer,
+                    _param("includeDeleted", "query", _BOOL),
+                    _param("page", "query", {"type": "integer", "minimum": 1, "default": 1}),
+                    _param(
+                        "pageSize",
+                        "query",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    ),
+                    _param("order", "query", {"enum": ["ASC", "DESC"], "default": "ASC"}),
+                    _param("orderBy", "query", {"enum": ["createdAt", "updatedAt"]}),
+                ],
+                _json(_ref("EntitlementV2PaginatedResponse")),
+            ),
+            **_refused("post", "Entitlement"),
+        },
+        "/api/v2/customers/{customerIdOrKey}/entitlements/{entitlementIdOrFeatureKey}": {
+            **_get(
+                "getCustomerEntitlementV2",
+                "One entitlement of a customer, by id or feature key",
+                [customer, ent],
+                _json(_ref("EntitlementV2")),
+            ),
+            **_refused("delete", "Entitlement"),
+        },
+        "/api/v1/events": {
+            "post": {
+                "operationId": "ingestEvents",
+                "summary": "Commit usage events (CloudEvents 1.0) to the ledger",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/cloudevents+json": {"schema": _ref("Event")},
+                        "application/cloudevents-batch+json": {
+                            "schema": {"type": "array", "items": _ref("Event")}
+                        },
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    _ref("Event"),
+                                    {"type": "array", "items": _ref("Event")},
+                                ]
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "204": {"description": "Committed in the ledger (duplicates acknowledged)"},
+                    "400": _problem("An invalid event (its index named); nothing stored"),
+                    "413": _problem("The body is larger than the limit"),
+                    "503": _problem("The ledger cannot take usage now; retry (Retry-After)"),
+                },
+            }
+        },
         "/api/v2/customers/{customerIdOrKey}/entitlements/{entitlementIdOrFeatureKey}/override": _refused(
             "put", "Entitlement"
         ),

@@ -1,6 +1,7 @@
 """The sidecar's HTTP routes, in one list, with thin handlers: parse, delegate, serialise.
 
-Role: OpenMeter-compatible reads (subject and customer entitlements, values, history, access),
+Role: OpenMeter-compatible reads (subject entitlements, the v2 customer entitlement list and
+entitlements, values, history, access),
 405 problem+json for OpenMeter's write endpoints (naming the resource kind to ``kubectl apply``
 instead), OFREP (in ``ofrep``), and the operational endpoints (``/livez``, ``/readyz``,
 ``/status``, ``/metrics``, ``/openapi.json``). Subjects resolve to customers through subject keys
@@ -18,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from allotment.ledger.core.history import HistoryError
 from allotment.ledger.core.model import Entitlement, EntitlementType
@@ -33,7 +33,15 @@ from .metrics import CONTENT_TYPE_LATEST
 from .openapi import openapi_document
 from .parsing import parse_bool, parse_instant, parse_window_size, parse_zone
 from .problems import ProblemError
-from .serialize import dumps, entitlement_v1, history_body, value_json, value_v2
+from .serialize import (
+    dumps,
+    entitlement_v1,
+    entitlement_v2,
+    history_body,
+    page_body,
+    value_json,
+    value_v2,
+)
 from .source import CONTRACT_VERSIONS, CustomerRecord
 from .view import View
 
@@ -41,9 +49,8 @@ __all__ = ["PROBE_ROUTES", "ROUTES", "json_response", "now_of", "ready_view"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _NO_QUERY: Mapping[str, str] = {}
-#: Exactly ``application/json`` (no charset): the legacy OpenMeter Node SDK compares the header.
-_JSON = CIMultiDict({"Content-Type": "application/json"})
 RESOURCE_API = "allotment.dev/v1alpha1"
+_ORDER_BY = ("createdAt", "updatedAt")  # equal here: a ledger record's version has no update
 
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -114,11 +121,14 @@ async def _value(
     request: web.Request, view: View, customer: CustomerRecord, id_or_key: str, *, v2: bool
 ) -> web.Response:
     """Decide a value read: the one place an access answer is made for OpenMeter's paths."""
-    now = now_of(request)
-    if not request.query_string and not stale_at(request, now):
-        # The hot path: no query, fresh view: the cached body as it is.
+    app = request.app
+    now = app[CLOCK]()
+    if not request.query_string and not view.stale(now, app[SETTINGS].staleness_budget):
+        # The hot path: no query, fresh view: the cached body as it is, headers built once.
         entitlement = _entitlement(view, customer, id_or_key, now)
-        return web.Response(body=view.body(entitlement, now, v2=v2), headers=_JSON)
+        fresh = view.freshness_headers(now)
+        fresh["Content-Type"] = "application/json"  # exactly: the legacy Node SDK compares it
+        return web.Response(body=view.body(entitlement, now, v2=v2), headers=fresh)
     query: Mapping[str, str] = request.query if request.query_string else _NO_QUERY
     at = parse_instant(query, "time")
     entitlement = _entitlement(view, customer, id_or_key, at or now)
@@ -185,6 +195,56 @@ async def get_customer_entitlement_value_v2(request: web.Request) -> web.Respons
     view = ready_view(request)
     customer = _customer(view, request.match_info["customer"])
     return await _value(request, view, customer, request.match_info["entitlement"], v2=True)
+
+
+def _page_number(query: Mapping[str, str], name: str, default: int, most: int | None) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or int(text) < 1 or (most is not None and int(text) > most):
+        limit = f" and at most {most}" if most is not None else ""
+        raise ProblemError(400, f"validation error: {name} must be a whole number from 1{limit}")
+    return int(text)
+
+
+async def list_customer_entitlements_v2(request: web.Request) -> web.Response:
+    """GET /api/v2/customers/{customer}/entitlements: one page, oldest first by default."""
+    view = ready_view(request)
+    customer = _customer(view, request.match_info["customer"])
+    query = request.query
+    page = _page_number(query, "page", 1, None)
+    page_size = _page_number(query, "pageSize", 100, 1000)
+    order = query.get("order", "ASC").upper()
+    if order not in ("ASC", "DESC") or query.get("orderBy", "createdAt") not in _ORDER_BY:
+        raise ProblemError(
+            400, "validation error: order is ASC or DESC; orderBy is createdAt or updatedAt"
+        )
+    include_deleted = parse_bool(query, "includeDeleted")
+    now = now_of(request)
+    found = sorted(
+        (
+            e
+            for e in view.entitlements_of(customer.customer.key)
+            if include_deleted or e.active_to is None or e.active_to > now
+        ),
+        key=lambda e: (e.created_at, e.id),
+        reverse=order == "DESC",
+    )
+    start = (page - 1) * page_size
+    chosen = found[start : start + page_size]
+    items = [entitlement_v2(e, view.feature(e.feature_key), customer, now) for e in chosen]
+    return json_response(page_body(items, page=page, page_size=page_size, total=len(found)))
+
+
+async def get_customer_entitlement_v2(request: web.Request) -> web.Response:
+    """GET /api/v2/customers/{customer}/entitlements/{entitlementIdOrFeatureKey}."""
+    view = ready_view(request)
+    customer = _customer(view, request.match_info["customer"])
+    now = now_of(request)
+    entitlement = _entitlement(view, customer, request.match_info["entitlement"], now)
+    return json_response(
+        entitlement_v2(entitlement, view.feature(entitlement.feature_key), customer, now)
+    )
 
 
 async def get_customer_access(request: web.Request) -> web.Response:
@@ -348,17 +408,20 @@ PROBE_ROUTES = [
 ]
 
 ROUTES = [
-    # OpenMeter reads (reference/openmeter-api.md §6, §7)
-    web.get(_SUBJECT, list_subject_entitlements),
-    web.get(_SUBJECT_ONE, get_subject_entitlement),
+    # OpenMeter reads (reference/openmeter-api.md §6, §7); the value reads first: aiohttp tries
+    # the routes sharing a path prefix in this order, one pattern match each.
     web.get(_SUBJECT_ONE + "/value", get_subject_entitlement_value),
-    web.get(_SUBJECT_ONE + "/history", get_subject_entitlement_history),
     web.get(
         "/api/v1/customers/{customer}/entitlements/{entitlement}/value",
         get_customer_entitlement_value,
     ),
-    web.get("/api/v1/customers/{customer}/access", get_customer_access),
     web.get(_CUSTOMER_V2_ONE + "/value", get_customer_entitlement_value_v2),
+    web.get(_SUBJECT, list_subject_entitlements),
+    web.get(_SUBJECT_ONE, get_subject_entitlement),
+    web.get(_SUBJECT_ONE + "/history", get_subject_entitlement_history),
+    web.get("/api/v1/customers/{customer}/access", get_customer_access),
+    web.get(_CUSTOMER_V2, list_customer_entitlements_v2),
+    web.get(_CUSTOMER_V2_ONE, get_customer_entitlement_v2),
     web.get(_CUSTOMER_V2_ONE + "/history", get_customer_entitlement_history_v2),
     # OpenMeter writes: refused, naming the resource kind to apply
     web.post(_SUBJECT, refuse("Entitlement", "create an entitlement", "GET")),
@@ -366,8 +429,10 @@ ROUTES = [
     web.put(_SUBJECT_ONE + "/override", refuse("Entitlement", "override an entitlement", "")),
     web.post(_SUBJECT_ONE + "/grants", refuse("Grant", "create a grant", "")),
     web.post(_SUBJECT_ONE + "/reset", refuse("EntitlementReset", "reset usage", "")),
-    web.post(_CUSTOMER_V2, refuse("Entitlement", "create an entitlement", "")),
-    web.delete(_CUSTOMER_V2_ONE, refuse("Entitlement", "end an entitlement (spec.activeTo)", "")),
+    web.post(_CUSTOMER_V2, refuse("Entitlement", "create an entitlement", "GET")),
+    web.delete(
+        _CUSTOMER_V2_ONE, refuse("Entitlement", "end an entitlement (spec.activeTo)", "GET")
+    ),
     web.put(_CUSTOMER_V2_ONE + "/override", refuse("Entitlement", "override an entitlement", "")),
     web.post(_CUSTOMER_V2_ONE + "/grants", refuse("Grant", "create a grant", "")),
     web.post(_CUSTOMER_V2_ONE + "/reset", refuse("EntitlementReset", "reset usage", "")),

@@ -32,8 +32,10 @@ from .source import CustomerRecord, FeatureRecord
 __all__ = [
     "dumps",
     "entitlement_v1",
+    "entitlement_v2",
     "history_body",
     "number",
+    "page_body",
     "value_json",
     "value_v1",
     "value_v2",
@@ -213,6 +215,29 @@ def entitlement_v1(
     elif entitlement.type is EntitlementType.STATIC:
         body["config"] = entitlement.config or "{}"
     return body
+
+
+def entitlement_v2(
+    entitlement: Entitlement, feature: FeatureRecord | None, customer: CustomerRecord, now: datetime
+) -> dict[str, Any]:
+    """Return OpenMeter's ``EntitlementV2``: v1 without ``subjectKey``/``isUnlimited``, plus the
+    customer's id and key and ``issue`` (the default grant's amount and priority)."""
+    body = entitlement_v1(entitlement, feature, customer, now)
+    del body["subjectKey"]
+    body.pop("isUnlimited", None)
+    body["customerId"] = customer.id
+    body["customerKey"] = customer.customer.key
+    if "issueAfterReset" in body:
+        body["issue"] = {
+            "amount": body["issueAfterReset"],
+            "priority": body["issueAfterResetPriority"],
+        }
+    return body
+
+
+def page_body(items: list[Any], *, page: int, page_size: int, total: int) -> dict[str, Any]:
+    """Return OpenMeter's paginated list: ``{totalCount, page, pageSize, items}``."""
+    return {"totalCount": total, "page": page, "pageSize": page_size, "items": items}
 
 
 # --- history ---------------------------------------------------------------------------------
