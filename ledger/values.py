@@ -226,14 +226,19 @@ def value_of(
     *,
     pending: list[PendingSnapshot] | None = None,
     rule: SnapshotRule = DEFAULT_SNAPSHOT_RULE,
+    read_position: int | None = None,
 ) -> EntitlementValue | None:
     """Return the value of one entitlement at ``now``, or None when it cannot be computed.
 
     A metered entitlement whose feature or meter is not recorded has no value (the sidecar
     answers 503 for it); every other entitlement has one, ``hasAccess=False`` outside its
     activity window. Metered reads resume from the latest snapshot of the same basis; with
-    ``pending``, a read that crossed a snapshot instant of ``rule`` appends it there.
+    ``pending``, a read that crossed a snapshot instant of ``rule`` appends it there, as read
+    at feed position ``read_position``: one read before anything the value depends on (read
+    here when not given), so a change committed after it refuses the save.
     """
+    if pending is not None and read_position is None:
+        read_position = feed.feed_head(connection)
     now = require_utc(now)
     grants = records.grants.get(entitlement.id, ())
     if entitlement.type is not EntitlementType.METERED:
@@ -266,7 +271,7 @@ def value_of(
     series = _series(connection, records, source, read_from, t)
     candidate = rule.candidate(now)
     base = measure_from if start is None else start.at
-    if pending is not None and base < candidate:
+    if pending is not None and read_position is not None and base < candidate:
         all_grants = with_default_grants(entitlement, grants)
         start = run(entitlement, all_grants, aggregation, series, candidate, start=start).snapshot
         pending.append(
@@ -276,7 +281,7 @@ def value_of(
                 source.meter_id,
                 start,
                 basis,
-                feed.feed_head(connection),
+                read_position,
             )
         )
     return entitlement_value(
@@ -302,12 +307,15 @@ def values_of(
     collected: list[PendingSnapshot] | None = pending
     if collected is None and save:
         collected = []
+    position = None if collected is None else feed.feed_head(connection)
     values: dict[str, EntitlementValue] = {}
     for entitlement_id in entitlement_ids:
         entitlement = records.entitlements.get(entitlement_id)
         if entitlement is None:
             continue
-        value = value_of(connection, records, entitlement, now, pending=collected)
+        value = value_of(
+            connection, records, entitlement, now, pending=collected, read_position=position
+        )
         if value is not None:
             values[entitlement_id] = value
     if pending is None and collected:

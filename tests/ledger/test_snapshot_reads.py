@@ -3,8 +3,9 @@
 The wired path (``values.status_values`` and ``values.value_of``: resume from the latest
 snapshot of the same basis, read only the buckets after it, save a new one on whole hours) is
 compared after every step of random histories with the straightforward computation: every
-bucket since the epoch replayed by the core from measureUsageFrom. Steps ingest usage (late
-events included), record grants and voids, reset the entitlement, and read at a later ``now``.
+bucket since the epoch replayed by the core from measureUsageFrom, for SUM and UNIQUE_COUNT
+meters. Steps ingest usage (late events included), record grants and voids, reset the
+entitlement, and read at a later ``now``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from tests.core.factory import metered
 START = datetime(2024, 1, 1, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TOKENS = Meter("tokens", "prompt", Aggregation.SUM, "$.tokens")
+USERS = Meter("tokens", "prompt", Aggregation.UNIQUE_COUNT, "$.user")
 CUSTOMER = "customer-1"
 _namespaces = itertools.count()
 
@@ -63,6 +65,7 @@ class Scenario:
     namespace: str
     entitlement_id: str
     now: datetime
+    meter: Meter = TOKENS
     events: int = 0
 
     def record(self, *recorded: Any) -> None:
@@ -80,7 +83,12 @@ class Scenario:
             at = self.now - MINUTE * back
             events.append(
                 usage.IncomingEvent(
-                    f"e{self.events}", "test", "prompt", CUSTOMER, at, {"tokens": tokens}
+                    f"e{self.events}",
+                    "test",
+                    "prompt",
+                    CUSTOMER,
+                    at,
+                    {"tokens": tokens, "user": f"u{tokens % 3}"},
                 )
             )
         with self.ledger.write() as conn:
@@ -135,7 +143,7 @@ class Scenario:
             buckets = usage.read_buckets(
                 conn,
                 self.namespace,
-                TOKENS.slug,
+                self.meter.slug,
                 subjects=[CUSTOMER],
                 start=EPOCH,
                 end=ceil_to_minute(self.now),
@@ -144,8 +152,8 @@ class Scenario:
             loaded.entitlements[self.entitlement_id],
             self.now,
             grants=loaded.grants.get(self.entitlement_id, ()),
-            aggregation=Aggregation.SUM,
-            usage=MinuteSeries(Aggregation.SUM, buckets),
+            aggregation=self.meter.aggregation,
+            usage=MinuteSeries(self.meter.aggregation, buckets),
         )
 
     def snapshot_instants(self) -> list[datetime]:
@@ -160,12 +168,14 @@ class Scenario:
             )
 
 
-def open_scenario(ledger: Ledger, *, interval: str = "DAY", issue: int | None = None) -> Scenario:
+def open_scenario(
+    ledger: Ledger, *, interval: str = "DAY", issue: int | None = None, meter: Meter = TOKENS
+) -> Scenario:
     namespace = f"snap-{next(_namespaces)}"
-    scenario = Scenario(ledger, namespace, "", START)
+    scenario = Scenario(ledger, namespace, "", START, meter)
     with ledger.write() as conn:
         usage.record_meter(
-            conn, namespace, "tokens", TOKENS, uid="m", generation=1, acted_at=START, now=START
+            conn, namespace, "tokens", meter, uid="m", generation=1, acted_at=START, now=START
         )
     feature_id = scenario.new_id("Feature", "tokens")
     scenario.record(FeatureRecord(feature_id, Feature("tokens", "Tokens", "tokens"), START))
@@ -221,12 +231,13 @@ step = st.tuples(change, st.integers(0, 36 * 60))
 @given(
     interval=st.sampled_from(["DAY", "WEEK"]),
     issue=st.sampled_from([None, 50]),
+    meter=st.sampled_from([TOKENS, USERS]),
     steps=st.lists(step, min_size=1, max_size=8),
 )
 def test_reads_through_snapshots_equal_a_full_recomputation(
-    ledger: Ledger, interval: str, issue: int | None, steps: list[tuple[Any, ...]]
+    ledger: Ledger, interval: str, issue: int | None, meter: Meter, steps: list[tuple[Any, ...]]
 ) -> None:
-    scenario = open_scenario(ledger, interval=interval, issue=issue)
+    scenario = open_scenario(ledger, interval=interval, issue=issue, meter=meter)
     scenario.add_grant(100, 0, 0, "plain")
     scenario.ingest([(0, 5)])
     for (action, *args), advance in [(("ingest", [(0, 1)]), 24 * 60), *steps]:
