@@ -49,6 +49,22 @@ async def test_recording_a_grant_makes_it_ready_and_posts_an_event() -> None:
     ]
 
 
+async def test_a_reconcile_that_changes_nothing_writes_no_status() -> None:
+    outcome = FakeOutcome("Unchanged", "Recorded", "recorded as written", status={"id": "01J"})
+    runtime = make_runtime(FakeLedger(lambda obj: outcome))
+    first = await run_reconcile(runtime, GRANT, body("Grant", "g", {"amount": 1}))
+    written = dict(first["status"])
+
+    again = await run_reconcile(runtime, GRANT, body("Grant", "g", {"amount": 1}, status=written))
+
+    assert "status" not in again or not again["status"]
+    moved = await run_reconcile(
+        runtime, GRANT, body("Grant", "g", {"amount": 1}, generation=2, status=written)
+    )
+    assert moved["status"]["observedGeneration"] == 2
+    assert "id" not in moved["status"]  # unchanged fields are left as they are
+
+
 async def test_the_ledger_gets_the_object_without_kopf_bookkeeping() -> None:
     ledger = FakeLedger(lambda obj: FakeOutcome("Record", "Recorded"))
     runtime = make_runtime(ledger)
