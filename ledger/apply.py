@@ -58,7 +58,13 @@ from allotment.ledger.storage.codec import (
 )
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import CatalogueKeyRow, ReconcileLogRow, ResourceRow
-from allotment.ledger.values import load_records, status_value, values_of
+from allotment.ledger.values import (
+    PendingSnapshot,
+    load_records,
+    save_snapshots,
+    status_value,
+    values_of,
+)
 
 __all__ = [
     "IMPLIED_CUSTOMER_KIND",
@@ -163,16 +169,20 @@ def entitlement_values(
     Per (namespace, name): ``value`` (the CRD's ``status.value``, from ``ledger.values``) and,
     for an entitlement with a usage period, ``currentUsagePeriod``: the period containing the
     value's ``asOf``, from the core's period arithmetic. One load per namespace; names the ledger
-    does not hold, and metered entitlements without a recorded meter, are left out.
+    does not hold, and metered entitlements without a recorded meter, are left out. The
+    balance snapshots the reads crossed are saved once at the end, as ``status_values`` does:
+    call it in a read transaction.
     """
     wanted: dict[str, set[str]] = defaultdict(set)
     for namespace, name in refs:
         wanted[namespace].add(name)
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    pending: list[PendingSnapshot] = []
     for namespace, names in sorted(wanted.items()):
         records = load_records(connection, namespace)
         held = {e.id: e for e in records.entitlements.values() if e.name in names}
-        for entitlement_id, value in values_of(connection, records, sorted(held), now).items():
+        values = values_of(connection, records, sorted(held), now, pending=pending)
+        for entitlement_id, value in values.items():
             entitlement = held[entitlement_id]
             fields: dict[str, Any] = {"value": status_value(value)}
             if entitlement.usage_period:
@@ -182,6 +192,7 @@ def entitlement_values(
                     "to": format_rfc3339(period.end),
                 }
             found[(namespace, entitlement.name)] = fields
+    save_snapshots(connection.engine, pending, now)
     return found
 
 
@@ -1022,9 +1033,9 @@ class RolloutProgress:
             "done": self.done,
             "changed": self.changed,
             "startedAt": format_rfc3339(self.started_at),
+            # null while running: a merge patch must clear the previous rollout's instant
+            "finishedAt": None if self.finished_at is None else format_rfc3339(self.finished_at),
         }
-        if self.finished_at is not None:
-            fields["finishedAt"] = format_rfc3339(self.finished_at)
         return fields
 
     def dump(self) -> str:
