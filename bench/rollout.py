@@ -42,6 +42,7 @@ import yaml
 from allotment.ledger import apply as apply_module
 from allotment.ledger.apply import ROLLOUT_CHUNK, apply_resource
 from allotment.ledger.core.resources import parse_resource
+from allotment.ledger.core.timeutil import parse_rfc3339
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
 
@@ -283,7 +284,8 @@ def _bench_cluster(plane: Any, count: int) -> dict[str, Any]:
     def rolled_out() -> bool:
         text = _kubectl(plane, "get", "plan", "pro", "-n", NS, "-o", "json")
         rollout = json.loads(text).get("status", {}).get("rollout", {})
-        return rollout.get("observedGeneration") == 2 and "finishedAt" in rollout
+        finished, started = rollout.get("finishedAt"), rollout.get("startedAt")
+        return rollout.get("observedGeneration") == 2 and bool(finished) and finished >= started
 
     ledger_done = _poll("the Plan's rollout to finish", rolled_out, 7200, 1)
 
@@ -300,9 +302,10 @@ def _bench_cluster(plane: Any, count: int) -> dict[str, Any]:
         )
     except RuntimeError:
         status_done = None  # reported with how many got there
-    plan_status = json.loads(_kubectl(plane, "get", "plan", "pro", "-n", NS, "-o", "json"))[
-        "status"
-    ]
+    current = json.loads(_kubectl(plane, "get", "plan", "pro", "-n", NS, "-o", "json"))
+    plan_status = current["status"]
+    rollout = plan_status.get("rollout") or {}
+    spent = parse_rfc3339(rollout["finishedAt"]) - parse_rfc3339(rollout["startedAt"])
     return {
         "mode": "cluster",
         "database": "sqlite",
@@ -311,6 +314,7 @@ def _bench_cluster(plane: Any, count: int) -> dict[str, Any]:
         "create_seconds": round(created, 1),
         "create_and_reconcile_seconds": round(reconciled, 1),
         "rollout_ledger_seconds": round(ledger_done, 1),
+        "rollout_ledger_seconds_by_status": round(spent.total_seconds(), 1),
         "rollout_statuses_seconds": None if status_done is None else round(status_done, 1),
         "statuses_following_generation_2": followed[0],
         "rollout_status": plan_status.get("rollout"),

@@ -310,6 +310,7 @@ def test_a_plan_edit_rolls_out_a_chunk_per_transaction_with_progress_in_status(
     assert (first.action, first.ready, first.reason) == ("Wait", False, "RollingOut")
     assert first.retry_at == LATER  # due at once: applying the Plan again takes the next chunk
     assert first.status["rollout"]["total"] == 6  # hooli and team-0..4
+    assert first.status["rollout"]["finishedAt"] is None  # clears the last rollout's in a patch
     assert first.status["rollout"]["done"] < 6  # the first chunk read two pro subscribers
     assert [o.status["rollout"]["done"] for o in outcomes] == sorted(
         o.status["rollout"]["done"] for o in outcomes
