@@ -12,8 +12,10 @@ What it does and measures, in one run:
 - starts the production sidecar app in a server process pinned to core 0 (``StorageSource``:
   the normal paged load, then the feed followed by polling), with a bare aiohttp app returning a
   constant on another port *of the same event loop* (no middleware: the strict baseline);
-  reports the load time, the resident memory the load added per entitlement (RSS delta / n), and
-  the worst cyclic-GC pause seen by the server (``allotment_sidecar_gc_pause_max_seconds``);
+  reports the load time, the resident memory the load added per entitlement (RSS delta / n, with
+  the allocator's slack; up to 2x10^4 entitlements also what the view retains, by tracemalloc),
+  the cost of a cold value, and the worst cyclic-GC pause seen by the server
+  (``allotment_sidecar_gc_pause_max_seconds``, the load's included);
 - with vegeta (an open-loop generator; ``go install github.com/tsenart/vegeta/v12@latest``)
   pinned to core 1, subjects drawn round-robin over every loaded customer: throughput at
   saturation (16 connections) of the value endpoint next to the bare one, and p50/p99/p99.9 at
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -223,6 +226,35 @@ def propagation(url: str, base: str, times: int) -> dict[str, Any]:
     }
 
 
+def retained_bytes(url: str) -> dict[str, Any]:
+    """Load the seeded namespace in this process under tracemalloc; return what the view keeps."""
+    source = StorageSource(open_ledger(url, reader_pool_size=1))
+    try:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        view = View(NS, CoreValueEngine(), freeze_gc=False)
+        view.load(source.load(NS), datetime.now(UTC))
+        gc.collect()
+        loaded = tracemalloc.get_traced_memory()[0] - before
+        now = datetime.now(UTC)
+        count = view.counts().customers
+        for i in range(count):
+            customer = view.customer_by_subject(Seeded.subject(i))
+            entitlement = customer and view.active_entitlement(customer.customer.key, FEATURE, now)
+            if entitlement is not None:
+                view.body(entitlement, now, v2=False)
+        gc.collect()
+        cached = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+    finally:
+        source.close()
+    return {
+        "tracemalloc_bytes_per_entitlement_loaded": round(loaded / max(1, count)),
+        "tracemalloc_bytes_per_entitlement_values_cached": round(cached / max(1, count)),
+    }
+
+
 def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
     """Seed, serve, attack and measure; return the JSON result."""
     seeded = seed(url, args.entitlements, args.buckets)
@@ -290,6 +322,8 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
         }
         result["fixed_rate"] = {"rate_per_s": rate, "bare": bare_fixed, "value": value_fixed}
         result["propagation"] = propagation(url, base, args.propagations)
+        if args.entitlements <= 20_000:  # tracemalloc slows a load tenfold: small runs only
+            result["memory"].update(retained_bytes(url))
         result["gc_pause_max_ms"] = round(
             _get_json(f"{base}/bench/status")["gc_pause_max_seconds"] * 1000, 3
         )

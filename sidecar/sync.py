@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -116,8 +117,17 @@ class Follower:
         source, view = self._source(), self.view
 
         def load_and_prepare() -> tuple[LoadedNamespace, PreparedLoad]:
-            loaded = source.load(view.namespace)
-            return loaded, view.prepare(loaded)
+            # No cyclic collection while the records are decoded and indexed: each would walk
+            # every record made so far (seconds at 10^5, holding the GIL); ``prepare`` freezes
+            # them before collections resume.
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                loaded = source.load(view.namespace)
+                return loaded, view.prepare(loaded)
+            finally:
+                if collecting:
+                    gc.enable()
 
         # Read and index in a worker thread: the loop keeps answering (/livez, the old state).
         loaded, prepared = await loop.run_in_executor(None, load_and_prepare)

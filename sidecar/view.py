@@ -215,7 +215,8 @@ class View:
         """Build the indexes of ``loaded`` without touching the served state.
 
         Safe in a worker thread while the event loop answers from the current state; the
-        cyclic collector is paused meanwhile so it does not walk the growing new state.
+        cyclic collector is paused meanwhile so it does not walk the growing new state, which
+        is frozen from it before it resumes.
         """
         if loaded.namespace != self.namespace:
             raise ValueError(f"loaded namespace {loaded.namespace!r}, serving {self.namespace!r}")
@@ -237,6 +238,10 @@ class View:
             for bucket in loaded.usage:
                 state.usage.put(bucket, share)
         finally:
+            if self.freeze_gc:
+                # Freeze before collecting again: else the first automatic collection after
+                # this would walk every new record as a young object (seconds at 10^5).
+                gc.freeze()
             if collecting:
                 gc.enable()
         return PreparedLoad(state, dict(loaded.details))
