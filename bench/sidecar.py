@@ -310,7 +310,10 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
             bare_sat = _vegeta(vegeta, bare, saturate, args.seconds)
             value_sat = _vegeta(vegeta, value, saturate, args.seconds)
             rate = max(1, int(bare_sat["throughput_per_s"] / 2))
-            fixed = [f"-rate={rate}/s", "-connections=16"]
+            # 16 connections, as at saturation: without a cap vegeta opens a connection per
+            # late request and measures its own connection storm.
+            fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
+            fixed += ["-connections=16", "-max-connections=16"]
             bare_fixed = _vegeta(vegeta, bare, fixed, args.seconds)
             value_fixed = _vegeta(vegeta, value, fixed, args.seconds)
         result["saturation_16_connections"] = {
