@@ -54,7 +54,7 @@ def run_prune(args: argparse.Namespace) -> int:
         ledger.dispose()
     print(
         f"Ledger {shown}: deleted {outcome.events} raw usage events and "
-        f"{outcome.feed_rows} feed rows."
+        f"{outcome.feed_rows} feed rows, and {outcome.leases} lapsed strict-mode leases."
     )
     if outcome.epoch is not None:
         print(f"Ledger {shown} has the new epoch {outcome.epoch}: every sidecar will reload it.")

@@ -18,6 +18,8 @@ acknowledged event, counting one twice, or letting a reader miss a change.
   transaction of its own, and only then deletes. Every follower reads the epoch with each batch
   (``sidecar`` reloads on a new one), so a cursor never skips a deleted row; the cost is one
   reload of every follower per pruning that deletes feed rows (run it rarely: weekly).
+- **Strict-mode leases** that expired more than ``CLOCK_MARGIN`` ago. An expired lease claims
+  nothing (``leases``), so deleting it changes no answer and no balance.
 
 It must not touch buckets, catalogue versions, snapshots or the schema; it deletes in chunks,
 each in its own transaction, so a writer never waits long behind it.
@@ -31,7 +33,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Table, delete, func, select
 
 from allotment.ledger.core.timeutil import require_utc
-from allotment.ledger.storage import feed
+from allotment.ledger.storage import feed, leases
 from allotment.ledger.storage.engine import Ledger
 from allotment.ledger.storage.schema import FeedEntryRow, UsageEventRow
 from allotment.ledger.storage.usage import DEFAULT_HORIZON
@@ -61,6 +63,7 @@ class PruneOutcome:
     events: int
     feed_rows: int
     epoch: str | None
+    leases: int = 0
 
 
 def prune(
@@ -77,13 +80,15 @@ def prune(
             f"the horizon {horizon} is shorter than ingestion's default {DEFAULT_HORIZON}: "
             "pruning inside the dedup horizon could count a resent event twice"
         )
-    events = _prune_events(ledger, before=now - horizon - CLOCK_MARGIN)
-    if feed_retention is None:
-        return PruneOutcome(events, 0, None)
-    if feed_retention <= timedelta(0):
+    if feed_retention is not None and feed_retention <= timedelta(0):
         raise ValueError(f"the feed retention must be positive, got {feed_retention}")
+    events = _prune_events(ledger, before=now - horizon - CLOCK_MARGIN)
+    with ledger.write() as connection:  # an expired lease claims nothing: deleting it is neutral
+        lapsed = leases.prune_leases(connection, before=now - CLOCK_MARGIN)
+    if feed_retention is None:
+        return PruneOutcome(events, 0, None, lapsed)
     rows, epoch = _prune_feed(ledger, before=now - feed_retention)
-    return PruneOutcome(events, rows, epoch)
+    return PruneOutcome(events, rows, epoch, lapsed)
 
 
 def _prune_events(ledger: Ledger, *, before: datetime) -> int:

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from allotment.cli.main import main
 from allotment.ledger.core.model import Aggregation, Meter
 from allotment.ledger.core.timeutil import format_rfc3339
-from allotment.ledger.storage import feed, prune, usage
+from allotment.ledger.storage import feed, leases, prune, usage
 from allotment.ledger.storage.engine import Ledger
-from allotment.ledger.storage.schema import UsageEventRow
+from allotment.ledger.storage.schema import LeaseRow, UsageEventRow
 
 NS = "team-a"
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -140,7 +140,7 @@ def test_the_cli_prunes_and_says_what_it_did(
     code = main(["ledger", "prune", "--db", ledger.url, "--now", later])
     out = capsys.readouterr().out
     assert code == 0
-    assert "deleted 1 raw usage events and 2 feed rows" in out
+    assert "deleted 1 raw usage events and 2 feed rows, and 0 lapsed strict-mode leases" in out
     assert "new epoch" in out
     assert stored_events(ledger) == 0
 
@@ -151,3 +151,30 @@ def test_the_cli_refuses_a_short_horizon(
     code = main(["ledger", "prune", "--db", ledger.url, "--horizon-days", "7", "--keep-feed"])
     assert code == 2
     assert "shorter than ingestion's default" in capsys.readouterr().err
+
+
+def test_only_leases_that_lapsed_before_the_clock_margin_are_deleted(ledger: Ledger) -> None:
+    record_meter(ledger)
+    scope = leases.UsageScope("tokens", ("customer-1",))
+    with ledger.write() as conn:
+        for holder, taken in (("pod-a", T0), ("pod-b", T0 + 2 * DAY)):
+            leases.take_lease(
+                conn,
+                NS,
+                "01JENTITLEMENT000000000000",
+                T0,
+                holder,
+                scope=scope,
+                budget=Decimal(1000),
+                want=Decimal(100),
+                minimum=Decimal(0),
+                spent=Decimal(0),
+                now=taken,
+                ttl=timedelta(seconds=15),
+            )
+    outcome = prune.prune(ledger, now=T0 + 2 * DAY, feed_retention=None)
+    assert outcome.leases == 1  # pod-a's lapsed a day before; pod-b's is live
+    with ledger.read() as conn:
+        holders = conn.execute(select(LeaseRow.holder)).scalars().all()
+        held = leases.outstanding(conn, NS, "01JENTITLEMENT000000000000", T0, now=T0 + 2 * DAY)
+    assert (holders, held) == (["pod-b"], Decimal(100))
