@@ -968,8 +968,9 @@ def _issue_after_reset(spec: EntitlementSpec) -> IssueAfterReset | None:
 
 
 def _end_instant(entitlement: Entitlement, requested: datetime, set_at: datetime) -> datetime:
-    """Return when an activeTo set at ``set_at`` applies: never before the current period (D4)."""
-    return effective_void_at(entitlement.usage_period, requested, set_at)
+    """Return when an activeTo set at ``set_at`` applies: never before the current period (D4)
+    nor before the entitlement's own start (ended in its creation minute: never active)."""
+    return max(effective_void_at(entitlement.usage_period, requested, set_at), entitlement.start)
 
 
 # --- grants and resets: the entitlement they apply to ----------------------------------------
