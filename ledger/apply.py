@@ -1168,20 +1168,23 @@ def _roll_chunk(
 
 def _roll_out_plan(
     connection: Connection, resource: Resource, actions: Sequence[rc.Action], now: datetime
-) -> tuple[RolloutProgress | None, list[tuple[Ref, Outcome]]]:
-    """Start the rollout of a newly applied generation, or continue one, by one chunk."""
+) -> tuple[RolloutProgress | None, list[tuple[Ref, Outcome]], bool]:
+    """Start the rollout of a newly applied generation, or continue one, by one chunk.
+
+    The flag tells whether this call rolled a chunk (so a call that finishes a rollout can say
+    so, and one at the same instant after it does not)."""
     ns = resource.ref.namespace
     plans = _load_plans(connection, ns)
     plan = find_plan(plans, resource.key or "")
     if plan is None or plan.name != resource.ref.name:
-        return None, []
+        return None, [], False
     if any(isinstance(a, rc.Declare | rc.Amend | rc.Adopt) for a in actions):
         progress: RolloutProgress | None = _start_rollout(connection, ns, plan, now)
     else:
         progress = rollout_progress(connection, plan.id)
     if progress is None or progress.generation != plan.generation or progress.finished:
-        return progress, []
-    return _roll_chunk(connection, ns, plan, plans, progress, now, ROLLOUT_CHUNK)
+        return progress, [], False
+    return (*_roll_chunk(connection, ns, plan, plans, progress, now, ROLLOUT_CHUNK), True)
 
 
 def _plan_outcome(
@@ -1206,9 +1209,10 @@ def _plan_outcome(
         return replace(outcome, actions=tuple(actions))
     progress: RolloutProgress | None = None
     rolled: list[tuple[Ref, Outcome]] = []
+    advanced = False
     orphaned = any(isinstance(a, rc.Orphan) for a in actions)
     if isinstance(resource.spec, PlanSpec) and not orphaned:
-        progress, rolled = _roll_out_plan(connection, resource, actions, now)
+        progress, rolled, advanced = _roll_out_plan(connection, resource, actions, now)
     if orphaned:
         verb = "Orphan"
     elif any(isinstance(a, rc.Adopt) for a in actions):
@@ -1241,7 +1245,7 @@ def _plan_outcome(
         if progress is None
         else f"rolled out to {progress.changed:,} of {progress.done:,} subscriptions"
     )
-    if verb == "Unchanged" and progress is not None and progress.finished_at == now:
+    if verb == "Unchanged" and advanced and progress is not None and progress.finished:
         message = f"Rolled out {what} generation {progress.generation}: {reached}"
         return Outcome("Amend", "RolledOut", message, status, None, tuple(actions), tuple(rolled))
     if verb == "Unchanged":
