@@ -7,9 +7,9 @@
 - replays: the same batches are sent again and again, concurrently, by several clients through
   several sidecar processes on one ledger (several pods). Exactly one copy of each event is
   stored and the bucket totals equal the sum of the distinct events.
-- restarts (PostgreSQL): a server of the test's own is stopped (``pg_ctl stop -m fast``) and
-  started again twice while two clients send; they get 503 and send the same batch again until
-  it is acknowledged. Everything acknowledged is stored exactly once.
+- restarts (PostgreSQL): in each of 20 seeded runs a server of the test's own is stopped
+  (``pg_ctl stop -m fast``) and started again while two clients send; they get 503 and send
+  the same batch again until it is acknowledged. Everything acknowledged is stored exactly once.
 
 Each trial draws its sizes from ``random.Random(seed)`` with a fixed seed per trial.
 """
@@ -49,6 +49,7 @@ from tests.sidecar.seed import NS, Seeder
 
 KILL_TRIALS = 20
 REPLAY_TRIALS = 20
+RESTART_TRIALS = 20
 START_LIMIT_SECONDS = 30.0
 BATCH = "application/cloudevents-batch+json"
 
@@ -409,17 +410,18 @@ def test_database_restarted_mid_stream_loses_nothing(
         Seeder(ledger).meter("tokens", Aggregation.SUM)
         sidecar = start_sidecar_process(url)
         try:
-            work = workload(random.Random(4242), "restart", batches=(30, 40))
-            acknowledged, refusals = asyncio.run(
-                send_through_outages(sidecar, work, private_postgres, outages=2)
-            )
+            for trial in range(RESTART_TRIALS):  # one sidecar through every outage, like a pod
+                work = workload(random.Random(4242 + trial), f"restart{trial}", batches=(8, 16))
+                acknowledged, refusals = asyncio.run(
+                    send_through_outages(sidecar, work, private_postgres, outages=1)
+                )
+                assert refusals > 0, f"trial {trial}: the database was never seen down"
+                assert acknowledged == set(work.values), f"trial {trial}"
+                rows, bucket_sum, bucket_events = ledger_state(ledger, work)
+                assert sorted(rows) == sorted(work.values), f"trial {trial}: not one copy each"
+                assert bucket_events == len(work.values), f"trial {trial}"
+                assert bucket_sum == sum(work.values.values(), Decimal(0)), f"trial {trial}"
         finally:
             sidecar.kill()
-        assert refusals > 0, "the database was never seen down"
-        assert acknowledged == set(work.values)
-        rows, bucket_sum, bucket_events = ledger_state(ledger, work)
-        assert sorted(rows) == sorted(work.values), "not exactly one copy of each event"
-        assert bucket_events == len(work.values)
-        assert bucket_sum == sum(work.values.values(), Decimal(0))
     finally:
         ledger.dispose()
