@@ -156,6 +156,11 @@ class _Rewriter:
         for at, symbol in facts:
             found[at].add(symbol)
             found[_minute(at)].add(f"{symbol}/minute")
+        created = self.facts.created.get(identity, [])
+        for i, at in enumerate(self.facts.deleted.get(identity, ())):
+            # An Apply deletion ends at its minute, never before the object's own start (D3).
+            start = created[i] if i < len(created) else at
+            found[max(_minute(at), start)].add(f"@ended#{i}")
         return found
 
     def text(
