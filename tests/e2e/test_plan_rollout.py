@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from allotment.ledger import values
 from allotment.ledger.core.model import Entitlement
 from allotment.ledger.storage import catalogue
 from allotment.ledger.storage.engine import open_ledger
@@ -133,3 +135,88 @@ def test_a_plan_edit_reaches_every_subscriber_and_each_status_says_so(
     amounts = [v.value.amount if v.value else None for v in metered.issue_after_reset]
     assert amounts == [Decimal(1000), Decimal(2000)]
     assert metered.issue_after_reset[1].since > metered.issue_after_reset[0].since
+
+
+def _entitlements(db_url: str, namespace: str, customer: str) -> dict[str, Entitlement]:
+    """The customer's ledger entitlements active now, by feature key."""
+    ledger = open_ledger(db_url)
+    try:
+        with ledger.read() as connection:
+            records = catalogue.current_records(connection, namespace, kinds=["entitlement"])
+    finally:
+        ledger.dispose()
+    now = datetime.now(UTC)
+    return {
+        r.feature_key: r
+        for r in records
+        if isinstance(r, Entitlement) and r.customer_key == customer and r.is_active_at(now)
+    }
+
+
+def _balance(db_url: str, namespace: str, entitlement: Entitlement) -> Decimal:
+    ledger = open_ledger(db_url)
+    try:
+        with ledger.read() as connection:
+            records = values.load_records(connection, namespace)
+            value = values.value_of(connection, records, entitlement, datetime.now(UTC))
+    finally:
+        ledger.dispose()
+    assert value is not None and value.balance is not None
+    return value.balance
+
+
+def _subscriber_follows(plane: ControlPlane, namespace: str, name: str, key: str, gen: int) -> bool:
+    status = _get(plane, "subscription", name, namespace).get("status") or {}
+    plan = status.get("plan") or {}
+    return plan.get("key") == key and int(plan.get("generation", 0)) == gen
+
+
+def test_an_immediate_plan_edit_funds_the_raise_in_the_current_period(
+    applied: tuple[ControlPlane, str, str],
+) -> None:
+    plane, namespace, db_url = applied
+    [hooli] = [_entitlements(db_url, namespace, "hooli")["ai_requests"]]
+    assert _balance(db_url, namespace, hooli) == 100
+    raise_ = [{"op": "replace", "path": "/spec/features/0/issueAfterReset", "value": 300}]
+    kubectl_ok(plane, "patch", "plan", "starter", "-n", namespace, "--type", "json",
+               "-p", json.dumps(raise_))  # fmt: skip
+    wait_until(
+        lambda: _subscriber_follows(plane, namespace, "hooli-starter", "starter", 2),
+        timeout=TIMEOUT,
+        what="hooli-starter to follow starter generation 2",
+    )
+    # Immediately: the difference is granted now, in the current period (README decisions)
+    assert _balance(db_url, namespace, hooli) == 300
+
+
+def test_an_upgrade_moves_the_subscriber_to_the_new_plans_features(
+    applied: tuple[ControlPlane, str, str],
+) -> None:
+    plane, namespace, db_url = applied
+    before = _entitlements(db_url, namespace, "hooli")
+    assert set(before) == {"ai_requests"}
+    upgrade = [{"op": "replace", "path": "/spec/planKey", "value": "pro"}]
+    kubectl_ok(plane, "patch", "subscription", "hooli-starter", "-n", namespace, "--type",
+               "json", "-p", json.dumps(upgrade))  # fmt: skip
+    wait_until(
+        lambda: (
+            set(_entitlements(db_url, namespace, "hooli")) == {"ai_requests", "priority_support"}
+            and _subscriber_follows(plane, namespace, "hooli-starter", "pro", 2)
+        ),
+        timeout=TIMEOUT,
+        what="hooli to hold pro's features",
+    )
+    after = _entitlements(db_url, namespace, "hooli")
+    assert after["ai_requests"].id == before["ai_requests"].id  # a kept feature keeps its usage
+
+
+def test_deleting_a_subscription_with_policy_apply_ends_its_entitlements(
+    applied: tuple[ControlPlane, str, str],
+) -> None:
+    plane, namespace, db_url = applied
+    assert set(_entitlements(db_url, namespace, "globex")) == {"ai_requests", "priority_support"}
+    kubectl_ok(plane, "delete", "subscription", "globex-pro", "-n", namespace, "--wait=true")
+    held = _entitlements(db_url, namespace, "globex")
+    # Apply: ended at the deletion instant, never before the current period; the boolean now
+    assert "priority_support" not in held
+    assert set(_entitlements(db_url, namespace, "acme-corp")) == {"ai_requests", "priority_support"}
