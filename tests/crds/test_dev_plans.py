@@ -12,7 +12,7 @@ import io
 import shutil
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +170,23 @@ def test_dev_rolls_a_plan_edit_out_a_chunk_per_pass(
     assert "Rolled out Plan default/pro generation 2: rolled out to 2 of 2 subscriptions" in (
         out.getvalue()
     )
+
+
+def test_a_next_period_edit_reaches_the_subscriber_at_its_boundary_with_time_pinned(
+    dev: Dev, examples_copy: Path
+) -> None:
+    plans = examples_copy / "08-plans" / "plans.yaml"
+    plans.write_text(plans.read_text().replace("issueAfterReset: 1000", "issueAfterReset: 2000"))
+    dev.wait_for_line("Amended Plan default/pro")
+    entitlement = dev.get("/api/v2/customers/acme-corp/entitlements/ai_requests")
+    boundary = datetime.fromisoformat(str(entitlement["currentUsagePeriod"]["to"]))  # type: ignore[index]
+    value = "/api/v1/customers/acme-corp/entitlements/ai_requests/value"
+
+    def balance_at(instant: datetime) -> object:
+        stamp = instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return dev.get(f"{value}?time={stamp}")["balance"]
+
+    # the next period's amount, from the recorded timeline: no ledger write at the boundary
+    _wait(lambda: balance_at(boundary + timedelta(minutes=1)) == 2000)
+    assert dev.get(value)["balance"] == 1000  # NextPeriod: the current period keeps its amount
+    assert balance_at(boundary - timedelta(minutes=1)) == 1000
