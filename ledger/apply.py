@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import json
 import pickle
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -36,7 +35,7 @@ from allotment.ledger import lookup
 from allotment.ledger.core import reconcile as rc
 from allotment.ledger.core.grants import expires_at, next_recurrence_after
 from allotment.ledger.core.model import Customer, Entitlement, Feature, Grant, Meter
-from allotment.ledger.core.periods import current_period, last_reset
+from allotment.ledger.core.periods import last_reset
 from allotment.ledger.core.plans import find_plan, subscription_entitlements
 from allotment.ledger.core.resources import (
     Kind,
@@ -58,13 +57,6 @@ from allotment.ledger.storage.codec import (
 )
 from allotment.ledger.storage.ids import new_id
 from allotment.ledger.storage.schema import CatalogueKeyRow, ReconcileLogRow, ResourceRow
-from allotment.ledger.values import (
-    PendingSnapshot,
-    load_records,
-    save_snapshots,
-    status_value,
-    values_of,
-)
 
 __all__ = [
     "IMPLIED_CUSTOMER_KIND",
@@ -75,7 +67,6 @@ __all__ = [
     "RolloutProgress",
     "apply_resource",
     "continue_rollout",
-    "entitlement_values",
     "recorded_spec",
     "rollout_progress",
 ]
@@ -156,44 +147,6 @@ class Outcome:
     def ready(self) -> bool:
         """Tell whether the ledger holds the resource as written."""
         return self.action not in ("Wait", "Conflict", "Refuse")
-
-
-# --- the operator's value loop ----------------------------------------------------------------
-
-
-def entitlement_values(
-    connection: Connection, refs: Sequence[tuple[str, str]], now: datetime
-) -> dict[tuple[str, str], dict[str, Any]]:
-    """Return what the operator's value loop writes for the named Entitlements the ledger holds.
-
-    Per (namespace, name): ``value`` (the CRD's ``status.value``, from ``ledger.values``) and,
-    for an entitlement with a usage period, ``currentUsagePeriod``: the period containing the
-    value's ``asOf``, from the core's period arithmetic. One load per namespace; names the ledger
-    does not hold, and metered entitlements without a recorded meter, are left out. The
-    balance snapshots the reads crossed are saved once at the end, as ``status_values`` does:
-    call it in a read transaction.
-    """
-    wanted: dict[str, set[str]] = defaultdict(set)
-    for namespace, name in refs:
-        wanted[namespace].add(name)
-    found: dict[tuple[str, str], dict[str, Any]] = {}
-    pending: list[PendingSnapshot] = []
-    for namespace, names in sorted(wanted.items()):
-        records = load_records(connection, namespace)
-        held = {e.id: e for e in records.entitlements.values() if e.name in names}
-        values = values_of(connection, records, sorted(held), now, pending=pending)
-        for entitlement_id, value in values.items():
-            entitlement = held[entitlement_id]
-            fields: dict[str, Any] = {"value": status_value(value)}
-            if entitlement.usage_period:
-                period = current_period(entitlement.usage_period, value.at)
-                fields["currentUsagePeriod"] = {
-                    "from": format_rfc3339(period.start),
-                    "to": format_rfc3339(period.end),
-                }
-            found[(namespace, entitlement.name)] = fields
-    save_snapshots(connection.engine, pending, now)
-    return found
 
 
 # --- the spec as written, kept in the log ------------------------------------------------------

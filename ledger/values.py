@@ -416,9 +416,11 @@ def status_values(
     *,
     writer: Engine | None = None,
 ) -> dict[tuple[str, str], dict[str, Any]]:
-    """Return ``status.value`` of the Entitlements named by (namespace, name) the ledger holds.
+    """Return the status fields of the Entitlements named by (namespace, name) the ledger holds.
 
-    The shape the operator's refresh writes (``LedgerGateway.values``): one load per namespace;
+    The shape the operator's value loop writes (``LedgerGateway.values``): per (namespace,
+    name), ``value`` (the CRD's ``status.value``) and, for an entitlement with a usage period,
+    ``currentUsagePeriod``: the period containing the value's ``asOf``. One load per namespace;
     names the ledger does not hold, and metered entitlements without a recorded meter, are left
     out. Snapshots the reads crossed are then saved through ``writer`` (default: the engine of
     ``connection``, in a transaction of its own): call it in a read transaction, never inside
@@ -431,9 +433,17 @@ def status_values(
     pending: list[PendingSnapshot] = []
     for namespace, names in sorted(wanted.items()):
         records = load_records(connection, namespace)
-        ids = {e.id: e.name for e in records.entitlements.values() if e.name in names}
-        values = values_of(connection, records, sorted(ids), now, pending=pending)
+        held = {e.id: e for e in records.entitlements.values() if e.name in names}
+        values = values_of(connection, records, sorted(held), now, pending=pending)
         for entitlement_id, value in values.items():
-            found[(namespace, ids[entitlement_id])] = status_value(value)
+            entitlement = held[entitlement_id]
+            fields: dict[str, Any] = {"value": status_value(value)}
+            if entitlement.usage_period:
+                period = current_period(entitlement.usage_period, value.at)
+                fields["currentUsagePeriod"] = {
+                    "from": format_rfc3339(period.start),
+                    "to": format_rfc3339(period.end),
+                }
+            found[(namespace, entitlement.name)] = fields
     save_snapshots(writer if writer is not None else connection.engine, pending, now)
     return found

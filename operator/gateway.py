@@ -18,9 +18,10 @@ from typing import Any, Protocol
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from allotment.ledger.apply import apply_resource, entitlement_values
+from allotment.ledger.apply import apply_resource
 from allotment.ledger.core.resources import ParseError, parse_resource
 from allotment.ledger.storage.engine import Ledger, open_ledger
+from allotment.ledger.values import status_values
 from allotment.operator.ports import (
     REFUSE,
     LedgerConflictError,
@@ -100,4 +101,4 @@ class SqlLedgerGateway:
 
 def open_gateway(url: str) -> SqlLedgerGateway:
     """Open the ledger at ``url``; raise ``SchemaMismatchError`` on another schema revision."""
-    return SqlLedgerGateway(open_ledger(url), apply_resource, entitlement_values)
+    return SqlLedgerGateway(open_ledger(url), apply_resource, status_values)

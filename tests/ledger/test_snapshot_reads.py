@@ -193,7 +193,7 @@ def read_through_snapshots(scenario: Scenario) -> tuple[dict[str, Any], Entitlem
     """Return the operator's status.value (saving snapshots) and a value_of read after it."""
     ref = (scenario.namespace, "customer-1-tokens")
     with scenario.ledger.read() as conn:
-        status = status_values(conn, [ref], scenario.now).get(ref, {})
+        status = status_values(conn, [ref], scenario.now).get(ref, {}).get("value", {})
     with scenario.ledger.read() as conn:
         loaded = load_records(conn, scenario.namespace)
         value = value_of(conn, loaded, loaded.entitlements[scenario.entitlement_id], scenario.now)

@@ -187,7 +187,16 @@ def test_status_values_by_name_for_the_operator(ledger: Ledger) -> None:
         ("elsewhere", "customer-1-sso"),
     ]
     with ledger.read() as connection:
-        values = status_values(connection, refs, NOW)
+        fields = status_values(connection, refs, NOW)
+    values = {ref: written["value"] for ref, written in fields.items()}
+    periods = {ref: written.get("currentUsagePeriod") for ref, written in fields.items()}
+    assert periods == {
+        ("default", "customer-1-gpt-4-tokens"): {
+            "from": "2026-11-24T12:00:00Z",  # created at 12:00, monthly from then
+            "to": "2026-12-24T12:00:00Z",
+        },
+        ("default", "customer-1-sso"): None,  # no usage period
+    }
     assert values == {
         ("default", "customer-1-gpt-4-tokens"): {
             "asOf": "2026-11-24T12:30:00Z",
