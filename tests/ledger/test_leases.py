@@ -11,12 +11,12 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from allotment.ledger.core.model import Aggregation, Meter
-from allotment.ledger.storage import feed, leases, migrate, roles, usage
+from allotment.ledger.storage import feed, leases, migrate, usage
 from allotment.ledger.storage.engine import Ledger, open_ledger
+from tests.ledger.sidecar_role import sidecar_role_ledger
 
 NS = "team-a"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -218,17 +218,12 @@ def sidecar_ledger(fresh_postgres_database: str) -> Iterator[tuple[Ledger, Ledge
     owner = open_ledger(fresh_postgres_database)
     seed(owner, "team-a")
     seed(owner, "team-b")
-    role = f"sidecar_leases_{uuid.uuid4().hex[:8]}"
-    with owner.write() as conn:
-        roles.create_sidecar_role(conn, "team-a", role, password="sidecar-secret")
-    url = make_url(fresh_postgres_database).set(username=role, password="sidecar-secret")
-    sidecar = open_ledger(url.render_as_string(hide_password=False))
     try:
-        yield owner, sidecar
+        with sidecar_role_ledger(
+            owner, fresh_postgres_database, "team-a", "sidecar_leases"
+        ) as sidecar:
+            yield owner, sidecar
     finally:
-        sidecar.dispose()
-        with owner.write() as conn:
-            roles.drop_sidecar_role(conn, role)
         owner.dispose()
 
 

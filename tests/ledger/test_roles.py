@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from allotment.ledger.core.model import Aggregation, Grant, Meter
-from allotment.ledger.storage import catalogue, feed, migrate, roles, usage
+from allotment.ledger.storage import catalogue, feed, migrate, usage
 from allotment.ledger.storage.engine import Ledger, open_ledger
+from tests.ledger.sidecar_role import sidecar_role_ledger
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
@@ -30,22 +29,18 @@ def owner_and_sidecar(fresh_postgres_database: str) -> Iterator[tuple[Ledger, Le
     """The schema owner's ledger with usage in two namespaces, and team-a's sidecar's ledger."""
     migrate.upgrade(fresh_postgres_database)
     owner = open_ledger(fresh_postgres_database)
-    role = f"sidecar_team_a_{uuid.uuid4().hex[:8]}"
     with owner.write() as conn:
         for namespace, tokens in (("team-a", 1), ("team-b", 100)):
             usage.record_meter(
                 conn, namespace, "tokens", TOKENS, uid=namespace, generation=1, acted_at=T0, now=NOW
             )
             usage.ingest(conn, namespace, [event(1, tokens)], received_at=NOW)
-        roles.create_sidecar_role(conn, "team-a", role, password="sidecar-secret")
-    url = make_url(fresh_postgres_database).set(username=role, password="sidecar-secret")
-    sidecar = open_ledger(url.render_as_string(hide_password=False))
     try:
-        yield owner, sidecar
+        with sidecar_role_ledger(
+            owner, fresh_postgres_database, "team-a", "sidecar_team_a"
+        ) as sidecar:
+            yield owner, sidecar
     finally:
-        sidecar.dispose()
-        with owner.write() as conn:
-            roles.drop_sidecar_role(conn, role)
         owner.dispose()
 
 
