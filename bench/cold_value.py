@@ -1,0 +1,240 @@
+"""Benchmark: the cost of a cold value, the sidecar's work when a cached answer is invalidated.
+
+Role: build metered entitlements with the core's model (one grant, a few usage buckets, as
+``bench/seed.py`` writes them) in several shapes and time what the sidecar does for a value it
+has no cached body for: ``CoreValueEngine().value(...)`` followed by
+``serialize.value_json(..., v2=True)``. Every measured call is a different entitlement read at
+its own ``now`` (anchors and query instants differ by whole minutes from one entitlement to the
+next), so no call is answered by work an earlier call left behind, except in the
+``seed_shared_anchor`` shape, which is bench/seed.py's own population (every anchor at T0, all
+read in the same minute) as the sidecar sees it.
+
+Shapes (``now`` is 2026-11-24, mid-period):
+
+- ``seed``: monthly usage period anchored at measureUsageFrom three weeks before ``now``.
+- ``seed_shared_anchor``: the same with one anchor and one read minute for all.
+- ``monthly_month_end_years``: monthly, anchored on a 31st three years back, measured from
+  the current period's start (month-end clamping in every period computation).
+- ``daily_anchor_10y``: daily periods anchored ten years back, measured from three days back.
+- ``daily_replay_1y``: daily periods measured from one year back (365 resets replayed; the
+  sidecar replays from measureUsageFrom on every cold value).
+
+It must not assert anything: it prints one JSON object per shape (µs per cold value: mean, p50,
+p99 over ``--count`` entitlements, best of ``--repeat`` passes) and a ``load`` line.
+
+Usage: ``python -m bench.cold_value [--count 2000] [--repeat 3] [--shape seed] [--profile]``
+(``--profile`` prints cProfile's top functions for each shape to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from allotment.ledger.core.model import (
+    Aggregation,
+    CalendarDuration,
+    Entitlement,
+    EntitlementType,
+    Grant,
+    UsageBucket,
+    Versioned,
+)
+from allotment.ledger.core.periods import new_usage_period
+from allotment.ledger.core.ulid import derived_ulid
+from allotment.ledger.core.usage import MinuteSeries
+from allotment.sidecar.compute import CoreValueEngine
+from allotment.sidecar.serialize import value_json
+
+__all__ = ["SHAPES", "Case", "build", "measure"]
+
+NOW = datetime(2026, 11, 24, 9, 0, 30, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One entitlement with its grants and usage, and the instant it is read at."""
+
+    entitlement: Entitlement
+    grants: tuple[Grant, ...]
+    usage: MinuteSeries
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a shape's i-th entitlement is laid out."""
+
+    interval: str
+    anchor: Callable[[int], datetime]
+    measure_from: Callable[[int], datetime]
+    now: Callable[[int], datetime]
+
+
+def _spread(base: datetime) -> Callable[[int], datetime]:
+    return lambda i: base + i * MINUTE
+
+
+SHAPES: dict[str, Shape] = {
+    "seed": Shape(
+        "MONTH",
+        _spread(datetime(2026, 11, 1, tzinfo=UTC)),
+        _spread(datetime(2026, 11, 1, tzinfo=UTC)),
+        _spread(NOW),
+    ),
+    "seed_shared_anchor": Shape(
+        "MONTH",
+        lambda i: datetime(2026, 11, 1, tzinfo=UTC),
+        lambda i: datetime(2026, 11, 1, tzinfo=UTC),
+        lambda i: NOW,
+    ),
+    "monthly_month_end_years": Shape(
+        "MONTH",
+        _spread(datetime(2023, 1, 31, 12, 0, tzinfo=UTC)),
+        lambda i: datetime(2026, 10, 31, 12, 0, tzinfo=UTC) + i * MINUTE,
+        _spread(NOW),
+    ),
+    "daily_anchor_10y": Shape(
+        "DAY",
+        _spread(datetime(2016, 11, 24, 6, 0, tzinfo=UTC)),
+        lambda i: datetime(2026, 11, 21, 6, 0, tzinfo=UTC),
+        _spread(NOW),
+    ),
+    "daily_replay_1y": Shape(
+        "DAY",
+        _spread(datetime(2025, 11, 24, 6, 0, tzinfo=UTC)),
+        _spread(datetime(2025, 11, 24, 6, 0, tzinfo=UTC)),
+        _spread(NOW),
+    ),
+}
+
+
+def build(shape: Shape, i: int, buckets: int = 4) -> Case:
+    """Return the ``i``-th entitlement of ``shape``: one 10^6 grant, ``buckets`` hourly buckets."""
+    anchor = shape.anchor(i)
+    measure_from = shape.measure_from(i)
+    created = min(anchor, measure_from)
+    key = f"customer-{i}"
+    entitlement = Entitlement(
+        id=derived_ulid(created, f"entitlement/{i}"),
+        namespace="bench",
+        name=f"{key}-tokens",
+        customer_key=key,
+        feature_key="tokens",
+        type=EntitlementType.METERED,
+        created_at=created,
+        usage_period=new_usage_period(CalendarDuration.parse(shape.interval), anchor, measure_from),
+        measure_usage_from=measure_from,
+        is_soft_limit=(Versioned(created, False),),
+        preserve_overage_at_reset=(Versioned(created, False),),
+    )
+    grant = Grant(
+        id=derived_ulid(created, f"grant/{i}"),
+        namespace="bench",
+        name=f"{key}-tokens-grant",
+        entitlement_id=entitlement.id,
+        amount=Decimal(1_000_000),
+        effective_at=created,
+        created_at=created,
+    )
+    now = shape.now(i)
+    first = max(measure_from, now - timedelta(hours=buckets + 1)).replace(second=0)
+    series = MinuteSeries(
+        Aggregation.SUM,
+        (UsageBucket(first + timedelta(hours=b), Decimal(b + 1)) for b in range(buckets)),
+    )
+    return Case(entitlement, (grant,), series, now)
+
+
+def _cold(engine: CoreValueEngine, case: Case) -> bytes:
+    value = engine.value(case.entitlement, case.grants, Aggregation.SUM, case.usage, case.now)
+    return value_json(value, v2=True).encode()
+
+
+def measure(cases: list[Case], repeat: int) -> list[float]:
+    """Return per-call µs of the best pass (the pass with the lowest mean)."""
+    engine = CoreValueEngine()
+    best: list[float] | None = None
+    clock = time.perf_counter_ns
+    for _ in range(repeat):
+        _reset_caches()
+        samples = []
+        gc.disable()
+        try:
+            for case in cases:
+                started = clock()
+                _cold(engine, case)
+                samples.append((clock() - started) / 1000)
+        finally:
+            gc.enable()
+        if best is None or statistics.fmean(samples) < statistics.fmean(best):
+            best = samples
+    return best or []
+
+
+def _reset_caches() -> None:
+    """Empty the core's memo caches, so a pass never profits from the previous one."""
+    from allotment.ledger.core import periods
+
+    clear = getattr(periods, "clear_caches", None)
+    if clear is not None:
+        clear()
+
+
+def _profile(cases: list[Case], name: str) -> None:
+    engine = CoreValueEngine()
+    _reset_caches()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for case in cases:
+        _cold(engine, case)
+    profiler.disable()
+    print(f"--- profile: {name} ({len(cases)} cold values)", file=sys.stderr)
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(18)
+
+
+def main() -> None:
+    """Time cold values per shape and print one JSON object per line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=2000, help="entitlements per shape")
+    parser.add_argument("--repeat", type=int, default=3, help="passes; the best is reported")
+    parser.add_argument("--shape", action="append", choices=sorted(SHAPES))
+    parser.add_argument("--profile", action="store_true", help="cProfile to stderr")
+    args = parser.parse_args()
+    print(json.dumps({"load": os.getloadavg(), "cpus": os.cpu_count()}))
+    for name in args.shape or list(SHAPES):
+        shape = SHAPES[name]
+        count = args.count if not name.startswith("daily_replay") else max(args.count // 20, 10)
+        cases = [build(shape, i) for i in range(count)]
+        if args.profile:
+            _profile(cases, name)
+        samples = sorted(measure(cases, args.repeat))
+        sample = _cold(CoreValueEngine(), cases[0]).decode()
+        print(
+            json.dumps(
+                {
+                    "shape": name,
+                    "count": count,
+                    "mean_us": round(statistics.fmean(samples), 1),
+                    "p50_us": round(samples[len(samples) // 2], 1),
+                    "p99_us": round(samples[min(len(samples) - 1, len(samples) * 99 // 100)], 1),
+                    "body": sample,
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
