@@ -394,32 +394,44 @@ class View:
 
         Should two be active (the ledger prevents it), the newest by (start, id) answers.
         """
-        found: Entitlement | None = None
-        for slot in self._require().by_customer.get(customer_key, ()):
-            entitlement = slot.entitlement
-            if (
-                entitlement.feature_key == feature_key
-                and entitlement.is_active_at(at)
-                and (found is None or (entitlement.start, entitlement.id) > (found.start, found.id))
-            ):
-                found = entitlement
-        return found
+        slot = _resolve_slot(self._require(), customer_key, feature_key, at, by_id=False)
+        return slot.entitlement if slot is not None else None
 
     def resolve(
         self, customer_key: str, id_or_feature_key: str, at: datetime
     ) -> Entitlement | None:
         """Resolve ``{entitlementIdOrFeatureKey}`` for a customer (spec §4.6): id, then key."""
-        if looks_like_ulid(id_or_feature_key):
-            slot = self._require().entitlements.get(id_or_feature_key)
-            if slot is not None and slot.entitlement.customer_key == customer_key:
-                return slot.entitlement
-        return self.active_entitlement(customer_key, id_or_feature_key, at)
+        slot = _resolve_slot(self._require(), customer_key, id_or_feature_key, at)
+        return slot.entitlement if slot is not None else None
 
     # --- values -------------------------------------------------------------------------------
 
+    def hot_body(
+        self, who: str, entitlement_ref: str, now: datetime, *, by_subject: bool, v2: bool
+    ) -> bytes | None:
+        """Return the current value's JSON body for an access check, or None when not found.
+
+        ``who`` is a subject key (``by_subject``: the /subjects routes, resolved as
+        ``customer_by_subject``) or a customer key or id (as ``customer``); ``entitlement_ref``
+        an entitlement id or feature key (as ``resolve`` at ``now``). None sends the caller to
+        the slow path, which answers the 404 problem. The HTTP fast lane calls this per request.
+        """
+        state = self._state
+        if state is None:
+            return None
+        record = state.by_subject.get(who)
+        if not by_subject and (record is None or record.customer.key != who):
+            record = state.customers.get(who) if looks_like_ulid(who) else None
+        if record is None:
+            return None
+        slot = _resolve_slot(state, record.customer.key, entitlement_ref, now)
+        return None if slot is None else self._cached_body(slot, now, v2)
+
     def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
         """Return the JSON body of the current value (v1 or v2): the hot path, from the cache."""
-        slot = self._slot(entitlement)
+        return self._cached_body(self._slot(entitlement), now, v2)
+
+    def _cached_body(self, slot: _Slot, now: datetime, v2: bool) -> bytes:
         body = slot.body
         if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
             body = self._refresh(slot, now)
@@ -520,6 +532,30 @@ def _decode_value(body: bytes, slot: _Slot, step: timedelta) -> EntitlementValue
         grant_balances=balances,
         config=data.get("config"),
     )
+
+
+def _resolve_slot(
+    state: _State, customer_key: str, ref: str, at: datetime, *, by_id: bool = True
+) -> _Slot | None:
+    """Find a customer's entitlement by id, else by feature key active at ``at`` (newest)."""
+    if by_id and looks_like_ulid(ref):
+        slot = state.entitlements.get(ref)
+        if slot is not None and slot.entitlement.customer_key == customer_key:
+            return slot
+    found: _Slot | None = None
+    for slot in state.by_customer.get(customer_key, ()):
+        entitlement = slot.entitlement
+        if (
+            entitlement.feature_key == ref
+            and entitlement.is_active_at(at)
+            and (
+                found is None
+                or (entitlement.start, entitlement.id)
+                > (found.entitlement.start, found.entitlement.id)
+            )
+        ):
+            found = slot
+    return found
 
 
 def _customer_by_key(state: _State, key: str) -> CustomerRecord | None:
