@@ -1,30 +1,37 @@
-"""Benchmark of the sidecar's read path against a real ledger; prints JSON.
+"""Benchmark of the sidecar's read path against a real ledger, at DESIGN's load; prints JSON.
 
 One command per load point (``--entitlements``: 10^4, 10^5, 10^6)::
 
-    PATH=$PATH:~/go/bin python -m bench.sidecar --entitlements 10000 --seconds 10 [--db URL]
+    PATH=$PATH:~/go/bin python -m bench.sidecar --entitlements 10000 --seconds 10 \\
+        [--db sqlite:////tmp/bench-1e4.db --reuse] [--background-rate 1000]
 
-What it does and measures, in one run:
+What it does and measures, in one run (the ``summary`` block holds the headline numbers, each
+next to DESIGN's goal; the other blocks hold the details):
 
 - seeds the ledger (``bench.seed``: a temporary SQLite file unless ``--db``; rows written in
   bulk) with ``n`` customers, each with one metered entitlement, one grant and ``--buckets``
-  usage buckets;
+  usage buckets; with ``--reuse`` a ``--db`` already holding ``n`` seeded entitlements is used
+  as it is (a ledger seeded with another ``n`` is refused), so 10^6 runs can be repeated;
 - starts the production sidecar app in a server process pinned to core 0 (``StorageSource``:
   the normal paged load, then the feed followed by polling), with a bare aiohttp app returning a
   constant on another port *of the same event loop* (no middleware: the strict baseline);
-  reports the load time, the resident memory the load added per entitlement (RSS delta / n, with
-  the allocator's slack; up to 2x10^4 entitlements also what the view retains, by tracemalloc),
-  the cost of a cold value, and the worst cyclic-GC pause seen by the server
-  (``allotment_sidecar_gc_pause_max_seconds``, the load's included);
+  reports the load time, checks one seeded customer's answer (``check``: the seeded balance),
+  the resident memory the load added per entitlement (RSS delta / n, with the allocator's slack;
+  then with every value computed and cached; up to 2x10^4 entitlements also what the view
+  retains, by tracemalloc), the cost of a cold value, and the worst cyclic-GC pause seen by the
+  server (``allotment_sidecar_gc_pause_max_seconds``, the load's included);
+- background usage (``bench.background``, another process pinned to core 1 with the load
+  generator): ``--background-rate`` events/s (default 1,000; 0 disables), 50 per commit,
+  committed through storage's ``usage.ingest`` for subjects drawn uniformly from the seeded
+  customers (all but the propagation's and the check's), running through the attacks and the
+  propagation; the sidecar follows them through the feed; reports the rate achieved;
 - with vegeta (an open-loop generator; ``go install github.com/tsenart/vegeta/v12@latest``)
   pinned to core 1, subjects drawn round-robin over every loaded customer: throughput at
   saturation (16 connections) of the value endpoint next to the bare one, and p50/p99/p99.9 at
   a fixed rate of half the bare endpoint's saturated rate, for both;
 - propagation: a grant written to the ledger (``catalogue.record_versions``, as the operator
-  does) until the sidecar's answer for that customer changes, ``--propagations`` times.
-
-Not included: background ingestion of 1,000 events/s by another process (DESIGN's load; on a
-2-core box it would take the generator's core).
+  does) until the sidecar's answer for that customer changes, ``--propagations`` times;
+- the load average (1, 5, 15 minutes) before and after: on a shared box the numbers are noisy.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
 
-from .seed import FEATURE, NS, Seeded, seed
+from .seed import FEATURE, NS, Seeded, customer_records, expected_balance, seed, seeded_count
 
 
 def _rss_bytes() -> int:
@@ -94,7 +101,9 @@ def serve(port: int, bare_port: int, url: str) -> None:
         now = datetime.now(UTC)
         for i in range(view.counts().customers):
             customer = view.customer_by_subject(Seeded.subject(i))
-            entitlement = customer and view.active_entitlement(customer.customer.key, FEATURE, now)
+            entitlement = (
+                view.active_entitlement(customer.customer.key, FEATURE, now) if customer else None
+            )
             if entitlement is not None:
                 view.body(entitlement, now, v2=False)
             if i % 1000 == 999:
@@ -202,14 +211,12 @@ def propagation(url: str, base: str, times: int) -> dict[str, Any]:
             subject = Seeded.subject(k)
             before = _balance(base, subject)
             now = datetime.now(UTC).replace(second=0, microsecond=0)
-            with ledger.read() as conn:
-                found = catalogue.current_records(conn, NS, ["entitlement"])
-            entitlement = next(e for e in found if e.customer_key == f"customer-{k}")  # type: ignore[union-attr]
+            entitlement = customer_records(k)[1]  # as seeded: grants never change its id
             started = time.perf_counter()
             with ledger.write() as conn:
                 name = f"propagation-{k}-{time.time_ns()}"
                 grant_id = records.create_identity(conn, NS, "Grant", name, created_at=now).id
-                grant = Grant(grant_id, NS, name, entitlement.id, Decimal(1000), now, now)  # type: ignore[union-attr]
+                grant = Grant(grant_id, NS, name, entitlement.id, Decimal(1000), now, now)
                 catalogue.record_versions(conn, NS, [grant], recorded_at=now)
             while _balance(base, subject) == before:
                 if time.perf_counter() - started > 30:
@@ -241,7 +248,9 @@ def retained_bytes(url: str) -> dict[str, Any]:
         count = view.counts().customers
         for i in range(count):
             customer = view.customer_by_subject(Seeded.subject(i))
-            entitlement = customer and view.active_entitlement(customer.customer.key, FEATURE, now)
+            entitlement = (
+                view.active_entitlement(customer.customer.key, FEATURE, now) if customer else None
+            )
             if entitlement is not None:
                 view.body(entitlement, now, v2=False)
         gc.collect()
@@ -255,16 +264,97 @@ def retained_bytes(url: str) -> dict[str, Any]:
     }
 
 
+def _prepare(args: argparse.Namespace, url: str) -> float | None:
+    """Seed ``url`` (None when ``--reuse`` finds it seeded already); return the seconds taken."""
+    found = seeded_count(url) if args.reuse else 0
+    if found == args.entitlements:
+        return None
+    if found:
+        raise SystemExit(f"{url} holds {found} seeded entitlements, not {args.entitlements}")
+    return seed(url, args.entitlements, args.buckets).seconds
+
+
+def _check(base: str, n: int, buckets: int) -> dict[str, Any]:
+    """Ask the sidecar for the last seeded customer's value: no run writes usage for it."""
+    subject = Seeded.subject(n - 1)
+    balance = _balance(base, subject)
+    expected = expected_balance(buckets)
+    if balance != expected:
+        print(f"bench: {subject}'s balance is {balance}, seeded {expected}", file=sys.stderr)
+    return {"subject": subject, "balance": str(balance), "seeded": str(expected)}
+
+
+def _background(url: str, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+    """Start bench.background on core 1 for every subject but the propagation's and the check's."""
+    if args.background_rate <= 0:
+        return None
+    command = [sys.executable, "-m", "bench.background", "--db", url, "--cpu", "1"]
+    command += ["--rate", str(args.background_rate), "--first", str(args.propagations)]
+    command += ["--subjects", str(args.entitlements - 1)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE)
+
+
+def _stop_background(process: subprocess.Popen[bytes] | None) -> dict[str, Any]:
+    if process is None:
+        return {"events_per_s": 0, "disabled": True}
+    process.terminate()
+    out, _ = process.communicate(timeout=60)
+    lines = out.decode().strip().splitlines()
+    if process.returncode != 0 or not lines:
+        return {"error": f"bench.background exited {process.returncode}"}
+    summary: dict[str, Any] = json.loads(lines[-1])
+    return summary
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers DESIGN asks for, labelled, each next to its goal."""
+    fixed, saturation, memory = (
+        result["fixed_rate"],
+        result["saturation_16_connections"],
+        result["memory"],
+    )
+    return {
+        "fixed_rate_per_s": fixed["rate_per_s"],
+        "value_p50_ms": fixed["value"]["p50_ms"],
+        "value_p99_ms": fixed["value"]["p99_ms"],
+        "value_p99_9_ms": fixed["value"]["p99_9_ms"],
+        "bare_p50_ms": fixed["bare"]["p50_ms"],
+        "bare_p99_ms": fixed["bare"]["p99_ms"],
+        "bare_p99_9_ms": fixed["bare"]["p99_9_ms"],
+        "goal_value_p99_ms": 1.0,
+        "value_fixed_achieved_per_s": fixed["value"]["throughput_per_s"],
+        "value_saturated_per_s": saturation["value"]["throughput_per_s"],
+        "bare_saturated_per_s": saturation["bare"]["throughput_per_s"],
+        "value_over_bare": saturation["value_over_bare"],
+        "goal_value_over_bare": 0.8,
+        "bytes_per_entitlement_loaded": memory["bytes_per_entitlement_loaded"],
+        "bytes_per_entitlement_values_cached": memory["bytes_per_entitlement_values_cached"],
+        "goal_bytes_per_entitlement": 1024,
+        "gc_pause_max_ms": result["gc_pause_max_ms"],
+        "propagation_p50_ms": result["propagation"]["p50_ms"],
+        "propagation_max_ms": result["propagation"]["max_ms"],
+        "background_events_per_s": result["background"].get("events_per_s"),
+        "goal_background_events_per_s": result["background_rate"],
+        "load_seconds_to_ready": result["load_seconds_to_ready"],
+        "cold_value_ms": result["cold_value_ms"],
+        "load_average_before": result["load_average_before"],
+        "load_average_after": result["load_average_after"],
+    }
+
+
 def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
     """Seed, serve, attack and measure; return the JSON result."""
-    seeded = seed(url, args.entitlements, args.buckets)
+    load_before = os.getloadavg()
+    seed_seconds = _prepare(args, url)
     result: dict[str, Any] = {
         "entitlements": args.entitlements,
         "buckets_each": args.buckets,
         "database": url.split(":", 1)[0],
         "cpus": os.cpu_count(),
-        "load_average_before": os.getloadavg(),
-        "seed_seconds": round(seeded.seconds, 1),
+        "load_average_before": load_before,
+        "seed_seconds": None if seed_seconds is None else round(seed_seconds, 1),
+        "reused": seed_seconds is None,
+        "background_rate": args.background_rate,
     }
     port, bare_port = _free_port(), _free_port()
     command = [sys.executable, "-m", "bench.sidecar", "--serve", str(port)]
@@ -272,15 +362,19 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
     started = time.perf_counter()
     server = subprocess.Popen(command)
     base = f"http://127.0.0.1:{port}"
+    background: subprocess.Popen[bytes] | None = None
     try:
         status: dict[str, Any] = {}
         while time.perf_counter() - started < 3600:
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited with {server.returncode} before it was ready")
             with contextlib.suppress(OSError, ValueError):
                 status = _get_json(f"{base}/bench/status")
                 if status["ready"]:
                     break
             time.sleep(0.2)
         result["load_seconds_to_ready"] = round(time.perf_counter() - started, 1)
+        result["check"] = _check(base, args.entitlements, args.buckets)
         while "warm_seconds" not in status:
             time.sleep(0.5)
             status = _get_json(f"{base}/bench/status")
@@ -296,6 +390,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
             ),
             "includes": "RSS: records, indexes, usage buckets, allocator slack; then every value",
         }
+        background = _background(url, args)
         with tempfile.TemporaryDirectory(prefix="allotment-bench-") as tmp:
             bare = Path(tmp) / "bare.txt"
             bare.write_text(f"GET http://127.0.0.1:{bare_port}/bench/bare\n")
@@ -325,13 +420,19 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
         }
         result["fixed_rate"] = {"rate_per_s": rate, "bare": bare_fixed, "value": value_fixed}
         result["propagation"] = propagation(url, base, args.propagations)
+        result["background"] = _stop_background(background)
+        background = None
         if args.entitlements <= 20_000:  # tracemalloc slows a load tenfold: small runs only
             result["memory"].update(retained_bytes(url))
         result["gc_pause_max_ms"] = round(
             _get_json(f"{base}/bench/status")["gc_pause_max_seconds"] * 1000, 3
         )
         result["load_average_after"] = os.getloadavg()
+        result["summary"] = _summary(result)
     finally:
+        if background is not None:
+            background.kill()
+            background.wait()
         server.terminate()
         server.wait(timeout=30)
     return result
@@ -345,6 +446,12 @@ def main() -> int:
     parser.add_argument("--buckets", type=int, default=4, help="usage buckets per entitlement")
     parser.add_argument("--propagations", type=int, default=5)
     parser.add_argument("--db", help="an empty ledger URL (default: a temporary SQLite file)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use --db as it is when it holds n seeded already"
+    )
+    parser.add_argument(
+        "--background-rate", type=float, default=1000.0, help="usage events/s; 0 disables"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -360,6 +467,8 @@ def main() -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="allotment-bench-") as folder:
             result = run(args, f"sqlite:///{Path(folder) / 'ledger.db'}", vegeta)
+    if "summary" in result:  # the headline first
+        result = {"summary": result.pop("summary"), **result}
     print(json.dumps(result, indent=2))
     return 0
 
