@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias
 
 from allotment.ledger.core.model import Entitlement, Grant
 from allotment.ledger.storage.codec import CustomerRecord, FeatureRecord, MeterRecord
@@ -72,6 +72,10 @@ class LoadedNamespace:
     meters: Sequence[MeterRecord] = ()
     entitlements: Sequence[Entitlement] = ()
     grants: Sequence[Grant] = ()
+    #: Records as the read contract's JSON documents (``codec.encode_record``'s shape), any
+    #: kind but meters; iterated once, before ``usage`` (a database source reads them page by
+    #: page then, and the view keeps them packed without building the records).
+    documents: Iterable[Mapping[str, Any]] = ()
     #: Iterated once, by the view's load (a database source may read it page by page then).
     usage: Iterable[UsageBucketState] = ()
     #: Extra read-only facts for /status (e.g. the schema revision).

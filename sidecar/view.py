@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import gc
 import json
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -35,13 +35,14 @@ from typing import Any, TypeVar
 from allotment.ledger.core.history import BalanceHistory
 from allotment.ledger.core.model import (
     Aggregation,
-    Customer,
     Entitlement,
     EntitlementType,
     EntitlementValue,
     Grant,
 )
+from allotment.ledger.storage.codec import Record, decode_record, encode_record
 
+from .compact import Shapes, parse_instant
 from .compute import HistoryWindow, ValueEngine
 from .serialize import value_json
 from .source import (
@@ -64,7 +65,8 @@ _TICK = timedelta(microseconds=1)
 ZERO = Decimal(0)
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
 _GRANTS_SPLIT = b',"grantBalances":'
-_EMPTY: dict[str, str] = {}
+#: Rebuilt records kept for reuse (values being computed, routes reading records).
+_DECODED_LIMIT = 4096
 _NEVER = datetime.max.replace(tzinfo=UTC)
 _NO_TIME = timedelta(0)
 T = TypeVar("T")
@@ -87,56 +89,72 @@ class Counts:
     usage_buckets: int = 0
 
 
-class _Slot:
-    """One entitlement, its grants and its cached answer (the hot path reads only this).
+class _Customer:
+    """One customer: its ledger id and key (the indexes' strings) and its packed document."""
 
-    The cached body answers every query instant ``now`` with ``lo < now`` and (``hi`` None or
-    ``now <= hi``); ``split`` is where the v1 body ends (before ``grantBalances``).
+    __slots__ = ("id", "key", "packed")
+
+    def __init__(self, record_id: str, key: str, packed: bytes) -> None:
+        self.id = record_id
+        self.key = key
+        self.packed = packed
+
+
+class _Slot:
+    """One entitlement: index fields, packed document and grants, and its cached answer.
+
+    ``feature_key``, ``start`` and ``end`` are the document's, kept to resolve a feature key
+    without rebuilding the record. The cached body answers every query instant ``now`` with
+    ``lo < now`` and (``hi`` None or ``now <= hi``); ``split`` is where the v1 body ends (before
+    ``grantBalances``).
     """
 
-    __slots__ = ("body", "entitlement", "grants", "hi", "lo", "split")
+    __slots__ = (
+        "body",
+        "end",
+        "feature_key",
+        "grants",
+        "hi",
+        "id",
+        "lo",
+        "metered",
+        "packed",
+        "split",
+        "start",
+    )
 
-    def __init__(self, entitlement: Entitlement, grants: tuple[Grant, ...] = ()) -> None:
-        self.entitlement = entitlement
+    def __init__(self, entitlement_id: str, grants: tuple[bytes, ...]) -> None:
+        self.id = entitlement_id
         self.grants = grants
+        self.packed = b""
+        self.feature_key = ""
+        self.start = _NEVER
+        self.end: datetime | None = None
+        self.metered = False
         self.body: bytes | None = None
         self.lo: datetime = _NEVER
         self.hi: datetime | None = None
         self.split = 0
 
-    def forget(self) -> None:
-        """Drop the cached answer."""
-        self.body = None
+    def is_active_at(self, at: datetime) -> bool:
+        """Tell whether ``at`` lies in ``[start, end)`` (as ``Entitlement.is_active_at``)."""
+        end = self.end
+        return self.start <= at and (end is None or at < end)
 
 
-class _Sharer:
-    """Replaces equal values decoded by one load or batch with one shared object.
+class _Pool:
+    """Shares equal immutable values (instants, feature keys) between slots; bounded."""
 
-    It lives only as long as that load or batch, so a value seen once costs nothing after it.
-    Records are frozen dataclasses freshly decoded for the view alone; swapping a field for an
-    equal object (``object.__setattr__``) changes no value anyone can observe.
-    """
+    LIMIT = 65536
 
     def __init__(self) -> None:
-        self.pool: dict[Any, Any] = {}
+        self.held: dict[Any, Any] = {}
 
     def __call__(self, value: T) -> T:
-        if isinstance(value, dict | tuple) and not value:
-            return _EMPTY if isinstance(value, dict) else value  # type: ignore[return-value]
-        if not isinstance(value, Hashable) or isinstance(value, dict):
-            return value
-        try:  # keyed by type too: 1 == True == Decimal(1) must stay apart
-            return self.pool.setdefault((value.__class__, value), value)  # type: ignore[no-any-return]
-        except TypeError:  # a record holding a mapping
-            return value
-
-    def record(self, record: Any) -> None:
-        """Share every field of ``record`` that an equal object already holds."""
-        for item in fields(record):
-            value = getattr(record, item.name)
-            shared = self(value)
-            if shared is not value:
-                object.__setattr__(record, item.name, shared)
+        held = self.held
+        if len(held) >= self.LIMIT:
+            held.clear()
+        return held.setdefault(value, value)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -146,19 +164,46 @@ class _State:
     epoch: str
     contract_version: int
     position: int
-    customers: dict[str, CustomerRecord] = field(default_factory=dict)  # id ->
+    shapes: Shapes = field(default_factory=Shapes)
+    pool: _Pool = field(default_factory=_Pool)
+    customers: dict[str, _Customer] = field(default_factory=dict)  # id ->
     #: Every customer key and subject key -> its customer (DESIGN D5: one customer per string).
-    by_subject: dict[str, CustomerRecord] = field(default_factory=dict)
+    by_subject: dict[str, _Customer] = field(default_factory=dict)
     features: dict[str, FeatureRecord] = field(default_factory=dict)  # id ->
     feature_by_key: dict[str, FeatureRecord] = field(default_factory=dict)
     meters: dict[str, MeterRecord] = field(default_factory=dict)  # id ->
     meter_by_slug: dict[str, MeterRecord] = field(default_factory=dict)
     entitlements: dict[str, _Slot] = field(default_factory=dict)  # id ->
     by_customer: dict[str, tuple[_Slot, ...]] = field(default_factory=dict)  # customer key ->
-    #: Grants whose entitlement is not loaded (yet), by entitlement id.
-    pending_grants: dict[str, tuple[Grant, ...]] = field(default_factory=dict)
+    #: Packed grants whose entitlement is not loaded (yet), by entitlement id.
+    pending_grants: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     usage: UsageStore = field(default_factory=UsageStore)
     grant_count: int = 0
+    #: Records rebuilt from packed documents lately (bounded; equal bytes, equal record).
+    decoded: dict[bytes, Any] = field(default_factory=dict)
+
+    def record(self, packed: bytes) -> Any:
+        """Return the record a packed document holds (rebuilt, or from the small cache)."""
+        found = self.decoded.get(packed)
+        if found is None:
+            if len(self.decoded) >= _DECODED_LIMIT:
+                self.decoded.clear()
+            found = self.decoded[packed] = self.shapes.record(packed)
+        return found
+
+    def entitlement(self, slot: _Slot) -> Entitlement:
+        """Return a slot's entitlement."""
+        found: Entitlement = self.record(slot.packed)
+        return found
+
+    def grants(self, slot: _Slot) -> tuple[Grant, ...]:
+        """Return a slot's grants, in the order recorded."""
+        return tuple(self.record(g) for g in slot.grants)
+
+    def customer(self, customer: _Customer) -> CustomerRecord:
+        """Return a customer's record."""
+        found: CustomerRecord = self.record(customer.packed)
+        return found
 
 
 @dataclass(frozen=True)
@@ -220,7 +265,6 @@ class View:
         """
         if loaded.namespace != self.namespace:
             raise ValueError(f"loaded namespace {loaded.namespace!r}, serving {self.namespace!r}")
-        share = _Sharer()
         state = _State(loaded.epoch, loaded.contract_version, loaded.position)
         collecting = gc.isenabled()
         gc.disable()
@@ -229,14 +273,13 @@ class View:
                 _put_meter(state, meter)
             for feature in loaded.features:
                 _put_feature(state, feature)
-            for customer in loaded.customers:
-                _put_customer(state, _share_customer(share, customer))
-            for entitlement in loaded.entitlements:
-                _put_entitlement(state, _share_entitlement(share, entitlement))
-            for grant in loaded.grants:
-                _put_grant(state, _share_grant(share, grant))
+            records: Iterable[Record] = (*loaded.customers, *loaded.entitlements, *loaded.grants)
+            for record in records:
+                _put_document(state, encode_record(record))
+            for document in loaded.documents:
+                _put_document(state, document)
             for bucket in loaded.usage:
-                state.usage.put(bucket, share)
+                state.usage.put(bucket, state.pool)
         finally:
             if self.freeze_gc:
                 # Freeze before collecting again: else the first automatic collection after
@@ -267,9 +310,8 @@ class View:
         if batch.epoch != state.epoch:
             return False
         self._check_contract(batch.contract_version)
-        share = _Sharer()
         for change in batch.changes:
-            _apply_change(state, change, share)
+            _apply_change(state, change)
         state.position = max(state.position, batch.position)
         state.contract_version = batch.contract_version
         self.synced_at = now
@@ -278,9 +320,8 @@ class View:
     def apply_usage(self, buckets: Iterable[UsageBucketState]) -> None:
         """Take bucket states committed by local ingestion (idempotent with the feed's)."""
         state = self._require()
-        share = _Sharer()
         for bucket in buckets:
-            _apply_change(state, bucket, share)
+            _apply_change(state, bucket)
 
     def mark_synced(self, now: datetime) -> None:
         """Record that a poll found nothing new: the view is current as of ``now``."""
@@ -344,17 +385,15 @@ class View:
 
     def customer_by_subject(self, subject: str) -> CustomerRecord | None:
         """Return the customer whose key or subject keys contain ``subject`` (DESIGN D5)."""
-        return self._require().by_subject.get(subject)
+        state = self._require()
+        found = state.by_subject.get(subject)
+        return state.customer(found) if found is not None else None
 
     def customer(self, id_or_key: str) -> CustomerRecord | None:
         """Return the customer with this key, or this ledger id."""
         state = self._require()
-        found = state.by_subject.get(id_or_key)
-        if found is not None and found.customer.key == id_or_key:
-            return found
-        if looks_like_ulid(id_or_key):
-            return state.customers.get(id_or_key)
-        return None
+        found = _customer_by(state, id_or_key)
+        return state.customer(found) if found is not None else None
 
     def feature(self, key: str) -> FeatureRecord | None:
         """Return the feature with this key."""
@@ -370,22 +409,27 @@ class View:
 
     def customer_of(self, entitlement: Entitlement) -> CustomerRecord | None:
         """Return the entitlement's customer."""
-        return _customer_by_key(self._require(), entitlement.customer_key)
+        state = self._require()
+        found = _customer_by_key(state, entitlement.customer_key)
+        return state.customer(found) if found is not None else None
 
     def grants_of(self, entitlement_id: str) -> list[Grant]:
         """Return the recorded grants of an entitlement."""
-        slot = self._require().entitlements.get(entitlement_id)
-        return list(slot.grants) if slot is not None else []
+        state = self._require()
+        slot = state.entitlements.get(entitlement_id)
+        return list(state.grants(slot)) if slot is not None else []
 
     def entitlements_of(self, customer_key: str) -> list[Entitlement]:
         """Return every entitlement of a customer, oldest first."""
-        found = [s.entitlement for s in self._require().by_customer.get(customer_key, ())]
+        state = self._require()
+        found = [state.entitlement(s) for s in state.by_customer.get(customer_key, ())]
         return sorted(found, key=lambda e: (e.start, e.id))
 
     def entitlement(self, entitlement_id: str) -> Entitlement | None:
         """Return the entitlement with this ledger id."""
-        slot = self._require().entitlements.get(entitlement_id)
-        return slot.entitlement if slot is not None else None
+        state = self._require()
+        slot = state.entitlements.get(entitlement_id)
+        return state.entitlement(slot) if slot is not None else None
 
     def active_entitlement(
         self, customer_key: str, feature_key: str, at: datetime
@@ -394,15 +438,17 @@ class View:
 
         Should two be active (the ledger prevents it), the newest by (start, id) answers.
         """
-        slot = _resolve_slot(self._require(), customer_key, feature_key, at, by_id=False)
-        return slot.entitlement if slot is not None else None
+        state = self._require()
+        slot = _resolve_slot(state, customer_key, feature_key, at, by_id=False)
+        return state.entitlement(slot) if slot is not None else None
 
     def resolve(
         self, customer_key: str, id_or_feature_key: str, at: datetime
     ) -> Entitlement | None:
         """Resolve ``{entitlementIdOrFeatureKey}`` for a customer (spec §4.6): id, then key."""
-        slot = _resolve_slot(self._require(), customer_key, id_or_feature_key, at)
-        return slot.entitlement if slot is not None else None
+        state = self._require()
+        slot = _resolve_slot(state, customer_key, id_or_feature_key, at)
+        return state.entitlement(slot) if slot is not None else None
 
     # --- values -------------------------------------------------------------------------------
 
@@ -419,12 +465,10 @@ class View:
         state = self._state
         if state is None:
             return None
-        record = state.by_subject.get(who)
-        if not by_subject and (record is None or record.customer.key != who):
-            record = state.customers.get(who) if looks_like_ulid(who) else None
-        if record is None:
+        customer = state.by_subject.get(who) if by_subject else _customer_by(state, who)
+        if customer is None:
             return None
-        slot = _resolve_slot(state, record.customer.key, entitlement_ref, now)
+        slot = _resolve_slot(state, customer.key, entitlement_ref, now)
         return None if slot is None else self._cached_body(slot, now, v2)
 
     def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
@@ -460,16 +504,16 @@ class View:
         return slot.body
 
     def _compute(self, slot: _Slot, now: datetime) -> EntitlementValue:
-        entitlement = slot.entitlement
-        value = self.value_at(entitlement, now)
+        state = self._require()
+        value = self.value_at(state.entitlement(slot), now)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity
         # value read at ``now`` answers [now, valid_until).
-        step = _step(entitlement)
+        step = MINUTE if slot.metered else _TICK
         body = value_json(value, v2=True).encode()
         split = body.find(_GRANTS_SPLIT)
         slot.split = len(body) if split < 0 else split
-        slot.lo = value.at - step
-        slot.hi = None if value.valid_until is None else value.valid_until - step
+        slot.lo = state.pool(value.at - step)
+        slot.hi = None if value.valid_until is None else state.pool(value.valid_until - step)
         slot.body = body
         return value
 
@@ -485,7 +529,7 @@ class View:
             return store.aggregate(aggregation, series, start, end)
 
         slot = state.entitlements.get(entitlement.id)
-        grants = slot.grants if slot is not None else ()
+        grants = state.grants(slot) if slot is not None else ()
         return self.engine.value(entitlement, grants, aggregation, usage, at)
 
     def history(self, entitlement: Entitlement, window: HistoryWindow) -> BalanceHistory:
@@ -500,7 +544,7 @@ class View:
             return store.aggregate(aggregation, series, start, end)
 
         slot = state.entitlements.get(entitlement.id)
-        grants = slot.grants if slot is not None else ()
+        grants = state.grants(slot) if slot is not None else ()
         return self.engine.history(entitlement, grants, aggregation, usage, window)
 
     def usage_inputs(self, entitlement: Entitlement) -> tuple[Aggregation | None, list[AnySeries]]:
@@ -538,29 +582,33 @@ def _resolve_slot(
     state: _State, customer_key: str, ref: str, at: datetime, *, by_id: bool = True
 ) -> _Slot | None:
     """Find a customer's entitlement by id, else by feature key active at ``at`` (newest)."""
+    held = state.by_customer.get(customer_key, ())
     if by_id and looks_like_ulid(ref):
         slot = state.entitlements.get(ref)
-        if slot is not None and slot.entitlement.customer_key == customer_key:
+        if slot is not None and slot in held:
             return slot
     found: _Slot | None = None
-    for slot in state.by_customer.get(customer_key, ()):
-        entitlement = slot.entitlement
+    for slot in held:
         if (
-            entitlement.feature_key == ref
-            and entitlement.is_active_at(at)
-            and (
-                found is None
-                or (entitlement.start, entitlement.id)
-                > (found.entitlement.start, found.entitlement.id)
-            )
+            slot.feature_key == ref
+            and slot.is_active_at(at)
+            and (found is None or (slot.start, slot.id) > (found.start, found.id))
         ):
             found = slot
     return found
 
 
-def _customer_by_key(state: _State, key: str) -> CustomerRecord | None:
+def _customer_by_key(state: _State, key: str) -> _Customer | None:
     found = state.by_subject.get(key)
-    return found if found is not None and found.customer.key == key else None
+    return found if found is not None and found.key == key else None
+
+
+def _customer_by(state: _State, id_or_key: str) -> _Customer | None:
+    """Return the customer with this key, else (a ULID) with this ledger id."""
+    found = state.by_subject.get(id_or_key)
+    if found is not None and found.key == id_or_key:
+        return found
+    return state.customers.get(id_or_key) if looks_like_ulid(id_or_key) else None
 
 
 def _usage_inputs(
@@ -573,82 +621,79 @@ def _usage_inputs(
     if meter is None:
         return None, []
     customer = _customer_by_key(state, entitlement.customer_key)
-    subjects = customer.customer.all_subject_keys if customer else (entitlement.customer_key,)
+    subjects = (
+        state.customer(customer).customer.all_subject_keys
+        if customer is not None
+        else (entitlement.customer_key,)
+    )
     series = state.usage.matching(
         meter.meter.slug, subjects, feature.feature.meter_group_by_filters
     )
     return meter.meter.aggregation, series
 
 
-# --- sharing equal values between freshly decoded records --------------------------------------
-
-
-def _share_customer(share: _Sharer, record: CustomerRecord) -> CustomerRecord:
-    share.record(record.customer)
-    share.record(record)
-    return record
-
-
-def _share_entitlement(share: _Sharer, entitlement: Entitlement) -> Entitlement:
-    share.record(entitlement)
-    share(entitlement.id)  # grants name it: their entitlement_id becomes this very string
-    return entitlement
-
-
-def _share_grant(share: _Sharer, grant: Grant) -> Grant:
-    share.record(grant)
-    return grant
-
-
 # --- applying changes and maintaining the indexes ----------------------------------------------
 
 
-def _apply_change(state: _State, change: Change, share: _Sharer) -> None:
+def _apply_change(state: _State, change: Change) -> None:
     if isinstance(change, UsageBucketState):
-        if state.usage.put(change, share):
+        if state.usage.put(change, state.pool):
             _forget_usage_of(state, change.meter_slug, change.subject)
-    elif isinstance(change, Grant):
-        _put_grant(state, _share_grant(share, change))
-    elif isinstance(change, Entitlement):
-        _put_entitlement(state, _share_entitlement(share, change))
-    elif isinstance(change, CustomerRecord):
-        old = state.customers.get(change.id)
-        _put_customer(state, _share_customer(share, change))
-        _forget_customer(state, change.customer)
-        if old is not None:
-            _forget_customer(state, old.customer)
+    elif isinstance(change, Grant | Entitlement | CustomerRecord):
+        _put_document(state, encode_record(change))
     elif isinstance(change, FeatureRecord):
         old_feature = state.features.get(change.id)
         _put_feature(state, change)
         keys = {change.feature.key} | ({old_feature.feature.key} if old_feature else set())
-        _forget_where(state, lambda e: e.feature_key in keys)
+        _forget_where(state, lambda slot: slot.feature_key in keys)
     elif isinstance(change, MeterRecord):
         _put_meter(state, change)
-        _forget_where(state, lambda _e: True)
+        _forget_where(state, lambda _slot: True)
     elif isinstance(change, RecordRemoved):
         _remove(state, change)
+
+
+def _put_document(state: _State, document: Mapping[str, Any]) -> None:
+    """Index one read-contract document (customer, entitlement, grant, feature or meter)."""
+    kind = document.get("kind")
+    if kind == "entitlement":
+        _put_entitlement(state, document)
+    elif kind == "grant":
+        _put_grant(state, document)
+    elif kind == "customer":
+        _put_customer(state, document)
+    elif kind == "feature":
+        _apply_change(state, decode_record(document))  # type: ignore[arg-type]
+    elif kind == "meter":
+        _put_meter(state, decode_record(document))  # type: ignore[arg-type]
+    elif kind != "removed":  # a removed record is simply not among the current ones
+        raise ValueError(f"unknown record kind {kind!r} in the read contract")
 
 
 def _forget_usage_of(state: _State, meter_slug: str, subject: str) -> None:
     """Drop the cached answers a bucket of (meter, subject) may change."""
     customer = state.by_subject.get(subject)
-    keys = (subject,) if customer is None else (customer.customer.key, subject)
+    keys = (subject,) if customer is None else (customer.key, subject)
     for key in keys:
         for slot in state.by_customer.get(key, ()):
-            feature = state.feature_by_key.get(slot.entitlement.feature_key)
+            feature = state.feature_by_key.get(slot.feature_key)
             if feature is None or feature.feature.meter_slug == meter_slug:
                 slot.body = None
 
 
-def _forget_customer(state: _State, customer: Customer) -> None:
-    for key in customer.all_subject_keys:
+def _forget_customer(state: _State, customer: _Customer) -> None:
+    _forget_keys(state, state.customer(customer).customer.all_subject_keys)
+
+
+def _forget_keys(state: _State, keys: Iterable[str]) -> None:
+    for key in keys:
         for slot in state.by_customer.get(key, ()):
             slot.body = None
 
 
-def _forget_where(state: _State, matches: Callable[[Entitlement], bool]) -> None:
+def _forget_where(state: _State, matches: Callable[[_Slot], bool]) -> None:
     for slot in state.entitlements.values():
-        if matches(slot.entitlement):
+        if matches(slot):
             slot.body = None
 
 
@@ -672,36 +717,50 @@ def _put_feature(state: _State, record: FeatureRecord) -> None:
     state.feature_by_key[record.feature.key] = record
 
 
-def _unindex_customer(state: _State, record: CustomerRecord) -> None:
-    for subject in record.customer.all_subject_keys:
-        if state.by_subject.get(subject) is record:
+def _unindex_customer(state: _State, customer: _Customer) -> None:
+    for subject in state.customer(customer).customer.all_subject_keys:
+        if state.by_subject.get(subject) is customer:
             del state.by_subject[subject]
 
 
-def _put_customer(state: _State, record: CustomerRecord) -> None:
-    old = state.customers.get(record.id)
+def _put_customer(state: _State, document: Mapping[str, Any]) -> None:
+    old = state.customers.get(document["id"])
     if old is not None:
         _unindex_customer(state, old)
-    state.customers[record.id] = record
-    for subject in record.customer.all_subject_keys:
-        state.by_subject[subject] = record
+        _forget_customer(state, old)
+    key: str = document["key"]
+    customer = _Customer(document["id"], key, state.shapes.pack(document))
+    state.customers[customer.id] = customer
+    subjects = (key, *document["subjectKeys"])  # Customer.all_subject_keys, key first
+    for subject in subjects:
+        state.by_subject[subject] = customer
+    if state.entitlements:  # answers of entitlements keyed by these strings may change
+        _forget_keys(state, subjects)
 
 
-def _put_entitlement(state: _State, entitlement: Entitlement) -> None:
-    slot = state.entitlements.get(entitlement.id)
+def _put_entitlement(state: _State, document: Mapping[str, Any]) -> None:
+    entitlement_id: str = document["id"]
+    slot = state.entitlements.get(entitlement_id)
     if slot is None:
-        slot = _Slot(entitlement, state.pending_grants.pop(entitlement.id, ()))
-        state.entitlements[entitlement.id] = slot
+        slot = _Slot(entitlement_id, state.pending_grants.pop(entitlement_id, ()))
+        state.entitlements[entitlement_id] = slot
     else:
         _unindex_entitlement(state, slot)
-        slot.entitlement = entitlement
         slot.body = None
-    key = entitlement.customer_key
+    pool = state.pool
+    start = document.get("activeFrom") or document["createdAt"]
+    end = document.get("activeTo")
+    slot.packed = state.shapes.pack(document)
+    slot.feature_key = pool(document["featureKey"])
+    slot.start = pool(parse_instant(start))
+    slot.end = None if end is None else pool(parse_instant(end))
+    slot.metered = document["type"] == EntitlementType.METERED.value
+    key: str = document["customerKey"]
     state.by_customer[key] = (*state.by_customer.get(key, ()), slot)
 
 
 def _unindex_entitlement(state: _State, slot: _Slot) -> None:
-    key = slot.entitlement.customer_key
+    key = state.entitlement(slot).customer_key
     kept = tuple(s for s in state.by_customer.get(key, ()) if s is not slot)
     if kept:
         state.by_customer[key] = kept
@@ -709,28 +768,34 @@ def _unindex_entitlement(state: _State, slot: _Slot) -> None:
         state.by_customer.pop(key, None)
 
 
-def _put_grant(state: _State, grant: Grant) -> None:
-    slot = state.entitlements.get(grant.entitlement_id)
-    held = slot.grants if slot is not None else state.pending_grants.get(grant.entitlement_id, ())
-    kept = tuple(g for g in held if g.id != grant.id)
+def _without(state: _State, held: tuple[bytes, ...], grant_id: str) -> tuple[bytes, ...]:
+    return tuple(g for g in held if state.record(g).id != grant_id)
+
+
+def _put_grant(state: _State, document: Mapping[str, Any]) -> None:
+    entitlement_id: str = document["entitlementId"]
+    packed = state.shapes.pack(document)
+    slot = state.entitlements.get(entitlement_id)
+    held = slot.grants if slot is not None else state.pending_grants.get(entitlement_id, ())
+    kept = _without(state, held, document["id"]) if held else held
     state.grant_count += 1 - (len(held) - len(kept))
     if slot is None:
-        state.pending_grants[grant.entitlement_id] = (*kept, grant)
+        state.pending_grants[entitlement_id] = (*kept, packed)
     else:
-        slot.grants = (*kept, grant)
+        slot.grants = (*kept, packed)
         slot.body = None
 
 
 def _drop_grant(state: _State, grant_id: str) -> None:
     """Remove a grant wherever it is held (a rare change: a scan is fine)."""
     for slot in state.entitlements.values():
-        kept = tuple(g for g in slot.grants if g.id != grant_id)
+        kept = _without(state, slot.grants, grant_id) if slot.grants else slot.grants
         if len(kept) != len(slot.grants):
             state.grant_count -= 1
             slot.grants = kept
             slot.body = None
     for entitlement_id, grants in list(state.pending_grants.items()):
-        kept = tuple(g for g in grants if g.id != grant_id)
+        kept = _without(state, grants, grant_id)
         if len(kept) != len(grants):
             state.grant_count -= 1
             if kept:
@@ -748,18 +813,18 @@ def _remove(state: _State, removed: RecordRemoved) -> None:
     elif removed.kind == "grant":
         _drop_grant(state, removed.id)
     elif removed.kind == "customer":
-        record = state.customers.pop(removed.id, None)
-        if record is not None:
-            _unindex_customer(state, record)
-            _forget_customer(state, record.customer)
+        customer = state.customers.pop(removed.id, None)
+        if customer is not None:
+            _unindex_customer(state, customer)
+            _forget_customer(state, customer)
     elif removed.kind == "feature":
         feature = state.features.pop(removed.id, None)
         if feature is not None:
             state.feature_by_key.pop(feature.feature.key, None)
             key = feature.feature.key
-            _forget_where(state, lambda e: e.feature_key == key)
+            _forget_where(state, lambda slot: slot.feature_key == key)
     elif removed.kind == "meter":
         meter = state.meters.pop(removed.id, None)
         if meter is not None:
             state.meter_by_slug.pop(meter.meter.slug, None)
-            _forget_where(state, lambda _e: True)
+            _forget_where(state, lambda _slot: True)
