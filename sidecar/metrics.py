@@ -13,7 +13,7 @@ import gc
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -57,11 +57,19 @@ class RouteLatency(Collector):
 
     def observe(self, route: str, seconds: float) -> None:
         """Count one observation of ``seconds`` for ``route``."""
+        self.observer(route)(seconds)
+
+    def observer(self, route: str) -> Callable[[float], None]:
+        """Return the function counting observations for ``route`` (its series starts at 0)."""
         counts = self._routes.get(route)
         if counts is None:
             counts = self._routes[route] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-        counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        counts[-1] += seconds
+
+        def observe(seconds: float) -> None:
+            counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            counts[-1] += seconds
+
+        return observe
 
     def collect(self) -> Iterator[Metric]:
         """Yield the histogram family (cumulative buckets, sum, count per route)."""
@@ -143,10 +151,6 @@ class SidecarMetrics:
         self.gc_pause_max = 0.0
         self._gc_started = 0.0
         self._stale_children: dict[str, Any] = {}
-
-    def observe_request(self, route: str, seconds: float) -> None:
-        """Record one request's latency."""
-        self.check_seconds.observe(route, seconds)
 
     def count_stale_answer(self, policy: str) -> None:
         """Count one answer given past the staleness budget under ``policy``."""
