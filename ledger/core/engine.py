@@ -27,7 +27,7 @@ from .periods import (
     current_period,
     next_after,
     preserve_overage_for_reset,
-    reset_times,
+    reset_schedule,
 )
 from .timeutil import is_minute_aligned, require_utc
 
@@ -80,6 +80,7 @@ class RunResult:
 
     snapshot: BalanceSnapshot
     segments: tuple[Segment, ...] = ()
+    next_reset: datetime | None = None  # the first period start after the end instant
 
 
 def burn(
@@ -183,6 +184,7 @@ class _Replay:
         self.total_grant_usage = start.total_grant_usage
         self.segments: list[Segment] = []
         self.pending_usages: dict[str, Decimal] = {}
+        self._active: tuple[datetime, tuple[Grant, ...]] | None = None
 
     # -- helpers --
 
@@ -190,12 +192,19 @@ class _Replay:
         effective, end = self.windows[grant.id]
         return effective <= instant and (end is None or instant < end)
 
-    def active_at(self, instant: datetime) -> list[Grant]:
-        return [g for g in self.grants if self.is_active(g, instant)]
+    def active_at(self, instant: datetime) -> tuple[Grant, ...]:
+        """Return the grants active at ``instant`` (the last instant asked is remembered)."""
+        remembered = self._active
+        if remembered is not None and remembered[0] == instant:
+            return remembered[1]
+        active = tuple(g for g in self.grants if self.is_active(g, instant))
+        self._active = (instant, active)
+        return active
 
     def _burn(self, ordered: Sequence[Grant], extra: Decimal) -> dict[str, Decimal]:
         self.overage, used = burn(self.balances, ordered, extra + self.overage)
-        self.total_grant_usage += sum(used.values(), ZERO)
+        if used:
+            self.total_grant_usage += sum(used.values(), ZERO)
         return used
 
     def _balances_of(self, grants: Sequence[Grant]) -> dict[str, Decimal]:
@@ -223,7 +232,7 @@ class _Replay:
     def phase(self, start: datetime, end: datetime, reset_at_end: bool) -> None:
         """Burn the usage of ``[start, end)`` from the grants active at ``start``."""
         active = self.active_at(start)
-        before = self._balances_of(active)
+        before = self._balances_of(active) if self.record else {}
         amount = self._query(start, end)
         self.usage += amount
         used = self._burn(active, amount)
@@ -248,7 +257,8 @@ class _Replay:
                     terminated_by_reset=reset_at_end,
                 )
             )
-        self.pending_usages = {}
+        if self.pending_usages:
+            self.pending_usages = {}
 
     def reset(self, instant: datetime) -> None:
         """Roll over the grants active at ``instant``; forgive or burn the carried overage."""
@@ -258,8 +268,10 @@ class _Replay:
             self.balances[grant.id] = min(
                 grant.rollover_cap, max(grant.min_rollover_amount, balance)
             )
-        carried = self.overage if preserve_overage_for_reset(self.entitlement, instant) else ZERO
-        before = self._balances_of(survivors)
+        carried = ZERO
+        if self.overage != 0 and preserve_overage_for_reset(self.entitlement, instant):
+            carried = self.overage
+        before = self._balances_of(survivors) if self.record else {}
         self.usage = ZERO
         self.total_grant_usage = ZERO
         self.overage = ZERO
@@ -341,11 +353,15 @@ def run(
         raise ValueError(f"until {until.isoformat()} is before the start {start.at.isoformat()}")
     chosen = relevant_grants(all_grants, start.at, until)
     replay = _Replay(entitlement, chosen, aggregation, usage, start, record)
+    timeline = entitlement.usage_period
     if fresh:
-        replay.period_start = current_period(entitlement.usage_period, measure_from).start
+        # an entry's start always starts a period: no arithmetic for the common case
+        if measure_from != timeline[0].start:
+            replay.period_start = current_period(timeline, measure_from).start
         replay.settle(start.at)
 
-    resets = set(reset_times(entitlement.usage_period, start.at, until))
+    reset_list, next_reset = reset_schedule(timeline, start.at, until)
+    resets = set(reset_list)
     instants: set[datetime] = set(resets)
     refills: dict[datetime, set[str]] = {}
     for grant in chosen:
@@ -364,4 +380,4 @@ def run(
     if cursor < until:
         replay.phase(cursor, until, False)
         replay.at = until
-    return RunResult(replay.snapshot(), tuple(replay.segments))
+    return RunResult(replay.snapshot(), tuple(replay.segments), next_reset)

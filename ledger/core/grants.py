@@ -64,6 +64,8 @@ def expires_at(grant: Grant) -> datetime | None:
 
 def active_end(grant: Grant) -> datetime | None:
     """Return ``min(expiresAt, voidAt)``, never before effectiveAt; None = open-ended (§1.6)."""
+    if grant.expiration is None and grant.void_at is None:
+        return None
     ends = [e for e in (expires_at(grant), grant.void_at) if e is not None]
     if not ends:
         return None

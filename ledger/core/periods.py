@@ -49,11 +49,14 @@ __all__ = [
     "preserve_overage_for_reset",
     "prev_before",
     "recurrence_instant",
+    "reset_schedule",
     "reset_times",
+    "reset_times_by_walking",
 ]
 
 
 _BEGINNING = datetime.min.replace(tzinfo=UTC)
+_ZERO_DURATION = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,9 @@ def add_interval(instant: datetime, interval: CalendarDuration, times: int = 1) 
         result = add_months_clamped(result, interval.months * times)
     days = (7 * interval.weeks + interval.days) * times
     seconds = (3600 * interval.hours + 60 * interval.minutes + interval.seconds) * times
-    return result + timedelta(days=days, seconds=seconds)
+    if days or seconds:
+        return result + timedelta(days=days, seconds=seconds)
+    return result
 
 
 def _approximate_seconds(interval: CalendarDuration) -> float:
@@ -97,12 +102,52 @@ def recurrence_instant(recurrence: Recurrence, k: int) -> datetime:
     return add_interval(recurrence.anchor, recurrence.interval, k)
 
 
+def _month_step(interval: CalendarDuration) -> int:
+    """Return the months per step of a years-only or months-only interval, else 0."""
+    if interval.weeks or interval.days or interval.hours or interval.minutes or interval.seconds:
+        return 0
+    if interval.years and interval.months:
+        return 0  # clamped twice (years, then months): not one month count
+    return 12 * interval.years + interval.months
+
+
+def _fixed_step(interval: CalendarDuration) -> timedelta | None:
+    """Return the length of an interval without years or months, else None."""
+    if interval.years or interval.months:
+        return None
+    days = 7 * interval.weeks + interval.days
+    return timedelta(
+        days=days, seconds=3600 * interval.hours + 60 * interval.minutes + interval.seconds
+    )
+
+
 def _index_at_or_before(recurrence: Recurrence, instant: datetime) -> int:
-    """Return the largest k with ``recurrence_instant(k) <= instant``."""
-    step = _approximate_seconds(recurrence.interval)
+    """Return the largest k with ``recurrence_instant(k) <= instant``, without walking.
+
+    Months-only and years-only intervals: the k-th instant lies in the calendar month
+    ``anchor's + k·step`` (clamping never leaves the month), so ``k = ⌊month distance / step⌋``,
+    less one when that instant is later in the same month than ``instant``. Intervals without
+    years or months have a fixed length: an exact floor division. Mixed intervals start from an
+    estimate and correct it a step at a time (at most a few steps).
+    """
+    interval = recurrence.interval
+    anchor = recurrence.anchor
+    months = _month_step(interval)
+    if months > 0:
+        distance = 12 * (instant.year - anchor.year) + instant.month - anchor.month
+        k = distance // months
+        if add_months_clamped(anchor, k * months) > instant:
+            k -= 1
+        return k
+    fixed = _fixed_step(interval)
+    if fixed is not None:
+        if fixed <= _ZERO_DURATION:
+            raise ValueError(f"recurrence interval {interval.iso()} is not positive")
+        return (instant - anchor) // fixed
+    step = _approximate_seconds(interval)
     if step <= 0:
-        raise ValueError(f"recurrence interval {recurrence.interval.iso()} is not positive")
-    k = int((instant - recurrence.anchor).total_seconds() // step)
+        raise ValueError(f"recurrence interval {interval.iso()} is not positive")
+    k = int((instant - anchor).total_seconds() // step)
     while recurrence_instant(recurrence, k) > instant:
         k -= 1
     while recurrence_instant(recurrence, k + 1) <= instant:
@@ -122,18 +167,17 @@ def prev_before(recurrence: Recurrence, instant: datetime, *, inclusive: bool) -
 def next_after(recurrence: Recurrence, instant: datetime, *, inclusive: bool) -> datetime:
     """Return the smallest recurrence instant ``>= instant`` (``> instant`` when exclusive)."""
     k = _index_at_or_before(recurrence, instant)
-    found = recurrence_instant(recurrence, k)
-    if found == instant and inclusive:
-        return found
+    if inclusive:
+        found = recurrence_instant(recurrence, k)
+        if found == instant:
+            return found
     return recurrence_instant(recurrence, k + 1)
 
 
 def period_of(recurrence: Recurrence, instant: datetime) -> Period:
     """Return ``[prev_before(t, incl), next_after(t, excl))``: the period containing ``t``."""
-    return Period(
-        prev_before(recurrence, instant, inclusive=True),
-        next_after(recurrence, instant, inclusive=False),
-    )
+    k = _index_at_or_before(recurrence, instant)
+    return Period(recurrence_instant(recurrence, k), recurrence_instant(recurrence, k + 1))
 
 
 # --- the usage-period timeline ---------------------------------------------------------------
@@ -195,6 +239,55 @@ def reset_times(
 
     These are the resets the engine replays: programmatic boundaries and timeline entries
     (manual resets, interval edits). measureUsageFrom itself is never a reset.
+    """
+    return reset_schedule(timeline, after, until)[0]
+
+
+def reset_schedule(
+    timeline: tuple[UsagePeriodEntry, ...], after: datetime, until: datetime
+) -> tuple[tuple[datetime, ...], datetime]:
+    """Return ``reset_times(after, until)`` and ``next_reset_after(until)`` in one pass.
+
+    The period starts are each entry's start and its recurrence instants strictly between that
+    start and the next entry's; they are listed by recurrence index from the first one after
+    ``after``, never by walking from the anchor. ``reset_times_by_walking`` is the definition
+    this agrees with (and what an unsorted timeline falls back to).
+    """
+    if not timeline:
+        raise ValueError("the entitlement has no usage period")
+    first = timeline[0].start
+    found: list[datetime] = []
+    last = len(timeline) - 1
+    for i, entry in enumerate(timeline):
+        end = timeline[i + 1].start if i < last else None
+        if end is not None and end < entry.start:
+            walked = reset_times_by_walking(timeline, after, until)
+            return walked, next_reset_after(timeline, until)
+        if entry.start > until:
+            return tuple(found), entry.start
+        if end is not None and end <= after:
+            continue
+        if entry.start > after and entry.start > first and (not found or found[-1] != entry.start):
+            found.append(entry.start)
+        recurrence = entry.recurrence
+        k = _index_at_or_before(recurrence, max(after, entry.start)) + 1
+        instant = recurrence_instant(recurrence, k)
+        while end is None or instant < end:
+            if instant > until:
+                return tuple(found), instant
+            found.append(instant)
+            k += 1
+            instant = recurrence_instant(recurrence, k)
+    raise RuntimeError("the last usage-period entry ended")  # pragma: no cover - it never ends
+
+
+def reset_times_by_walking(
+    timeline: tuple[UsagePeriodEntry, ...], after: datetime, until: datetime
+) -> tuple[datetime, ...]:
+    """Return what ``reset_times`` does, by walking ``next_reset_after`` period by period.
+
+    The reference definition: slow (one period computation per reset), kept for unsorted
+    timelines and as the oracle of the property tests.
     """
     found: list[datetime] = []
     cursor = after

@@ -38,6 +38,8 @@ _RFC3339 = re.compile(
 
 def require_utc(instant: datetime) -> datetime:
     """Return ``instant`` converted to UTC; raise ``ValueError`` if it is naive."""
+    if instant.tzinfo is UTC:
+        return instant
     if instant.tzinfo is None or instant.tzinfo.utcoffset(instant) is None:
         raise ValueError(f"naive datetime {instant.isoformat()} has no time zone; use UTC")
     return instant.astimezone(UTC)
@@ -69,13 +71,17 @@ def format_rfc3339(instant: datetime) -> str:
 def truncate_to_minute(instant: datetime) -> datetime:
     """Floor an instant to its minute (stored instants: effectiveAt, anchors, voids, resets)."""
     utc = require_utc(instant)
-    return utc.replace(second=0, microsecond=0)
+    if utc.second or utc.microsecond:
+        return utc.replace(second=0, microsecond=0)
+    return utc
 
 
 def ceil_to_minute(instant: datetime) -> datetime:
     """Round a query instant up to the next minute unless it already is on one (spec §1.3)."""
-    floored = truncate_to_minute(instant)
-    return floored if floored == require_utc(instant) else floored + MINUTE
+    utc = require_utc(instant)
+    if utc.second or utc.microsecond:
+        return utc.replace(second=0, microsecond=0) + MINUTE
+    return utc
 
 
 def is_minute_aligned(instant: datetime) -> bool:
@@ -87,9 +93,20 @@ def add_months_clamped(instant: datetime, months: int) -> datetime:
     """Add calendar months, clamping the day to the target month's last day (no overflow)."""
     total = instant.year * 12 + (instant.month - 1) + months
     year, month0 = divmod(total, 12)
-    month = month0 + 1
-    day = min(instant.day, calendar.monthrange(year, month)[1])
-    return instant.replace(year=year, month=month, day=day)
+    day = instant.day
+    if day > 28:
+        day = min(day, _month_length(year, month0 + 1))
+    return instant.replace(year=year, month=month0 + 1, day=day)
+
+
+_MONTH_LENGTHS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _month_length(year: int, month: int) -> int:
+    """Return the number of days of ``month`` in ``year`` (Gregorian)."""
+    if month == 2 and calendar.isleap(year):
+        return 29
+    return _MONTH_LENGTHS[month - 1]
 
 
 def add_months_overflow(instant: datetime, months: int) -> datetime:

@@ -52,10 +52,14 @@ def metered_valid_until(
     entitlement: Entitlement, grants: Iterable[Grant], at: datetime
 ) -> datetime | None:
     """Return the next minute after ``at`` at which a metered value changes without usage."""
-    candidates: list[datetime | None] = [
-        next_reset_after(entitlement.usage_period, at),
-        _activity_valid_until(entitlement, at),
-    ]
+    return _valid_until(entitlement, grants, at, next_reset_after(entitlement.usage_period, at))
+
+
+def _valid_until(
+    entitlement: Entitlement, grants: Iterable[Grant], at: datetime, next_reset: datetime
+) -> datetime | None:
+    """Return ``metered_valid_until`` given ``next_reset_after(at)``, computed by the caller."""
+    candidates: list[datetime | None] = [next_reset, _activity_valid_until(entitlement, at)]
     candidates.extend(ceil_to_minute(v.since) for v in entitlement.is_soft_limit)
     for grant in grants:
         candidates.append(grant.effective_at)
@@ -122,6 +126,7 @@ def entitlement_value(
         return _before_measurement(entitlement, all_grants, t)
     result = run(entitlement, all_grants, aggregation, usage, t, start=start)
     snapshot = result.snapshot
+    next_reset = result.next_reset or next_reset_after(entitlement.usage_period, t)
     active = {g.id for g in all_grants if grant_is_active_at(g, t)}
     grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active}
     balance = sum(grant_balances.values(), ZERO)
@@ -131,7 +136,7 @@ def entitlement_value(
     return EntitlementValue(
         at=t,
         has_access=soft or balance > 0,
-        valid_until=metered_valid_until(entitlement, (*horizon, *later), t),
+        valid_until=_valid_until(entitlement, (*horizon, *later), t, next_reset),
         balance=balance,
         usage=snapshot.usage,
         overage=snapshot.overage,
