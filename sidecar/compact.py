@@ -8,9 +8,10 @@ contract's own document (``allotment.ledger.storage.codec``): nothing is transla
 Layout: documents with the same keys in the same order share a *shape*: its key tuple and the
 values of the first document seen with it (the template, kept ``marshal``-ed so every rebuild
 gets fresh containers). A document is stored as one ``bytes`` object,
-``marshal.dumps((shape, i1, v1, i2, v2, ...))``: the shape's number, then each position whose
-value differs from the template's, with its value (strings, numbers, None, booleans, lists and
-dicts of those, exactly as ``json.loads`` gave them). Records of one seed shape differ in their
+``marshal.dumps((head, v1, v2, ...))``: ``head`` is the shape's number plus, shifted left by
+``_SHAPE_BITS``, a bit mask of the positions whose value differs from the template's; their
+values follow in key order (strings, numbers, None, booleans, lists and dicts of those, exactly
+as ``json.loads`` gave them). Records of one seed shape differ in their
 ids, keys and names only, so each costs about 100 bytes. Equal documents pack to equal bytes, so
 the packed form can key a cache of rebuilt records.
 
@@ -30,20 +31,14 @@ from allotment.ledger.storage.codec import Record, decode_record
 
 __all__ = ["Shapes", "parse_instant"]
 
-_SCALARS = (str, int, type(None), bool, float)
+_SHAPE_BITS = 12
+_SHAPE_MASK = (1 << _SHAPE_BITS) - 1
+_SCALARS = (str, int, type(None), bool)  # floats compare by marshal: -0.0 is not 0.0
 
 
 def parse_instant(text: str) -> datetime:
     """Return the aware UTC instant of a document's RFC 3339 text (the codec writes ``Z``)."""
     return datetime.fromisoformat(text).astimezone(UTC)
-
-
-def _same(value: Any, template: Any) -> bool:
-    if value.__class__ is not template.__class__ or value != template:
-        return False
-    if value.__class__ in _SCALARS:
-        return True
-    return marshal.dumps(value) == marshal.dumps(template)  # nested False vs 0 stay apart
 
 
 class Shapes:
@@ -54,6 +49,7 @@ class Shapes:
         self._keys: list[tuple[str, ...]] = []
         self._values: list[tuple[Any, ...]] = []
         self._frozen: list[bytes] = []
+        self._each: list[tuple[bytes, ...]] = []  # each template value marshal-ed
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -63,28 +59,45 @@ class Shapes:
         keys = tuple(document)
         number = self._numbers.get(keys)
         if number is None:
+            if len(self._keys) > _SHAPE_MASK:  # the codec writes every key: a handful exist
+                raise ValueError(f"more than {_SHAPE_MASK + 1} document shapes")
             number = self._numbers[keys] = len(self._keys)
             self._keys.append(keys)
             frozen = marshal.dumps(tuple(document.values()))
             self._frozen.append(frozen)
             self._values.append(marshal.loads(frozen))
-            return marshal.dumps((number,))
-        packed: list[Any] = [number]
-        for i, (value, template) in enumerate(
-            zip(document.values(), self._values[number], strict=True)
-        ):
-            if not _same(value, template):
-                packed.append(i)
-                packed.append(value)
-        return marshal.dumps(tuple(packed))
+            self._each.append(tuple(marshal.dumps(v) for v in document.values()))
+            return marshal.dumps((number,))  # no position differs
+        changed: list[Any] = [0]
+        mask = 0
+        templates, each = self._values[number], self._each[number]
+        dumps = marshal.dumps
+        for i, value in enumerate(document.values()):
+            template = templates[i]
+            if (
+                value.__class__ is template.__class__
+                and value == template
+                and (value.__class__ in _SCALARS or dumps(value) == each[i])
+            ):
+                continue  # the template's value, of the same type (nested False vs 0 apart)
+            mask |= 1 << i
+            changed.append(value)
+        changed[0] = mask << _SHAPE_BITS | number
+        return dumps(tuple(changed))
 
     def document(self, packed: bytes) -> dict[str, Any]:
         """Return the document ``packed`` was made from (fresh objects every time)."""
-        fields = marshal.loads(packed)
-        number = fields[0]
+        changed = marshal.loads(packed)
+        head = changed[0]
+        number, mask = head & _SHAPE_MASK, head >> _SHAPE_BITS
         values = list(marshal.loads(self._frozen[number]))
-        for k in range(1, len(fields), 2):
-            values[fields[k]] = fields[k + 1]
+        i = k = 0
+        while mask:
+            if mask & 1:
+                k += 1
+                values[i] = changed[k]
+            mask >>= 1
+            i += 1
         return dict(zip(self._keys[number], values, strict=True))
 
     def record(self, packed: bytes) -> Record:

@@ -8,7 +8,7 @@ as a wake-up hint, decoding each entry with storage's codec: ``record`` entries 
 a record document, ``usage`` entries absolute bucket states, ``meter`` entries a meter.
 
 Storage functions relied on: ``engine.open_ledger``/``Ledger.read``, ``feed.ledger_epoch``,
-``feed.feed_head``, ``feed.read_feed``, ``catalogue.current_records``, ``codec.decode_record``,
+``feed.feed_head``, ``feed.read_feed``, ``codec.decode_record`` (feed entries),
 ``usage.load_meters``, ``usage.BucketState.from_payload``; and, for the bulk bucket load (storage
 has no function for it yet), the ``usage_buckets``, ``usage_bucket_values`` and ``meters`` tables.
 
@@ -29,16 +29,9 @@ import psycopg
 from sqlalchemy import Connection, Table, and_, func, select, tuple_
 from sqlalchemy.engine import make_url
 
-from allotment.ledger.core.model import Aggregation, Entitlement, Grant, Meter
+from allotment.ledger.core.model import Aggregation, Meter
 from allotment.ledger.storage import catalogue, feed, usage
-from allotment.ledger.storage.codec import (
-    CustomerRecord,
-    FeatureRecord,
-    MeterRecord,
-    Record,
-    Removed,
-    decode_record,
-)
+from allotment.ledger.storage.codec import MeterRecord, Removed, decode_record
 from allotment.ledger.storage.engine import Ledger, current_revision, open_ledger
 from allotment.ledger.storage.schema import (
     CatalogueVersionRow,
@@ -90,9 +83,10 @@ class StorageSource:
     def load(self, namespace: str) -> LoadedNamespace:
         """Read the namespace in one snapshot, in pages of ``PAGE`` rows per query.
 
-        The catalogue is read here; the usage buckets are read page by page as the caller
-        iterates ``usage`` (in the same read transaction, closed after the last page), so a
-        load of 10^6 entitlements never holds every bucket twice nor sends one huge query.
+        The meters are read here; the catalogue documents and then the usage buckets are read
+        page by page as the caller iterates ``documents`` and ``usage`` (in the same read
+        transaction, closed after the last bucket page), so a load of 10^6 entitlements never
+        holds every record nor every bucket at once, nor sends one huge query.
         """
         stack = contextlib.ExitStack()
         connection = stack.enter_context(self.ledger.read())
@@ -100,7 +94,6 @@ class StorageSource:
             epoch = feed.ledger_epoch(connection)
             position = feed.feed_head(connection)
             revision = current_revision(connection)
-            records = _current_records(connection, namespace)
             meters = [
                 MeterRecord(m.id, m.meter, m.created_at)
                 for m in usage.load_meters(connection, namespace)
@@ -108,20 +101,13 @@ class StorageSource:
         except BaseException:
             stack.close()
             raise
-        customers = [r for r in records if isinstance(r, CustomerRecord)]
-        features = [r for r in records if isinstance(r, FeatureRecord)]
-        entitlements = [r for r in records if isinstance(r, Entitlement)]
-        grants = [r for r in records if isinstance(r, Grant)]
         return LoadedNamespace(
             namespace=namespace,
             epoch=epoch,
             position=position,
             contract_version=feed.CONTRACT_VERSION,
-            customers=customers,
-            features=features,
             meters=meters,
-            entitlements=entitlements,
-            grants=grants,
+            documents=_PagedDocuments(connection, namespace),
             usage=_PagedBuckets(connection, namespace, stack),
             details={"schemaRevision": revision or "none"},
         )
@@ -196,37 +182,47 @@ def _decode(entry: feed.FeedRecord) -> list[Change]:
     return []
 
 
-def _current_records(connection: Connection, namespace: str) -> list[Record]:
-    """Return the namespace's current records, ``PAGE`` resources per query (keyset paging)."""
-    found: list[Record] = []
-    after = ""
-    while True:
-        latest = (
-            select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version"))
-            .where(_VERSIONS.c.namespace == namespace, _VERSIONS.c.resource_id > after)
-            .group_by(_VERSIONS.c.resource_id)
-            .order_by(_VERSIONS.c.resource_id)
-            .limit(PAGE)
-            .subquery()
-        )
-        rows = connection.execute(
-            select(_VERSIONS.c.resource_id, _VERSIONS.c.document)
-            .join(
-                latest,
-                and_(
-                    _VERSIONS.c.resource_id == latest.c.resource_id,
-                    _VERSIONS.c.version == latest.c.version,
-                ),
+class _PagedDocuments:
+    """The namespace's current catalogue documents, ``PAGE`` resources per query (keyset paging).
+
+    Iterated once, inside the load's read transaction (``_PagedBuckets`` closes it). Documents
+    of removed records are left out: they are not among the current records.
+    """
+
+    def __init__(self, connection: Connection, namespace: str) -> None:
+        self.connection = connection
+        self.namespace = namespace
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        after = ""
+        loads = json.loads
+        while True:
+            latest = (
+                select(_VERSIONS.c.resource_id, func.max(_VERSIONS.c.version).label("version"))
+                .where(_VERSIONS.c.namespace == self.namespace, _VERSIONS.c.resource_id > after)
+                .group_by(_VERSIONS.c.resource_id)
+                .order_by(_VERSIONS.c.resource_id)
+                .limit(PAGE)
+                .subquery()
             )
-            .order_by(_VERSIONS.c.resource_id)
-        ).all()
-        for row in rows:
-            record = decode_record(json.loads(row.document))
-            if not isinstance(record, Removed):
-                found.append(record)
-        if len(rows) < PAGE:
-            return found
-        after = rows[-1].resource_id
+            rows = self.connection.execute(
+                select(_VERSIONS.c.resource_id, _VERSIONS.c.document)
+                .join(
+                    latest,
+                    and_(
+                        _VERSIONS.c.resource_id == latest.c.resource_id,
+                        _VERSIONS.c.version == latest.c.version,
+                    ),
+                )
+                .order_by(_VERSIONS.c.resource_id)
+            ).all()
+            for row in rows:
+                document = loads(row[1])
+                if document.get("kind") != "removed":
+                    yield document
+            if len(rows) < PAGE:
+                return
+            after = rows[-1][0]
 
 
 class _PagedBuckets:
@@ -267,34 +263,37 @@ def _read_buckets(connection: Connection, namespace: str) -> Iterator[BucketStat
             select(_VALUES.c.bucket_id, _VALUES.c.value).where(_VALUES.c.namespace == namespace)
         ):
             distinct[row.bucket_id].add(row.value)
-    key = (_BUCKETS.c.meter_id, _BUCKETS.c.subject, _BUCKETS.c.group_key, _BUCKETS.c.minute)
+    b = _BUCKETS.c
+    key = (b.meter_id, b.subject, b.group_key, b.minute)
+    columns = (*key, b.event_count, b.value_sum, b.latest_time, b.latest_value, b.id)
     after: tuple[Any, ...] | None = None
     groups: dict[str, tuple[tuple[str, str], ...]] = {}
+    none: frozenset[str] = frozenset()
     while True:
-        query = select(_BUCKETS).where(_BUCKETS.c.namespace == namespace)
+        query = select(*columns).where(b.namespace == namespace)
         if after is not None:
             query = query.where(tuple_(*key) > tuple_(*after))
         rows = connection.execute(query.order_by(*key).limit(PAGE)).all()
-        for row in rows:
-            slug = slugs.get(row.meter_id)
+        for meter_id, subject, group_key, minute, count, total, at, latest, row_id in rows:
+            slug = slugs.get(meter_id)
             if slug is None:
                 continue
-            group = groups.get(row.group_key)
+            group = groups.get(group_key)
             if group is None:
-                group = groups[row.group_key] = tuple(sorted(json.loads(row.group_key).items()))
+                group = groups[group_key] = tuple(sorted(json.loads(group_key).items()))
+            seen = distinct.get(row_id)
             yield BucketState(
-                meter_id=row.meter_id,
-                meter_slug=slug[0],
-                subject=row.subject,
-                groups=group,
-                minute=row.minute,
-                event_count=row.event_count,
-                value_sum=row.value_sum,
-                latest_time=row.latest_time,
-                latest_value=row.latest_value,
-                distinct=frozenset(distinct.get(row.id, ())),
+                meter_id,
+                slug[0],
+                subject,
+                group,
+                minute,
+                count,
+                total,
+                at,
+                latest,
+                none if seen is None else frozenset(seen),
             )
         if len(rows) < PAGE:
             return
-        last = rows[-1]
-        after = (last.meter_id, last.subject, last.group_key, last.minute)
+        after = tuple(rows[-1][:4])
