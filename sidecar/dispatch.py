@@ -5,9 +5,7 @@ middleware chain is paid by every request, the hot value read included). Each ha
 wrapped once, at install time, by ``guard``: it translates errors to problem+json, observes the
 latency histogram under the route's template, and adds the freshness headers
 (``Allotment-Ledger-Version``, ``-Age``) to ``/api/`` and ``/ofrep/`` answers that lack them.
-Routes whose template has variable segments are matched by ``TemplateResource``: a split on
-``/`` and a comparison of the literal segments, the same paths aiohttp's dynamic resources
-match with a regular expression per route. What no route serves reaches ``NotServed``, the last
+What no route serves reaches ``NotServed``, the last
 candidate of every path: 405 with ``Allow`` when another method is served there, else 404, both
 as problem+json.
 
@@ -32,7 +30,7 @@ from .problems import ProblemError, from_error, problem_response
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
 
-__all__ = ["NotServed", "TemplateResource", "guard", "install"]
+__all__ = ["NotServed", "guard", "install"]
 
 log = logging.getLogger("allotment.sidecar")
 
@@ -85,98 +83,6 @@ def guard(app: web.Application, name: str, handler: Handler) -> Handler:
 
     guarded.__doc__ = handler.__doc__
     return guarded
-
-
-class TemplateResource(web.AbstractResource):
-    """A route template like ``/api/v1/subjects/{subject}/entitlements/{entitlement}/value``.
-
-    Matches what aiohttp's dynamic resource matches for such a template (every variable is one
-    non-empty segment without braces, of the percent-decoded path that keeps ``%2F`` and
-    ``%25``, which the variables then hold decoded), by
-    splitting the path once instead of running a regular expression.
-    """
-
-    def __init__(self, template: str) -> None:
-        super().__init__()
-        self._template = template
-        # "/api/v1/subjects/" + "{subject}/entitlements/{entitlement}" + "/value"
-        first, last = template.index("{"), template.rindex("}") + 1
-        self._head, self._tail = template[:first], template[last:]
-        self._fixed = len(self._head) + len(self._tail)
-        middle = template[first:last].split("/")
-        self._size = len(middle)
-        self._variables = tuple(
-            (i, part[1:-1]) for i, part in enumerate(middle) if part.startswith("{")
-        )
-        self._literals = tuple(
-            (i, part) for i, part in enumerate(middle) if not part.startswith("{")
-        )
-        self._routes: dict[str, web.ResourceRoute] = {}
-
-    def add_route(self, method: str, handler: Handler) -> None:
-        """Serve ``method`` (upper case) on this template with ``handler``."""
-        self._routes[method] = web.ResourceRoute(method, handler, resource=self)
-
-    @property
-    def canonical(self) -> str:
-        """Return the template."""
-        return self._template
-
-    def url_for(self, **parts: str) -> URL:
-        """Build a URL from the template's variables."""
-        path = self._template
-        for _i, variable in self._variables:
-            path = path.replace("{" + variable + "}", parts[variable])
-        return URL.build(path=path)
-
-    async def resolve(
-        self, request: web.Request
-    ) -> tuple[web.UrlMappingMatchInfo | None, set[str]]:
-        """Return the match for ``request``, or None and the methods served on its path."""
-        path = request.rel_url.path_safe
-        if (
-            len(path) <= self._fixed
-            or not path.startswith(self._head)
-            or not path.endswith(self._tail)
-        ):
-            return None, set()
-        parts = path[len(self._head) : len(path) - len(self._tail)].split("/")
-        if len(parts) != self._size:
-            return None, set()
-        for i, literal in self._literals:
-            if parts[i] != literal:
-                return None, set()
-        found: dict[str, str] = {}
-        for i, variable in self._variables:
-            value = parts[i]
-            if not value or "{" in value or "}" in value:
-                return None, set()
-            # path_safe keeps "%2F" and "%25" escaped; a variable holds them decoded
-            if "%" in value:
-                value = value.replace("%2F", "/").replace("%25", "%")
-            found[variable] = value
-        route = self._routes.get(request.method)
-        if route is None:
-            return None, set(self._routes)
-        return web.UrlMappingMatchInfo(found, route), set(self._routes)
-
-    def add_prefix(self, prefix: str) -> None:
-        """Sub-applications are not used by the sidecar."""
-        raise NotImplementedError("the sidecar's routes live in one application")
-
-    def get_info(self) -> _InfoDict:
-        """Describe the resource (for introspection)."""
-        return {"formatter": self._template}
-
-    def raw_match(self, path: str) -> bool:
-        """Tell whether ``path`` is this very template."""
-        return path == self._template
-
-    def __len__(self) -> int:
-        return len(self._routes)
-
-    def __iter__(self) -> Any:
-        return iter(self._routes.values())
 
 
 class NotServed(web.AbstractResource):
@@ -234,21 +140,8 @@ class NotServed(web.AbstractResource):
 
 
 def install(app: web.Application, routes: Iterable[web.RouteDef]) -> None:
-    """Add ``routes`` to ``app``, each handler guarded, templates matched by segments."""
-    templates: dict[str, TemplateResource] = {}
+    """Add ``routes`` to ``app``, each handler guarded, then the 404/405 resource."""
     for route in routes:
-        handler = guard(app, route.path, route.handler)
-        methods = [route.method]
-        if route.method == hdrs.METH_GET and route.kwargs.get("allow_head", True):
-            methods.append(hdrs.METH_HEAD)
-        if "{" in route.path:
-            resource = templates.get(route.path)
-            if resource is None:
-                resource = templates[route.path] = TemplateResource(route.path)
-                app.router.register_resource(resource)
-            for method in methods:
-                resource.add_route(method, handler)
-        else:
-            for method in methods:
-                app.router.add_route(method, route.path, handler)
+        guarded = guard(app, route.path, route.handler)
+        web.RouteDef(route.method, route.path, guarded, route.kwargs).register(app.router)
     app.router.register_resource(NotServed(app))

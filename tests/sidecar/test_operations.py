@@ -310,3 +310,43 @@ async def test_notifications_wake_the_follower_on_postgresql(
     )
     _, body, _ = await sidecar.get("/api/v1/subjects/sub-a/entitlements/gpt_4_tokens/value")
     assert body["balance"] == 110
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        pytest.param("GET", "/api/v1/nothing/here", 404, None, id="unknown-path"),
+        pytest.param("GET", "/", 404, None, id="root"),
+        pytest.param(
+            "PATCH",
+            "/api/v1/subjects/sub-a/entitlements/gpt_4_tokens/value",
+            405,
+            {"GET", "HEAD"},
+            id="method-not-served-on-value",
+        ),
+        pytest.param("PUT", "/status", 405, {"GET", "HEAD"}, id="method-not-served-on-status"),
+    ],
+)
+async def test_what_is_not_served_is_a_problem_naming_the_document(
+    seeder: Seeder,
+    start_sidecar: StartSidecar,
+    method: str,
+    path: str,
+    status: int,
+    allow: set[str] | None,
+) -> None:
+    """404 or 405 (with Allow) as problem+json, pointing at /openapi.json, with freshness."""
+    seed(seeder)
+    sidecar = await start_sidecar()
+    response = await sidecar.client.request(method, path)
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    body = await response.json(content_type=None)
+    assert body["status"] == status
+    assert body["detail"] == f"{method} {path} is not served by this sidecar; see /openapi.json"
+    if allow is None:
+        assert "Allow" not in response.headers
+    else:
+        assert set(response.headers["Allow"].split(",")) == allow
+    if path.startswith("/api/"):
+        assert response.headers["Allotment-Ledger-Version"] == str(seeder.head())
