@@ -39,12 +39,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import csv
 import gc
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +57,7 @@ import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from aiohttp import web
@@ -79,8 +82,23 @@ def _rss_bytes() -> int:
     return 0
 
 
-def serve(port: int, bare_port: int, url: str) -> None:
+def _profile_until_terminated(path: str) -> None:
+    """Profile this process with cProfile; write the stats to ``path`` on SIGTERM and exit."""
+    profiler = cProfile.Profile()
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        profiler.disable()
+        profiler.dump_stats(path)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, dump)
+    profiler.enable()
+
+
+def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> None:
     """Run the sidecar app and a bare app on one event loop (the server process)."""
+    if profile:
+        _profile_until_terminated(profile)
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {0})
     with contextlib.suppress(ImportError):
@@ -359,6 +377,8 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
     port, bare_port = _free_port(), _free_port()
     command = [sys.executable, "-m", "bench.sidecar", "--serve", str(port)]
     command += ["--bare-port", str(bare_port), "--db", url]
+    if args.profile_server:
+        command += ["--profile-server", args.profile_server]
     started = time.perf_counter()
     server = subprocess.Popen(command)
     base = f"http://127.0.0.1:{port}"
@@ -452,11 +472,14 @@ def main() -> int:
     parser.add_argument(
         "--background-rate", type=float, default=1000.0, help="usage events/s; 0 disables"
     )
+    parser.add_argument(
+        "--profile-server", help="write the server's cProfile stats here (slows it: not a number)"
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.bare_port, args.db)
+        serve(args.serve, args.bare_port, args.db, args.profile_server)
         return 0
     vegeta = shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta")
     if not Path(vegeta).exists():
