@@ -33,7 +33,6 @@ __all__ = ["Shapes", "parse_instant"]
 
 _SHAPE_BITS = 12
 _SHAPE_MASK = (1 << _SHAPE_BITS) - 1
-_SCALARS = (str, int, type(None), bool)  # floats compare by marshal: -0.0 is not 0.0
 
 
 def parse_instant(text: str) -> datetime:
@@ -74,10 +73,13 @@ class Shapes:
         dumps = marshal.dumps
         for i, value in enumerate(document.values()):
             template = templates[i]
+            if value is template:  # None, booleans, small numbers
+                continue
+            kind = value.__class__
             if (
-                value.__class__ is template.__class__
+                kind is template.__class__
                 and value == template
-                and (value.__class__ in _SCALARS or dumps(value) == each[i])
+                and (kind is str or kind is int or dumps(value) == each[i])
             ):
                 continue  # the template's value, of the same type (nested False vs 0 apart)
             mask |= 1 << i

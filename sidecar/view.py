@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -143,16 +144,21 @@ class _Slot:
 
 
 class _Pool:
-    """Shares equal immutable values (instants, feature keys) between slots; bounded."""
+    """Shares equal immutable values (instants, keys) between slots, indexes and usage.
+
+    Bounded while serving (``LIMIT``); unbounded during a load, so that every customer key and
+    subject key read there is held once (emptied when the load is prepared).
+    """
 
     LIMIT = 65536
 
     def __init__(self) -> None:
         self.held: dict[Any, Any] = {}
+        self.limit = self.LIMIT
 
     def __call__(self, value: T) -> T:
         held = self.held
-        if len(held) >= self.LIMIT:
+        if len(held) >= self.limit:
             held.clear()
         return held.setdefault(value, value)  # type: ignore[no-any-return]
 
@@ -174,13 +180,19 @@ class _State:
     meters: dict[str, MeterRecord] = field(default_factory=dict)  # id ->
     meter_by_slug: dict[str, MeterRecord] = field(default_factory=dict)
     entitlements: dict[str, _Slot] = field(default_factory=dict)  # id ->
-    by_customer: dict[str, tuple[_Slot, ...]] = field(default_factory=dict)  # customer key ->
+    #: Customer key -> its entitlement, or a tuple of them when it has several (most have one).
+    by_customer: dict[str, _Slot | tuple[_Slot, ...]] = field(default_factory=dict)
     #: Packed grants whose entitlement is not loaded (yet), by entitlement id.
     pending_grants: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     usage: UsageStore = field(default_factory=UsageStore)
     grant_count: int = 0
     #: Records rebuilt from packed documents lately (bounded; equal bytes, equal record).
     decoded: dict[bytes, Any] = field(default_factory=dict)
+
+    def slots_of(self, customer_key: str) -> tuple[_Slot, ...]:
+        """Return the entitlements held under a customer key."""
+        held = self.by_customer.get(customer_key, ())
+        return (held,) if isinstance(held, _Slot) else held
 
     def record(self, packed: bytes) -> Any:
         """Return the record a packed document holds (rebuilt, or from the small cache)."""
@@ -266,6 +278,7 @@ class View:
         if loaded.namespace != self.namespace:
             raise ValueError(f"loaded namespace {loaded.namespace!r}, serving {self.namespace!r}")
         state = _State(loaded.epoch, loaded.contract_version, loaded.position)
+        state.pool.limit = sys.maxsize
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -281,6 +294,8 @@ class View:
             for bucket in loaded.usage:
                 state.usage.put(bucket, state.pool)
         finally:
+            state.pool.held.clear()
+            state.pool.limit = _Pool.LIMIT
             if self.freeze_gc:
                 # Freeze before collecting again: else the first automatic collection after
                 # this would walk every new record as a young object (seconds at 10^5).
@@ -422,7 +437,7 @@ class View:
     def entitlements_of(self, customer_key: str) -> list[Entitlement]:
         """Return every entitlement of a customer, oldest first."""
         state = self._require()
-        found = [state.entitlement(s) for s in state.by_customer.get(customer_key, ())]
+        found = [state.entitlement(s) for s in state.slots_of(customer_key)]
         return sorted(found, key=lambda e: (e.start, e.id))
 
     def entitlement(self, entitlement_id: str) -> Entitlement | None:
@@ -468,8 +483,32 @@ class View:
         customer = state.by_subject.get(who) if by_subject else _customer_by(state, who)
         if customer is None:
             return None
-        slot = _resolve_slot(state, customer.key, entitlement_ref, now)
-        return None if slot is None else self._cached_body(slot, now, v2)
+        one = state.by_customer.get(customer.key)
+        if one is None:
+            return None
+        held = (one,) if isinstance(one, _Slot) else one
+        # ``_resolve_slot`` inlined: this runs once per access check.
+        found: _Slot | None = None
+        if len(entitlement_ref) == 26 and looks_like_ulid(entitlement_ref):
+            found = state.entitlements.get(entitlement_ref)
+            if found is not None and found not in held:
+                found = None
+        if found is None:
+            for slot in held:
+                if slot.feature_key == entitlement_ref and slot.start <= now:
+                    end = slot.end
+                    if (end is None or now < end) and (
+                        found is None or (slot.start, slot.id) > (found.start, found.id)
+                    ):
+                        found = slot
+            if found is None:
+                return None
+        body = found.body
+        if body is None or not (found.lo < now and (found.hi is None or now <= found.hi)):
+            body = self._refresh(found, now)
+        if v2 or found.split == len(body):
+            return body
+        return body[: found.split] + b"}"
 
     def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
         """Return the JSON body of the current value (v1 or v2): the hot path, from the cache."""
@@ -582,7 +621,7 @@ def _resolve_slot(
     state: _State, customer_key: str, ref: str, at: datetime, *, by_id: bool = True
 ) -> _Slot | None:
     """Find a customer's entitlement by id, else by feature key active at ``at`` (newest)."""
-    held = state.by_customer.get(customer_key, ())
+    held = state.slots_of(customer_key)
     if by_id and looks_like_ulid(ref):
         slot = state.entitlements.get(ref)
         if slot is not None and slot in held:
@@ -675,7 +714,7 @@ def _forget_usage_of(state: _State, meter_slug: str, subject: str) -> None:
     customer = state.by_subject.get(subject)
     keys = (subject,) if customer is None else (customer.key, subject)
     for key in keys:
-        for slot in state.by_customer.get(key, ()):
+        for slot in state.slots_of(key):
             feature = state.feature_by_key.get(slot.feature_key)
             if feature is None or feature.feature.meter_slug == meter_slug:
                 slot.body = None
@@ -687,7 +726,7 @@ def _forget_customer(state: _State, customer: _Customer) -> None:
 
 def _forget_keys(state: _State, keys: Iterable[str]) -> None:
     for key in keys:
-        for slot in state.by_customer.get(key, ()):
+        for slot in state.slots_of(key):
             slot.body = None
 
 
@@ -728,12 +767,13 @@ def _put_customer(state: _State, document: Mapping[str, Any]) -> None:
     if old is not None:
         _unindex_customer(state, old)
         _forget_customer(state, old)
-    key: str = document["key"]
+    pool = state.pool
+    key: str = pool(document["key"])
     customer = _Customer(document["id"], key, state.shapes.pack(document))
     state.customers[customer.id] = customer
     subjects = (key, *document["subjectKeys"])  # Customer.all_subject_keys, key first
     for subject in subjects:
-        state.by_subject[subject] = customer
+        state.by_subject[pool(subject)] = customer
     if state.entitlements:  # answers of entitlements keyed by these strings may change
         _forget_keys(state, subjects)
 
@@ -755,15 +795,16 @@ def _put_entitlement(state: _State, document: Mapping[str, Any]) -> None:
     slot.start = pool(parse_instant(start))
     slot.end = None if end is None else pool(parse_instant(end))
     slot.metered = document["type"] == EntitlementType.METERED.value
-    key: str = document["customerKey"]
-    state.by_customer[key] = (*state.by_customer.get(key, ()), slot)
+    key: str = pool(document["customerKey"])
+    held = state.by_customer.get(key)
+    state.by_customer[key] = slot if held is None else (*state.slots_of(key), slot)
 
 
 def _unindex_entitlement(state: _State, slot: _Slot) -> None:
     key = state.entitlement(slot).customer_key
-    kept = tuple(s for s in state.by_customer.get(key, ()) if s is not slot)
+    kept = tuple(s for s in state.slots_of(key) if s is not slot)
     if kept:
-        state.by_customer[key] = kept
+        state.by_customer[key] = kept[0] if len(kept) == 1 else kept
     else:
         state.by_customer.pop(key, None)
 
