@@ -47,6 +47,9 @@ ZERO = Decimal(0)
 
 def number(value: Decimal) -> str:
     """Return the JSON text of an exact amount (``900``, ``12.5``, ``-3``), never rounded."""
+    text = str(value)
+    if text.isdigit():  # a non-negative integer without exponent: already its JSON text
+        return text
     if value == value.to_integral_value():
         return str(int(value))
     return format(value, "f").rstrip("0")

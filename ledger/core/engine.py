@@ -17,6 +17,7 @@ Must not: read the clock, log, or do I/O. Usage comes from the ``UsageQuery`` th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -36,12 +37,14 @@ __all__ = [
     "RunResult",
     "Segment",
     "burn",
+    "grants_active_within",
     "relevant_grants",
     "run",
     "starting_snapshot",
 ]
 
 ZERO = Decimal(0)
+_NO_REFILLS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,11 @@ def burn(
 
 def relevant_grants(grants: Iterable[Grant], start: datetime, end: datetime) -> tuple[Grant, ...]:
     """Return, in burn-down order, the grants active at some instant of ``[start, end]``."""
+    return burn_order(grants_active_within(grants, start, end))
+
+
+def grants_active_within(grants: Iterable[Grant], start: datetime, end: datetime) -> list[Grant]:
+    """Return, in the given order, the grants active at some instant of ``[start, end]``."""
     chosen = []
     for grant in grants:
         finish = active_end(grant)
@@ -121,7 +129,7 @@ def relevant_grants(grants: Iterable[Grant], start: datetime, end: datetime) -> 
         if finish is not None and finish <= start:
             continue
         chosen.append(grant)
-    return burn_order(chosen)
+    return chosen
 
 
 def starting_snapshot(entitlement: Entitlement, grants: Iterable[Grant]) -> BalanceSnapshot:
@@ -220,6 +228,8 @@ class _Replay:
 
     def settle(self, instant: datetime) -> None:
         """Phase start: LATEST restores amounts; carried overage burns the active grants."""
+        if self.overage == 0 and self.aggregation is not Aggregation.LATEST:
+            return  # nothing to restore, nothing to burn
         active = self.active_at(instant)
         if self.aggregation is Aggregation.LATEST:
             for grant in active:
@@ -294,7 +304,7 @@ class _Replay:
                 )
             )
 
-    def apply(self, instant: datetime, is_reset: bool, refills: set[str]) -> None:
+    def apply(self, instant: datetime, is_reset: bool, refills: AbstractSet[str]) -> None:
         """Apply everything that happens at ``instant``, then settle."""
         for grant in self.grants:
             if not self.is_active(grant, instant):
@@ -374,8 +384,9 @@ def run(
 
     cursor = start.at
     for instant in sorted(instants):
-        replay.phase(cursor, instant, instant in resets)
-        replay.apply(instant, instant in resets, refills.get(instant, set()))
+        is_reset = instant in resets
+        replay.phase(cursor, instant, is_reset)
+        replay.apply(instant, is_reset, refills.get(instant, _NO_REFILLS))
         cursor = instant
     if cursor < until:
         replay.phase(cursor, until, False)

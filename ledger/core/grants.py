@@ -35,6 +35,7 @@ __all__ = [
 
 DEFAULT_GRANT_ANNOTATION = "issueAfterReset"
 _FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
+_ZERO = Decimal(0)
 
 
 def expiration_instant(effective_at: datetime, expiration: Expiration) -> datetime:
@@ -100,7 +101,10 @@ def burn_order_key(grant: Grant) -> tuple[int, int, datetime, datetime, str, str
 
 def burn_order(grants: Iterable[Grant]) -> tuple[Grant, ...]:
     """Return ``grants`` sorted in burn-down order."""
-    return tuple(sorted(grants, key=burn_order_key))
+    listed = tuple(grants)
+    if len(listed) < 2:
+        return listed
+    return tuple(sorted(listed, key=burn_order_key))
 
 
 def next_recurrence_after(grant: Grant, instant: datetime) -> datetime | None:
@@ -173,5 +177,7 @@ def with_default_grants(entitlement: Entitlement, grants: Iterable[Grant]) -> tu
 
     Grants with a negative amount are dropped, as OpenMeter ignores them (§7.7).
     """
-    recorded = [g for g in grants if g.amount >= Decimal(0)]
+    recorded = [g for g in grants if g.amount >= _ZERO]
+    if entitlement.measure_usage_from is None or not entitlement.issue_after_reset:
+        return tuple(recorded)
     return (*recorded, *default_grants(entitlement))

@@ -25,7 +25,7 @@ from .model import (
     Versioned,
     value_at,
 )
-from .timeutil import add_months_clamped, require_utc, truncate_to_minute
+from .timeutil import add_months_clamped, month_length, require_utc, truncate_to_minute
 
 __all__ = [
     "Period",
@@ -121,33 +121,56 @@ def _fixed_step(interval: CalendarDuration) -> timedelta | None:
     )
 
 
+def _later_in_month(anchor: datetime, instant: datetime) -> bool:
+    """Tell whether ``anchor`` moved to ``instant``'s month (day clamped) lies after ``instant``."""
+    day = anchor.day
+    if day > 28:
+        day = min(day, month_length(instant.year, instant.month))
+    if day != instant.day:
+        return day > instant.day
+    return (anchor.hour, anchor.minute, anchor.second, anchor.microsecond) > (
+        instant.hour,
+        instant.minute,
+        instant.second,
+        instant.microsecond,
+    )
+
+
 def _index_at_or_before(recurrence: Recurrence, instant: datetime) -> int:
     """Return the largest k with ``recurrence_instant(k) <= instant``, without walking.
 
     Months-only and years-only intervals: the k-th instant lies in the calendar month
     ``anchor's + k·step`` (clamping never leaves the month), so ``k = ⌊month distance / step⌋``,
     less one when that instant is later in the same month than ``instant``. Intervals without
-    years or months have a fixed length: an exact floor division. Mixed intervals start from an
-    estimate and correct it a step at a time (at most a few steps).
+    years or months have a fixed length: an exact floor division. Mixed intervals (and anchors
+    outside UTC) start from an estimate and correct it a step at a time (a few steps at most).
     """
     interval = recurrence.interval
     anchor = recurrence.anchor
+    if anchor.tzinfo is not UTC:
+        return _index_by_estimate(recurrence, instant)  # wall-clock arithmetic elsewhere
     months = _month_step(interval)
-    if months > 0:
+    if months > 0 and instant.tzinfo is UTC:
         distance = 12 * (instant.year - anchor.year) + instant.month - anchor.month
-        k = distance // months
-        if add_months_clamped(anchor, k * months) > instant:
-            k -= 1
+        k, into = divmod(distance, months)
+        if into == 0 and _later_in_month(anchor, instant):
+            k -= 1  # the k-th instant falls in instant's month, after it
         return k
     fixed = _fixed_step(interval)
     if fixed is not None:
         if fixed <= _ZERO_DURATION:
             raise ValueError(f"recurrence interval {interval.iso()} is not positive")
         return (instant - anchor) // fixed
+    return _index_by_estimate(recurrence, instant)
+
+
+def _index_by_estimate(recurrence: Recurrence, instant: datetime) -> int:
+    """Return ``_index_at_or_before`` from an average-length estimate, corrected step by step."""
+    interval = recurrence.interval
     step = _approximate_seconds(interval)
     if step <= 0:
         raise ValueError(f"recurrence interval {interval.iso()} is not positive")
-    k = int((instant - anchor).total_seconds() // step)
+    k = int((instant - recurrence.anchor).total_seconds() // step)
     while recurrence_instant(recurrence, k) > instant:
         k -= 1
     while recurrence_instant(recurrence, k + 1) <= instant:

@@ -23,6 +23,7 @@ __all__ = [
     "ceil_to_minute",
     "format_rfc3339",
     "is_minute_aligned",
+    "month_length",
     "parse_rfc3339",
     "require_utc",
     "truncate_to_minute",
@@ -95,14 +96,14 @@ def add_months_clamped(instant: datetime, months: int) -> datetime:
     year, month0 = divmod(total, 12)
     day = instant.day
     if day > 28:
-        day = min(day, _month_length(year, month0 + 1))
+        day = min(day, month_length(year, month0 + 1))
     return instant.replace(year=year, month=month0 + 1, day=day)
 
 
 _MONTH_LENGTHS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def _month_length(year: int, month: int) -> int:
+def month_length(year: int, month: int) -> int:
     """Return the number of days of ``month`` in ``year`` (Gregorian)."""
     if month == 2 and calendar.isleap(year):
         return 29

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
-from .engine import relevant_grants, run
+from .engine import grants_active_within, run
 from .grants import active_end, grant_is_active_at, next_recurrence_after, with_default_grants
 from .model import (
     Aggregation,
@@ -131,7 +131,7 @@ def entitlement_value(
     grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active}
     balance = sum(grant_balances.values(), ZERO)
     soft = entitlement.soft_limit_at(t)
-    horizon = relevant_grants(all_grants, max(t, measure_from), t)
+    horizon = grants_active_within(all_grants, max(t, measure_from), t)
     later = [g for g in all_grants if g.effective_at > t]
     return EntitlementValue(
         at=t,

@@ -11,7 +11,7 @@ containing ``t`` is ``[instant(k), instant(k+1))`` for the largest ``k`` with
 from __future__ import annotations
 
 import calendar
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given
@@ -42,6 +42,10 @@ UNITS = ("years", "months", "weeks", "days", "hours", "minutes")
 
 instants = st.datetimes(
     min_value=datetime(1990, 1, 1), max_value=datetime(2060, 12, 31), timezones=st.just(UTC)
+)
+# the same instants seen with an offset: arithmetic must compare instants, not wall clocks
+zones = st.sampled_from(
+    [UTC, UTC, UTC, timezone(timedelta(hours=-7)), timezone(timedelta(hours=5, minutes=30))]
 )
 minute_instants = instants.map(lambda t: t.replace(second=0, microsecond=0))
 
@@ -88,7 +92,8 @@ def recurrences_and_instants(draw: st.DrawFn) -> tuple[Recurrence, datetime]:
     base = add_interval(anchor, interval, k)
     offset = draw(st.sampled_from([0, 0, 1, -1, 60, -60, 3600, 86399, -86399]))
     micro = draw(st.sampled_from([0, 0, 1, 999_999]))
-    return Recurrence(interval, anchor), base + timedelta(seconds=offset, microseconds=micro)
+    instant = base + timedelta(seconds=offset, microseconds=micro)
+    return Recurrence(interval, anchor), instant.astimezone(draw(zones))
 
 
 # --- the plain definitions -------------------------------------------------------------------
