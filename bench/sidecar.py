@@ -54,6 +54,7 @@ import tempfile
 import time
 import tracemalloc
 import urllib.request
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -62,7 +63,13 @@ from typing import Any
 
 from aiohttp import web
 
-from allotment.ledger.core.model import Grant
+from allotment.ledger.core.model import (
+    Aggregation,
+    Entitlement,
+    EntitlementValue,
+    Grant,
+    UsageQuery,
+)
 from allotment.ledger.storage import catalogue, records
 from allotment.ledger.storage.engine import open_ledger
 from allotment.sidecar.app import create_app
@@ -95,6 +102,24 @@ def _profile_until_terminated(path: str) -> None:
     profiler.enable()
 
 
+class _CountingEngine(CoreValueEngine):
+    """The production engine, counting the values it computes (each a cold read's cost)."""
+
+    computed = 0
+
+    def value(
+        self,
+        entitlement: Entitlement,
+        grants: Sequence[Grant],
+        aggregation: Aggregation | None,
+        usage: UsageQuery,
+        at: datetime,
+    ) -> EntitlementValue:
+        """Count, then compute as the production engine does."""
+        _CountingEngine.computed += 1
+        return super().value(entitlement, grants, aggregation, usage, at)
+
+
 def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> None:
     """Run the sidecar app and a bare app on one event loop (the server process)."""
     if profile:
@@ -107,7 +132,7 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
         uvloop.install()
     gc.collect()
     rss_before = _rss_bytes()
-    view = View(NS, CoreValueEngine())
+    view = View(NS, _CountingEngine())
     settings = SidecarSettings(url, NS, probe_port=None)
     app = create_app(settings, view, open_source=StorageSource.open)
     loaded: dict[str, Any] = {}
@@ -140,6 +165,7 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
             "rss_before": rss_before,
             **loaded,
             "gc_pause_max_seconds": metrics.gc_pause_max,
+            "values_computed": _CountingEngine.computed,
         }
         return web.json_response(body)
 
@@ -341,7 +367,13 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "bare_p99_9_ms": fixed["bare"]["p99_9_ms"],
         "goal_value_p99_ms": 1.0,
         "value_fixed_achieved_per_s": fixed["value"]["throughput_per_s"],
+        "value_fixed_cold_fraction": round(
+            fixed["value"]["values_computed_cold"] / max(1, fixed["value"]["requests"]), 3
+        ),
         "value_saturated_per_s": saturation["value"]["throughput_per_s"],
+        "value_saturated_cold_fraction": round(
+            saturation["value"]["values_computed_cold"] / max(1, saturation["value"]["requests"]), 3
+        ),
         "bare_saturated_per_s": saturation["bare"]["throughput_per_s"],
         "value_over_bare": saturation["value_over_bare"],
         "goal_value_over_bare": 0.8,
@@ -422,15 +454,23 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
                 )
             )
             saturate = ["-rate=0", "-max-workers=16", "-workers=16", "-connections=16"]
-            bare_sat = _vegeta(vegeta, bare, saturate, args.seconds)
-            value_sat = _vegeta(vegeta, value, saturate, args.seconds)
+
+            def attack(targets: Path, flags: list[str]) -> dict[str, Any]:
+                computed = _get_json(f"{base}/bench/status")["values_computed"]
+                attacked = _vegeta(vegeta, targets, flags, args.seconds)
+                computed = _get_json(f"{base}/bench/status")["values_computed"] - computed
+                attacked["values_computed_cold"] = computed
+                return attacked
+
+            bare_sat = attack(bare, saturate)
+            value_sat = attack(value, saturate)
             rate = max(1, int(bare_sat["throughput_per_s"] / 2))
             # 16 connections, as at saturation: without a cap vegeta opens a connection per
             # late request and measures its own connection storm.
             fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
             fixed += ["-connections=16", "-max-connections=16"]
-            bare_fixed = _vegeta(vegeta, bare, fixed, args.seconds)
-            value_fixed = _vegeta(vegeta, value, fixed, args.seconds)
+            bare_fixed = attack(bare, fixed)
+            value_fixed = attack(value, fixed)
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,
