@@ -12,8 +12,7 @@ gets fresh containers). A document is stored as one ``bytes`` object,
 ``_SHAPE_BITS``, a bit mask of the positions whose value differs from the template's; their
 values follow in key order (strings, numbers, None, booleans, lists and dicts of those, exactly
 as ``json.loads`` gave them). Records of one seed shape differ in their
-ids, keys and names only, so each costs about 100 bytes. Equal documents pack to equal bytes, so
-the packed form can key a cache of rebuilt records.
+ids, keys and names only, so each costs a few dozen bytes. Equal documents pack to equal bytes.
 
 It must not interpret a document's meaning (the codec decodes; the view picks index fields) nor
 drop a value: a value equal to the template's but of another type (``False`` and ``0``) counts
@@ -26,8 +25,6 @@ import marshal
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
-
-from allotment.ledger.storage.codec import Record, decode_record
 
 __all__ = ["Shapes", "parse_instant"]
 
@@ -101,7 +98,3 @@ class Shapes:
             mask >>= 1
             i += 1
         return dict(zip(self._keys[number], values, strict=True))
-
-    def record(self, packed: bytes) -> Record:
-        """Return the record ``packed`` holds, decoded by the read contract's codec."""
-        return decode_record(self.document(packed))

@@ -186,36 +186,57 @@ class _State:
     pending_grants: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     usage: UsageStore = field(default_factory=UsageStore)
     grant_count: int = 0
-    #: Records rebuilt from packed documents lately (bounded; equal bytes, equal record).
-    decoded: dict[bytes, Any] = field(default_factory=dict)
+    #: Records rebuilt from packed documents lately (bounded; keyed by bytes and fills).
+    decoded: dict[tuple[bytes, tuple[tuple[str, str], ...]], Any] = field(default_factory=dict)
 
     def slots_of(self, customer_key: str) -> tuple[_Slot, ...]:
         """Return the entitlements held under a customer key."""
         held = self.by_customer.get(customer_key, ())
         return (held,) if isinstance(held, _Slot) else held
 
-    def record(self, packed: bytes) -> Any:
-        """Return the record a packed document holds (rebuilt, or from the small cache)."""
-        found = self.decoded.get(packed)
+    def record(self, packed: bytes, *fills: tuple[str, str]) -> Any:
+        """Return the record a packed document holds, its ``fills`` (field, value) put back.
+
+        Rebuilt, or from the small cache (keyed by the packed bytes and the fills).
+        """
+        key = (packed, fills)
+        found = self.decoded.get(key)
         if found is None:
             if len(self.decoded) >= _DECODED_LIMIT:
                 self.decoded.clear()
-            found = self.decoded[packed] = self.shapes.record(packed)
+            document = self.shapes.document(packed)
+            for name, value in fills:
+                document[name] = value
+            found = self.decoded[key] = decode_record(document)
         return found
 
     def entitlement(self, slot: _Slot) -> Entitlement:
         """Return a slot's entitlement."""
-        found: Entitlement = self.record(slot.packed)
+        found: Entitlement = self.record(slot.packed, ("id", slot.id))
         return found
 
     def grants(self, slot: _Slot) -> tuple[Grant, ...]:
         """Return a slot's grants, in the order recorded."""
-        return tuple(self.record(g) for g in slot.grants)
+        return tuple(self.grant(g, slot.id) for g in slot.grants)
+
+    def grant(self, packed: bytes, entitlement_id: str) -> Grant:
+        """Return a grant of the entitlement ``entitlement_id``."""
+        found: Grant = self.record(packed, ("entitlementId", entitlement_id))
+        return found
 
     def customer(self, customer: _Customer) -> CustomerRecord:
         """Return a customer's record."""
-        found: CustomerRecord = self.record(customer.packed)
+        found: CustomerRecord = self.record(
+            customer.packed, ("id", customer.id), ("key", customer.key)
+        )
         return found
+
+    def pack(self, document: Mapping[str, Any], *held: str) -> bytes:
+        """Pack a document without the fields named in ``held`` (their holder keeps them)."""
+        blanked = dict(document)
+        for name in held:
+            blanked[name] = None
+        return self.shapes.pack(blanked)
 
 
 @dataclass(frozen=True)
@@ -769,7 +790,7 @@ def _put_customer(state: _State, document: Mapping[str, Any]) -> None:
         _forget_customer(state, old)
     pool = state.pool
     key: str = pool(document["key"])
-    customer = _Customer(document["id"], key, state.shapes.pack(document))
+    customer = _Customer(document["id"], key, state.pack(document, "id", "key"))
     state.customers[customer.id] = customer
     subjects = (key, *document["subjectKeys"])  # Customer.all_subject_keys, key first
     for subject in subjects:
@@ -790,7 +811,7 @@ def _put_entitlement(state: _State, document: Mapping[str, Any]) -> None:
     pool = state.pool
     start = document.get("activeFrom") or document["createdAt"]
     end = document.get("activeTo")
-    slot.packed = state.shapes.pack(document)
+    slot.packed = state.pack(document, "id")
     slot.feature_key = pool(document["featureKey"])
     slot.start = pool(parse_instant(start))
     slot.end = None if end is None else pool(parse_instant(end))
@@ -809,16 +830,18 @@ def _unindex_entitlement(state: _State, slot: _Slot) -> None:
         state.by_customer.pop(key, None)
 
 
-def _without(state: _State, held: tuple[bytes, ...], grant_id: str) -> tuple[bytes, ...]:
-    return tuple(g for g in held if state.record(g).id != grant_id)
+def _without(
+    state: _State, held: tuple[bytes, ...], entitlement_id: str, grant_id: str
+) -> tuple[bytes, ...]:
+    return tuple(g for g in held if state.grant(g, entitlement_id).id != grant_id)
 
 
 def _put_grant(state: _State, document: Mapping[str, Any]) -> None:
     entitlement_id: str = document["entitlementId"]
-    packed = state.shapes.pack(document)
+    packed = state.pack(document, "entitlementId")
     slot = state.entitlements.get(entitlement_id)
     held = slot.grants if slot is not None else state.pending_grants.get(entitlement_id, ())
-    kept = _without(state, held, document["id"]) if held else held
+    kept = _without(state, held, entitlement_id, document["id"]) if held else held
     state.grant_count += 1 - (len(held) - len(kept))
     if slot is None:
         state.pending_grants[entitlement_id] = (*kept, packed)
@@ -830,13 +853,13 @@ def _put_grant(state: _State, document: Mapping[str, Any]) -> None:
 def _drop_grant(state: _State, grant_id: str) -> None:
     """Remove a grant wherever it is held (a rare change: a scan is fine)."""
     for slot in state.entitlements.values():
-        kept = _without(state, slot.grants, grant_id) if slot.grants else slot.grants
+        kept = _without(state, slot.grants, slot.id, grant_id) if slot.grants else slot.grants
         if len(kept) != len(slot.grants):
             state.grant_count -= 1
             slot.grants = kept
             slot.body = None
     for entitlement_id, grants in list(state.pending_grants.items()):
-        kept = _without(state, grants, grant_id)
+        kept = _without(state, grants, entitlement_id, grant_id)
         if len(kept) != len(grants):
             state.grant_count -= 1
             if kept:
