@@ -11,6 +11,7 @@ Must not: read the clock, log, or do I/O; it never decides balances (see ``engin
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -178,6 +179,23 @@ def _index_by_estimate(recurrence: Recurrence, instant: datetime) -> int:
     return k
 
 
+def _instants_from(recurrence: Recurrence, k: int) -> Iterator[datetime]:
+    """Yield the recurrence instants ``k, k+1, ...``, each equal to ``recurrence_instant``.
+
+    A fixed-length step from a UTC anchor is added (exact: integer microseconds, no zone
+    rules); calendar steps are computed from the anchor every time (clamping).
+    """
+    fixed = _fixed_step(recurrence.interval) if recurrence.anchor.tzinfo is UTC else None
+    if fixed is None:
+        while True:
+            yield recurrence_instant(recurrence, k)
+            k += 1
+    instant = recurrence_instant(recurrence, k)
+    while True:
+        yield instant
+        instant += fixed
+
+
 def prev_before(recurrence: Recurrence, instant: datetime, *, inclusive: bool) -> datetime:
     """Return the largest recurrence instant ``<= instant`` (``< instant`` when exclusive)."""
     k = _index_at_or_before(recurrence, instant)
@@ -294,13 +312,12 @@ def reset_schedule(
             found.append(entry.start)
         recurrence = entry.recurrence
         k = _index_at_or_before(recurrence, max(after, entry.start)) + 1
-        instant = recurrence_instant(recurrence, k)
-        while end is None or instant < end:
+        for instant in _instants_from(recurrence, k):
+            if end is not None and instant >= end:
+                break
             if instant > until:
                 return tuple(found), instant
             found.append(instant)
-            k += 1
-            instant = recurrence_instant(recurrence, k)
     raise RuntimeError("the last usage-period entry ended")  # pragma: no cover - it never ends
 
 

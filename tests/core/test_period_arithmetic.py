@@ -11,6 +11,7 @@ containing ``t`` is ``[instant(k), instant(k+1))`` for the largest ``k`` with
 from __future__ import annotations
 
 import calendar
+import itertools
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from allotment.ledger.core.model import CalendarDuration, PeriodSource, Recurrence, UsagePeriodEntry
 from allotment.ledger.core.periods import (
+    _instants_from,
     add_interval,
     current_period,
     next_after,
@@ -142,6 +144,15 @@ def test_recurrence_instant_is_anchor_plus_k_intervals(
 ) -> None:
     recurrence = Recurrence(interval, anchor)
     assert recurrence_instant(recurrence, k) == plain_instant(recurrence, k)
+
+
+@given(intervals(), anchors, st.integers(-500, 500))
+def test_listed_instants_are_each_computed_from_the_anchor(
+    interval: CalendarDuration, anchor: datetime, k: int
+) -> None:
+    recurrence = Recurrence(interval, anchor)
+    listed = list(itertools.islice(_instants_from(recurrence, k), 40))
+    assert listed == [plain_instant(recurrence, k + j) for j in range(40)]
 
 
 @given(recurrences_and_instants())
