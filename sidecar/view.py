@@ -2,21 +2,34 @@
 
 Role: hold what a ``LedgerSource`` loaded (customers, features, meters, entitlements with their
 reset timelines, grants, usage buckets), keep it current by applying feed batches in commit
-order (a new ``ledger_epoch`` means: reload), and answer lookups with dict accesses. Each
-entitlement lives in one ``_Slot`` with its grants and its cached answer: the JSON body of the
-current value (OpenMeter's v2 shape, whose v1 is a prefix) and the query instants it holds for
-(``valid_until``). It is recomputed by the core lazily, when a query instant leaves that range
-or after a change touched it (a usage bucket of one of its subjects, a grant, the entitlement
-itself, its customer, feature or meter). Usage increments from local ingestion enter through
-``apply_usage`` as absolute bucket states, so they are idempotent with the same states arriving
-later through the feed.
+order (a new ``ledger_epoch`` means: reload), and answer lookups with dict accesses. Usage
+increments from local ingestion enter through ``apply_usage`` as absolute bucket states, so
+they are idempotent with the same states arriving later through the feed.
 
-Memory: one slot per entitlement, no per-record index besides the id, the customer and the
-subject maps; equal values (keys, instants, amounts, timelines, empty mappings) decoded by one
-load or batch are shared; usage lives in machine-word arrays (``usage``). A load is indexed off
-the event loop (``prepare``, in a worker thread) and then swapped in (``install``) and frozen
-from the cyclic garbage collector (``gc.freeze``), so a full collection does not walk 10^6
-entitlements.
+Layout (one load's ``_State``, replaced wholesale on reload):
+
+- customers, entitlements and grants are kept as packed read-contract documents
+  (``compact.Shapes``: a few dozen bytes each, the fields that differ from a template), without
+  the ids and keys their holder already keeps; the records (``Entitlement``, ``Grant``,
+  ``CustomerRecord``) are rebuilt by the codec only when a value must be computed or a route
+  asks, through a small bounded cache. Features and meters (a handful) stay decoded.
+- ``_Customer`` (id, key, packed) is indexed by id (``customers``) and by its key and every
+  subject key (``by_subject``, DESIGN D5). ``_Slot`` holds one entitlement: id, the index fields
+  a feature-key lookup needs (feature key, start, end: shared objects), packed document and
+  packed grants, and its cached answer: the JSON body of the current value (OpenMeter's v2
+  shape, whose v1 is a prefix ending at ``split``) with the query instants it holds for
+  (``lo``, ``hi``). ``by_customer`` maps a customer key to its slot (a tuple when several).
+- usage lives in machine-word arrays (``usage``), keyed by meter and subject.
+
+An answer is recomputed by the core lazily, when a query instant leaves its range or after a
+change touched it (a usage bucket of one of its subjects, a grant, the entitlement itself, its
+customer, feature or meter); a change touches only the slots it may change. ``hot_body`` is the
+access check's whole lookup: two dict accesses, a short scan, two instant comparisons.
+
+A load is read and indexed off the event loop (``prepare``, in a worker thread: documents go
+from JSON to packed form without building records; keys read there are held once) and then
+swapped in (``install``) and frozen from the cyclic garbage collector (``gc.freeze``), so a full
+collection does not walk 10^6 entitlements.
 
 It must not do I/O (the follower in ``sync`` fetches; this only applies), read the clock (every
 method takes ``now``), or compute balances (``compute.ValueEngine`` does).
