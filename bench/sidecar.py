@@ -28,10 +28,15 @@ next to DESIGN's goal; the other blocks hold the details):
 - with vegeta (an open-loop generator; ``go install github.com/tsenart/vegeta/v12@latest``)
   pinned to core 1, subjects drawn round-robin over every loaded customer: throughput at
   saturation (16 connections) of the value endpoint next to the bare one, and p50/p99/p99.9 at
-  a fixed rate of half the bare endpoint's saturated rate, for both;
+  a fixed rate of half the bare endpoint's saturated rate, for both (with the rate achieved, and
+  the fraction of access checks whose value the server computed cold: background usage
+  invalidates cached values, so it sets that fraction);
 - propagation: a grant written to the ledger (``catalogue.record_versions``, as the operator
   does) until the sidecar's answer for that customer changes, ``--propagations`` times;
 - the load average (1, 5, 15 minutes) before and after: on a shared box the numbers are noisy.
+
+``--profile-server FILE`` writes the server's cProfile stats (it slows the server: a diagnosis,
+not a measurement).
 """
 
 from __future__ import annotations
