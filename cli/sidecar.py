@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
+from allotment.sidecar import fastlane
 from allotment.sidecar.app import create_app, create_probe_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.ledger_source import StorageSource
@@ -61,9 +62,7 @@ async def serve(settings: SidecarSettings) -> None:
     """Run the API and probe servers until SIGTERM or SIGINT."""
     view = View(settings.namespace, CoreValueEngine())
     app = create_app(settings, view, open_source=StorageSource.open)
-    runners = [web.AppRunner(app, access_log=None)]
-    await runners[0].setup()
-    await web.TCPSite(runners[0], settings.listen_host, settings.listen_port).start()
+    runners = [await fastlane.serve(app, settings.listen_host, settings.listen_port)]
     if settings.probe_port is not None:
         probe = web.AppRunner(create_probe_app(app), access_log=None)
         await probe.setup()

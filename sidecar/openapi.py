@@ -300,7 +300,9 @@ _REQUESTED_USAGE = _param(
     "query",
     {"type": "number", "minimum": 0},
     description="Our extension: hasAccess is false when a hard-limit balance is below this "
-    "amount (usage about to be sent); nothing else changes",
+    "amount (usage about to be sent); nothing else changes. For a feature with consistency: "
+    "Strict, an allow is given only from a lease this sidecar holds in the ledger; when the "
+    "ledger cannot be reached the answer is 503 (Retry-After), never an allow",
 )
 _HISTORY_QUERY = [
     _param("from", "query", _TIME),
@@ -314,7 +316,10 @@ _HISTORY_QUERY = [
 _ERRORS = {
     "400": _problem("Bad request"),
     "404": _problem("Not found"),
-    "503": _problem("Not loaded"),
+    "503": _problem(
+        "Not loaded yet; or, with requestedUsage on a Strict feature, the ledger cannot grant a "
+        "lease now (retry after Retry-After)"
+    ),
 }
 
 
@@ -520,7 +525,17 @@ def openapi_document() -> dict[str, Any]:
                 }
             }
         },
-        "/status": {"get": {"responses": {"200": {"description": "Ledger version, lag, counts"}}}},
+        "/status": {
+            "get": {
+                "responses": {
+                    "200": {
+                        "description": "Ledger version, epoch, lag, last sync, loaded counts, "
+                        "read-contract version; ingestion; strictLeases (holder, leases held, "
+                        "reserved remaining, approvals, denials, ledger round trips, last error) or null"
+                    }
+                }
+            }
+        },
         "/metrics": {"get": {"responses": {"200": {"description": "Prometheus text"}}}},
         "/openapi.json": {"get": {"responses": {"200": {"description": "This document"}}}},
     }

@@ -1,5 +1,6 @@
 """Fixtures of the sidecar tier: a migrated ledger on SQLite and PostgreSQL, a seeder, a clock
-the test moves, and a running sidecar app reached over real HTTP with ``aiohttp_client``."""
+the test moves, and a running sidecar app reached over real HTTP with ``aiohttp_client``, its value reads
+through the fast lane as ``allotment sidecar`` serves them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
+from allotment.sidecar import fastlane
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import CLOCK, FOLLOWER, VIEW
@@ -154,7 +156,9 @@ def start_sidecar(
         )
         view = View(NS, CoreValueEngine(), freeze_gc=False)
         app = create_app(settings, view, open_source=StorageSource.open, clock=clock)
-        sidecar = Sidecar(await aiohttp_client(app), app)
+        client = await aiohttp_client(app)
+        fastlane.install(client.server.runner)  # as served: value reads through the fast lane
+        sidecar = Sidecar(client, app)
         if wait_ready:
             await sidecar.ready()
         return sidecar
