@@ -17,6 +17,7 @@ from allotment.sidecar.fastlane import FastLane
 from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
+from tests.sidecar import test_operations as operations
 from tests.sidecar.conftest import Clock, StartSidecar, wait_until
 from tests.sidecar.seed import NS, T0, Seeder
 
@@ -24,20 +25,13 @@ Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
 def seed(seeder: Seeder) -> str:
-    """Seed a customer with a metered and a boolean entitlement; return the metered one's id."""
-    seeder.meter("tokens")
-    seeder.feature("gpt_4_tokens", "tokens")
-    seeder.feature("sso")
-    seeder.customer("customer-1", ["sub-a"])
-    metered = seeder.entitlement("customer-1", "gpt_4_tokens", EntitlementType.METERED)
-    seeder.grant(metered, "100")
-    seeder.entitlement("customer-1", "sso", EntitlementType.BOOLEAN, interval=None)
-    seeder.events("sub-a", (T0 + timedelta(hours=1), {"tokens": 40}))
+    """Seed test_operations' customer, and two whose subjects tell raw from percent-decoded."""
+    metered = operations.seed(seeder)
     # A subject key that reads as a percent-encoding of another customer's: "a%41" is "aA"
     seeder.customer("customer-2", ["a%41"])
     seeder.entitlement("customer-2", "sso", EntitlementType.BOOLEAN, interval=None)
     seeder.customer("customer-3", ["aA"])
-    return metered.id
+    return metered
 
 
 #: (path, whether the lane answers it itself)

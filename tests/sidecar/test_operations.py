@@ -27,7 +27,8 @@ from tests.sidecar.seed import NS, T0, Seeder
 Client = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
-def seed(seeder: Seeder) -> None:
+def seed(seeder: Seeder) -> str:
+    """Seed customer-1 (subject sub-a): metered gpt_4_tokens (100, 40 used), boolean sso."""
     seeder.meter("tokens")
     seeder.feature("gpt_4_tokens", "tokens")
     seeder.feature("sso")
@@ -36,6 +37,7 @@ def seed(seeder: Seeder) -> None:
     seeder.grant(metered, "100")
     seeder.entitlement("customer-1", "sso", EntitlementType.BOOLEAN, interval=None)
     seeder.events("sub-a", (T0 + timedelta(hours=1), {"tokens": 40}))
+    return metered.id
 
 
 async def test_readyz_waits_for_the_first_load(
