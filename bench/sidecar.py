@@ -77,6 +77,7 @@ from allotment.ledger.core.model import (
 )
 from allotment.ledger.storage import catalogue, records
 from allotment.ledger.storage.engine import open_ledger
+from allotment.sidecar import fastlane
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import METRICS
@@ -183,10 +184,11 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
     bare.router.add_get("/bench/bare", constant)
 
     async def run() -> None:
-        runners = [web.AppRunner(app, access_log=None), web.AppRunner(bare, access_log=None)]
-        for runner, at in zip(runners, (port, bare_port), strict=True):
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", at).start()
+        # The sidecar as `allotment sidecar` serves it (with the fast lane); the bare app plain.
+        runners = [await fastlane.serve(app, "127.0.0.1", port)]
+        runners.append(web.AppRunner(bare, access_log=None))
+        await runners[1].setup()
+        await web.TCPSite(runners[1], "127.0.0.1", bare_port).start()
         try:
             await asyncio.Event().wait()
         finally:
