@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from .grants import active_end, burn_order, grant_is_active_at
@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 ZERO = Decimal(0)
+_BEGINNING = datetime.min.replace(tzinfo=UTC)
+_NEVER = datetime.max.replace(tzinfo=UTC)
 _NO_REFILLS: frozenset[str] = frozenset()
 
 
@@ -192,7 +194,8 @@ class _Replay:
         self.total_grant_usage = start.total_grant_usage
         self.segments: list[Segment] = []
         self.pending_usages: dict[str, Decimal] = {}
-        self._active: tuple[datetime, tuple[Grant, ...]] | None = None
+        # the grants active in [lo, hi) (hi None: open-ended); starts empty and invalid
+        self._active: tuple[datetime, datetime | None, tuple[Grant, ...]] = (_NEVER, None, ())
 
     # -- helpers --
 
@@ -201,13 +204,30 @@ class _Replay:
         return effective <= instant and (end is None or instant < end)
 
     def active_at(self, instant: datetime) -> tuple[Grant, ...]:
-        """Return the grants active at ``instant`` (the last instant asked is remembered)."""
-        remembered = self._active
-        if remembered is not None and remembered[0] == instant:
-            return remembered[1]
-        active = tuple(g for g in self.grants if self.is_active(g, instant))
-        self._active = (instant, active)
-        return active
+        """Return the grants active at ``instant``, in burn-down order.
+
+        The set is remembered with the window ``[lo, hi)`` between the nearest grant edges
+        around ``instant``, inside which no grant starts or ends: replaying resets between two
+        grant edges asks for it once.
+        """
+        lo, hi, active = self._active
+        if lo <= instant and (hi is None or instant < hi):
+            return active
+        lo, hi = _BEGINNING, None
+        chosen = []
+        for grant in self.grants:
+            effective, end = self.windows[grant.id]
+            if instant < effective:
+                hi = effective if hi is None else min(hi, effective)
+            elif end is not None and end <= instant:
+                lo = max(lo, end)
+            else:
+                lo = max(lo, effective)
+                chosen.append(grant)
+                if end is not None:
+                    hi = end if hi is None else min(hi, end)
+        self._active = (lo, hi, tuple(chosen))
+        return self._active[2]
 
     def _burn(self, ordered: Sequence[Grant], extra: Decimal) -> dict[str, Decimal]:
         self.overage, used = burn(self.balances, ordered, extra + self.overage)
@@ -245,7 +265,7 @@ class _Replay:
         before = self._balances_of(active) if self.record else {}
         amount = self._query(start, end)
         self.usage += amount
-        used = self._burn(active, amount)
+        used = self._burn(active, amount) if amount != 0 or self.overage != 0 else {}
         if self.record:
             for gid, value in self.pending_usages.items():
                 used[gid] = used.get(gid, ZERO) + value
