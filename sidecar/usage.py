@@ -168,6 +168,12 @@ class IntegerSeries(array):  # type: ignore[type-arg]
         series: IntegerSeries = super().__new__(cls, "q", (0, 0))  # type: ignore[assignment]
         return series
 
+    @classmethod
+    def of(cls, words: list[int]) -> IntegerSeries:
+        """Return a series of exactly these words (the layout above)."""
+        series: IntegerSeries = array.__new__(cls, "q", words)  # type: ignore[assignment]
+        return series
+
     def __len__(self) -> int:
         return (_WORDS(self) - 2) // 3
 
@@ -304,6 +310,48 @@ class UsageStore:
         self.bucket_count += len(series) - before
         return bool(changed)
 
+    def load(
+        self, buckets: Iterable[UsageBucketState], share: Callable[[str], str] | None = None
+    ) -> None:
+        """Store a load's bucket states, a whole series at a time where it can.
+
+        A run of consecutive buckets of one new (meter, subject, group-by values) of a SUM or
+        COUNT meter, in increasing minutes with whole sums (what a source paging by the
+        buckets' key yields), becomes one exactly sized ``IntegerSeries`` at once; anything
+        else goes through ``put``, bucket by bucket. The result is the same as ``put`` of each.
+        """
+        run: list[UsageBucketState] = []
+        key: tuple[str, str, GroupKey] | None = None
+        for bucket in buckets:
+            this = (bucket.meter_slug, bucket.subject, bucket.groups)
+            if this != key:
+                if run:
+                    self._load_run(run, share)
+                run, key = [bucket], this
+            else:
+                run.append(bucket)
+        if run:
+            self._load_run(run, share)
+
+    def _load_run(self, run: list[UsageBucketState], share: Callable[[str], str] | None) -> None:
+        first = run[0]
+        built = (
+            _integer_series(run)
+            if first.meter_slug in self.plain_meters
+            and not self._has(first.meter_slug, first.subject)
+            else None
+        )
+        if built is None:
+            for bucket in run:
+                self.put(bucket, share)
+            return
+        self.put(first, share)  # places an (integer) series for the run, then replaced whole
+        self._replace(first.meter_slug, first.subject, first.groups, built)
+        self.bucket_count += len(run) - 1
+
+    def _has(self, slug: str, subject: str) -> bool:
+        return subject in self._series.get(slug, {})
+
     def _replace(self, slug: str, subject: str, groups: GroupKey, series: AnySeries) -> None:
         subjects = self._series[slug]
         held = subjects[subject]
@@ -355,6 +403,26 @@ class UsageStore:
             if candidate is not None and (latest is None or candidate[0] > latest[0]):
                 latest = candidate
         return ZERO if latest is None else latest[1]
+
+
+def _integer_series(run: list[UsageBucketState]) -> IntegerSeries | None:
+    """Return the run as one ``IntegerSeries``, or None where it does not fit one at once."""
+    minutes: list[int] = []
+    counts, sums = [0], [0]
+    for bucket in run:
+        value = bucket.value_sum
+        if value != value.to_integral_value():
+            return None
+        minute = minute_index(bucket.minute)
+        if minutes and minute <= minutes[-1]:
+            return None
+        total = sums[-1] + int(value)
+        if not _FITS_MIN <= total <= _FITS_MAX:
+            return None
+        minutes.append(minute)
+        counts.append(counts[-1] + bucket.event_count)
+        sums.append(total)
+    return IntegerSeries.of(minutes + counts + sums)
 
 
 def _new_series(keep_extra: bool) -> AnySeries:

@@ -325,8 +325,7 @@ class View:
                 _put_document(state, encode_record(record))
             for document in loaded.documents:
                 _put_document(state, document)
-            for bucket in loaded.usage:
-                state.usage.put(bucket, state.pool)
+            state.usage.load(loaded.usage, state.pool)
         finally:
             state.pool.held.clear()
             state.pool.limit = _Pool.LIMIT

@@ -99,3 +99,41 @@ def test_integer_series_answers_what_the_general_series_does(
     assert compact.total(lo, hi) == general.total(lo, hi)
     assert compact.count(lo, hi) == general.count(lo, hi)
     assert len(compact) == len(general)
+
+
+SUBJECT_STATES = st.lists(
+    st.tuples(
+        st.sampled_from(["sub-a", "sub-b"]),
+        st.sampled_from([(), (("model", "gpt-4"),)]),
+        st.integers(0, 20),
+        st.integers(1, 6),
+        st.sampled_from(["0", "3", "-2", "2.5", str(2**62)]),
+    ),
+    max_size=40,
+)
+
+
+@given(SUBJECT_STATES, st.integers(0, 22), st.integers(0, 22))
+def test_a_bulk_load_holds_what_bucket_by_bucket_puts_hold(
+    states: list[tuple[str, tuple[tuple[str, str], ...], int, int, str]], start: int, end: int
+) -> None:
+    buckets = [
+        BucketState(
+            "meter-id", "tokens", subject, groups, T0 + timedelta(minutes=m), count, Decimal(v)
+        )
+        for subject, groups, m, count, v in sorted(states, key=lambda s: (s[0], s[1], s[2]))
+    ]
+    loaded = UsageStore()
+    loaded.plain_meters.add("tokens")
+    loaded.load(buckets)
+    one_by_one = store(*buckets)
+    window = (T0 + timedelta(minutes=min(start, end)), T0 + timedelta(minutes=max(start, end)))
+    assert loaded.bucket_count == one_by_one.bucket_count
+    for subject in ("sub-a", "sub-b"):
+        for filters in ({}, {"model": "gpt-4"}):
+            for aggregation in (Aggregation.SUM, Aggregation.COUNT):
+                assert loaded.aggregate(
+                    aggregation, loaded.matching("tokens", [subject], filters), *window
+                ) == one_by_one.aggregate(
+                    aggregation, one_by_one.matching("tokens", [subject], filters), *window
+                )
