@@ -50,8 +50,12 @@ class Shapes:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def pack(self, document: Mapping[str, Any]) -> bytes:
-        """Return the compact form of ``document`` (a JSON object of the read contract)."""
+    def pack(self, document: Mapping[str, Any], always: tuple[str, ...] = ()) -> bytes:
+        """Return the compact form of ``document`` (a JSON object of the read contract).
+
+        The fields named in ``always`` are stored even where they equal the template's, so
+        their text can be searched for in the packed bytes.
+        """
         keys = tuple(document)
         number = self._numbers.get(keys)
         if number is None:
@@ -63,22 +67,23 @@ class Shapes:
             self._frozen.append(frozen)
             self._values.append(marshal.loads(frozen))
             self._each.append(tuple(marshal.dumps(v) for v in document.values()))
-            return marshal.dumps((number,))  # no position differs
+        forced = 0
+        for name in always:
+            forced |= 1 << keys.index(name)
         changed: list[Any] = [0]
         mask = 0
         templates, each = self._values[number], self._each[number]
         dumps = marshal.dumps
         for i, value in enumerate(document.values()):
             template = templates[i]
-            if value is template:  # None, booleans, small numbers
-                continue
             kind = value.__class__
-            if (
+            same = value is template or (  # None, booleans and small numbers are
                 kind is template.__class__
                 and value == template
                 and (kind is str or kind is int or dumps(value) == each[i])
-            ):
-                continue  # the template's value, of the same type (nested False vs 0 apart)
+            )  # the template's value, of the same type (nested False vs 0 apart)
+            if same and not forced >> i & 1:
+                continue
             mask |= 1 << i
             changed.append(value)
         changed[0] = mask << _SHAPE_BITS | number

@@ -244,12 +244,15 @@ class _State:
         )
         return found
 
-    def pack(self, document: Mapping[str, Any], *held: str) -> bytes:
-        """Pack a document without the fields named in ``held`` (their holder keeps them)."""
+    def pack(self, document: Mapping[str, Any], *held: str, always: tuple[str, ...] = ()) -> bytes:
+        """Pack a document without the fields named in ``held`` (their holder keeps them).
+
+        The fields named in ``always`` are in the packed bytes whatever the template holds.
+        """
         blanked = dict(document)
         for name in held:
             blanked[name] = None
-        return self.shapes.pack(blanked)
+        return self.shapes.pack(blanked, always)
 
 
 @dataclass(frozen=True)
@@ -845,12 +848,14 @@ def _unindex_entitlement(state: _State, slot: _Slot) -> None:
 def _without(
     state: _State, held: tuple[bytes, ...], entitlement_id: str, grant_id: str
 ) -> tuple[bytes, ...]:
-    return tuple(g for g in held if state.grant(g, entitlement_id).id != grant_id)
+    # A packed grant holds its id's characters as they are: only one containing them is rebuilt.
+    text = grant_id.encode()
+    return tuple(g for g in held if text not in g or state.grant(g, entitlement_id).id != grant_id)
 
 
 def _put_grant(state: _State, document: Mapping[str, Any]) -> None:
     entitlement_id: str = document["entitlementId"]
-    packed = state.pack(document, "entitlementId")
+    packed = state.pack(document, "entitlementId", always=("id",))  # searched by _without
     slot = state.entitlements.get(entitlement_id)
     held = slot.grants if slot is not None else state.pending_grants.get(entitlement_id, ())
     kept = _without(state, held, entitlement_id, document["id"]) if held else held

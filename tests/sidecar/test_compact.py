@@ -65,3 +65,11 @@ def test_a_similar_document_packs_small() -> None:
     shapes.pack(TEMPLATE)
     packed = shapes.pack({**TEMPLATE, "id": "01BBBBBBBBBBBBBBBBBBBBBBBB"})
     assert len(packed) < 40
+
+
+def test_fields_packed_always_are_in_the_bytes_even_when_equal_to_the_template() -> None:
+    shapes = Shapes()
+    first = shapes.pack(TEMPLATE, always=("id",))
+    assert TEMPLATE["id"].encode() in first
+    assert shapes.document(first) == TEMPLATE
+    assert TEMPLATE["id"].encode() not in Shapes().pack(TEMPLATE)
