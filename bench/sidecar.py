@@ -24,7 +24,8 @@ next to DESIGN's goal; the other blocks hold the details):
   generator): ``--background-rate`` events/s (default 1,000; 0 disables), 50 per commit,
   committed through storage's ``usage.ingest`` for subjects drawn uniformly from the seeded
   customers (all but the propagation's and the check's), running through the attacks and the
-  propagation; the sidecar follows them through the feed; reports the rate achieved;
+  propagation; the sidecar follows them through the feed; reports the rate achieved, and
+  afterwards whether 20 subjects the background used answer exactly the usage the ledger holds;
 - with vegeta (an open-loop generator; ``go install github.com/tsenart/vegeta/v12@latest``)
   pinned to core 1, subjects drawn round-robin over every loaded customer: throughput at
   saturation (16 connections) of the value endpoint next to the bare one, and p50/p99/p99.9 at
@@ -60,13 +61,14 @@ import time
 import tracemalloc
 import urllib.request
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import Table, select
 
 from allotment.ledger.core.model import (
     Aggregation,
@@ -77,6 +79,7 @@ from allotment.ledger.core.model import (
 )
 from allotment.ledger.storage import catalogue, records
 from allotment.ledger.storage.engine import open_ledger
+from allotment.ledger.storage.schema import UsageBucketRow
 from allotment.sidecar import fastlane
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
@@ -85,7 +88,7 @@ from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
 
-from .seed import FEATURE, NS, Seeded, customer_records, expected_balance, seed, seeded_count
+from .seed import FEATURE, NS, T0, Seeded, customer_records, expected_balance, seed, seeded_count
 
 
 def _rss_bytes() -> int:
@@ -253,6 +256,53 @@ def _balance(base: str, subject: str) -> Decimal:
     return Decimal(str(body["balance"]))
 
 
+def _usage(base: str, subject: str) -> Decimal:
+    body = _get_json(f"{base}/api/v1/subjects/{subject}/entitlements/{FEATURE}/value")
+    return Decimal(str(body["usage"]))
+
+
+def usage_followed(url: str, base: str, sample: int) -> dict[str, Any]:
+    """Compare the sidecar's usage with the ledger's buckets for subjects the background used.
+
+    Run after the background stopped: within 10 s every sampled answer must show exactly the
+    usage the ledger holds for the subject this month (seeded buckets and background events).
+    """
+    ledger = open_ledger(url, reader_pool_size=1)
+    buckets: Table = UsageBucketRow.__table__  # type: ignore[assignment]
+    try:
+        with ledger.read() as conn:
+            touched = conn.execute(
+                select(buckets.c.subject)
+                .where(buckets.c.namespace == NS, buckets.c.minute >= T0 + timedelta(days=1))
+                .distinct()
+                .limit(sample)
+            ).scalars()
+            subjects = sorted(touched)
+            rows = conn.execute(
+                select(buckets.c.subject, buckets.c.minute, buckets.c.value_sum).where(
+                    buckets.c.namespace == NS, buckets.c.subject.in_(subjects)
+                )
+            ).all()
+    finally:
+        ledger.dispose()
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    wanted = {subject: Decimal(0) for subject in subjects}
+    for row in rows:
+        if row.minute >= month:
+            wanted[row.subject] += row.value_sum
+    started = time.perf_counter()
+    differing = dict(wanted)
+    while differing and time.perf_counter() - started < 10:
+        differing = {s: u for s, u in differing.items() if _usage(base, s) != u}
+        if differing:
+            time.sleep(0.05)
+    return {
+        "subjects": len(subjects),
+        "agree": len(subjects) - len(differing),
+        "seconds_to_agree": round(time.perf_counter() - started, 2),
+    }
+
+
 def propagation(url: str, base: str, times: int) -> dict[str, Any]:
     """Write a grant to the ledger and time until the sidecar's answer changes, ``times`` times."""
     ledger = open_ledger(url, reader_pool_size=1)
@@ -391,6 +441,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "propagation_p50_ms": result["propagation"]["p50_ms"],
         "propagation_max_ms": result["propagation"]["max_ms"],
         "background_events_per_s": result["background"].get("events_per_s"),
+        "background_usage_agrees": result.get("usage_followed"),
         "goal_background_events_per_s": result["background_rate"],
         "load_seconds_to_ready": result["load_seconds_to_ready"],
         "cold_value_ms": result["cold_value_ms"],
@@ -489,6 +540,8 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
         result["propagation"] = propagation(url, base, args.propagations)
         result["background"] = _stop_background(background)
         background = None
+        if args.background_rate > 0:
+            result["usage_followed"] = usage_followed(url, base, 20)
         if args.entitlements <= 20_000:  # tracemalloc slows a load tenfold: small runs only
             result["memory"].update(retained_bytes(url))
         result["gc_pause_max_ms"] = round(
