@@ -23,8 +23,10 @@ Shapes (``now`` is 2026-11-24, mid-period):
 It must not assert anything: it prints one JSON object per shape (µs per cold value: mean, p50,
 p99 over ``--count`` entitlements, each the median of ``--repeat`` passes) and a ``load`` line.
 
-Usage: ``python -m bench.cold_value [--count 2000] [--repeat 3] [--shape seed] [--profile]``
-(``--profile`` prints cProfile's top functions for each shape to stderr).
+Usage: ``python -m bench.cold_value [--count 2000] [--repeat 5] [--shape seed] [--profile]``
+(``--profile`` prints cProfile's top functions for each shape to stderr). To time another
+commit's core with this bench: ``git archive REV ledger sidecar src | tar -x -C DIR`` then
+``PYTHONPATH=DIR/src:. python -m bench.cold_value``.
 """
 
 from __future__ import annotations

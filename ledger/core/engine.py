@@ -180,6 +180,7 @@ class _Replay:
         self.at = start.at
         self.period_start = start.period_start
         self.windows = {g.id: (g.effective_at, active_end(g)) for g in grants}
+        self.starts = frozenset(g.effective_at for g in grants)
         self.balances: dict[str, Decimal] = dict(start.balances)
         tracked = set(self.windows)
         for gid in self.balances:
@@ -326,15 +327,17 @@ class _Replay:
 
     def apply(self, instant: datetime, is_reset: bool, refills: AbstractSet[str]) -> None:
         """Apply everything that happens at ``instant``, then settle."""
-        for grant in self.grants:
-            if not self.is_active(grant, instant):
-                self.balances[grant.id] = ZERO
+        if len(self.active_at(instant)) < len(self.grants):  # some grant is inactive: zero it
+            for grant in self.grants:
+                if not self.is_active(grant, instant):
+                    self.balances[grant.id] = ZERO
         if is_reset:
             self.reset(instant)
-        for grant in self.grants:
-            starts = grant.id in refills or grant.effective_at == instant
-            if starts and self.is_active(grant, instant):
-                self.balances[grant.id] = grant.amount
+        if refills or instant in self.starts:
+            for grant in self.grants:
+                starts = grant.id in refills or grant.effective_at == instant
+                if starts and self.is_active(grant, instant):
+                    self.balances[grant.id] = grant.amount
         self.settle(instant)
         self.at = instant
 

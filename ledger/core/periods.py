@@ -297,6 +297,19 @@ def reset_schedule(
     if not timeline:
         raise ValueError("the entitlement has no usage period")
     first = timeline[0].start
+    if first > until:
+        return (), first
+    if len(timeline) == 1:  # the common case, and usually no reset: one index, one instant
+        recurrence = timeline[0].recurrence
+        k = _index_at_or_before(recurrence, after if after > first else first) + 1
+        instant = recurrence_instant(recurrence, k)
+        if instant > until:
+            return (), instant
+        listed: list[datetime] = []
+        for instant in _instants_from(recurrence, k):
+            if instant > until:
+                return tuple(listed), instant
+            listed.append(instant)
     found: list[datetime] = []
     last = len(timeline) - 1
     for i, entry in enumerate(timeline):
