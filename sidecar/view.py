@@ -17,8 +17,8 @@ Layout (one load's ``_State``, replaced wholesale on reload):
   subject key (``by_subject``, DESIGN D5). ``_Slot`` holds one entitlement: id, the index fields
   a feature-key lookup needs (feature key, start, end: shared objects), packed document and
   packed grants, and its cached answer: the JSON body of the current value (OpenMeter's v2
-  shape, whose v1 is a prefix ending at ``split``) with the query instants it holds for
-  (``lo``, ``hi``). ``by_customer`` maps a customer key to its slot (a tuple when several).
+  shape, kept as the v1 body, shared between slots where equal, and the v2 tail) with the
+  query instants it holds for (``lo``, ``hi``). ``by_customer`` maps a customer key to its slot (a tuple when several).
 - usage lives in machine-word arrays (``usage``), keyed by meter and subject.
 
 An answer is recomputed by the core lazily, when a query instant leaves its range or after a
@@ -119,8 +119,9 @@ class _Slot:
 
     ``feature_key``, ``start`` and ``end`` are the document's, kept to resolve a feature key
     without rebuilding the record. The cached body answers every query instant ``now`` with
-    ``lo < now`` and (``hi`` None or ``now <= hi``); ``split`` is where the v1 body ends (before
-    ``grantBalances``).
+    ``lo < now`` and (``hi`` None or ``now <= hi``): ``body`` is the v1 body (equal ones shared
+    between slots), ``tail`` what the v2 body has instead of its closing brace (from
+    ``grantBalances`` on; empty when v2 adds nothing).
     """
 
     __slots__ = (
@@ -133,8 +134,8 @@ class _Slot:
         "lo",
         "metered",
         "packed",
-        "split",
         "start",
+        "tail",
     )
 
     def __init__(self, entitlement_id: str, grants: tuple[bytes, ...]) -> None:
@@ -148,7 +149,7 @@ class _Slot:
         self.body: bytes | None = None
         self.lo: datetime = _NEVER
         self.hi: datetime | None = None
-        self.split = 0
+        self.tail = b""
 
     def is_active_at(self, at: datetime) -> bool:
         """Tell whether ``at`` lies in ``[start, end)`` (as ``Entitlement.is_active_at``)."""
@@ -542,9 +543,9 @@ class View:
         body = found.body
         if body is None or not (found.lo < now and (found.hi is None or now <= found.hi)):
             body = self._refresh(found, now)
-        if v2 or found.split == len(body):
-            return body
-        return body[: found.split] + b"}"
+        if v2 and found.tail:
+            return body[:-1] + found.tail
+        return body
 
     def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
         """Return the JSON body of the current value (v1 or v2): the hot path, from the cache."""
@@ -554,9 +555,9 @@ class View:
         body = slot.body
         if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
             body = self._refresh(slot, now)
-        if v2 or slot.split == len(body):
-            return body
-        return body[: slot.split] + b"}"
+        if v2 and slot.tail:
+            return body[:-1] + slot.tail
+        return body
 
     def value(self, entitlement: Entitlement, now: datetime) -> EntitlementValue:
         """Return the current value: from the cached body while ``now`` stays inside its range."""
@@ -564,7 +565,7 @@ class View:
         body = slot.body
         if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
             return self._compute(slot, now)
-        return _decode_value(body, slot, _step(entitlement))
+        return _decode_value(body[:-1] + slot.tail if slot.tail else body, slot, _step(entitlement))
 
     def _slot(self, entitlement: Entitlement) -> _Slot:
         slot = self._require().entitlements.get(entitlement.id)
@@ -586,10 +587,10 @@ class View:
         step = MINUTE if slot.metered else _TICK
         body = value_json(value, v2=True).encode()
         split = body.find(_GRANTS_SPLIT)
-        slot.split = len(body) if split < 0 else split
+        slot.tail = b"" if split < 0 else body[split:]
         slot.lo = state.pool(value.at - step)
         slot.hi = None if value.valid_until is None else state.pool(value.valid_until - step)
-        slot.body = body
+        slot.body = state.pool(body if split < 0 else body[:split] + b"}")  # equal ones shared
         return value
 
     def value_at(self, entitlement: Entitlement, at: datetime) -> EntitlementValue:
