@@ -37,7 +37,6 @@ __all__ = [
     "RunResult",
     "Segment",
     "burn",
-    "grants_active_within",
     "relevant_grants",
     "run",
     "starting_snapshot",
@@ -118,11 +117,6 @@ def burn(
 
 def relevant_grants(grants: Iterable[Grant], start: datetime, end: datetime) -> tuple[Grant, ...]:
     """Return, in burn-down order, the grants active at some instant of ``[start, end]``."""
-    return burn_order(grants_active_within(grants, start, end))
-
-
-def grants_active_within(grants: Iterable[Grant], start: datetime, end: datetime) -> list[Grant]:
-    """Return, in the given order, the grants active at some instant of ``[start, end]``."""
     chosen = []
     for grant in grants:
         finish = active_end(grant)
@@ -131,7 +125,7 @@ def grants_active_within(grants: Iterable[Grant], start: datetime, end: datetime
         if finish is not None and finish <= start:
             continue
         chosen.append(grant)
-    return chosen
+    return burn_order(chosen)
 
 
 def starting_snapshot(entitlement: Entitlement, grants: Iterable[Grant]) -> BalanceSnapshot:

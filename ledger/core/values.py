@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 
-from .engine import grants_active_within, run
+from .engine import run
 from .grants import active_end, grant_is_active_at, next_recurrence_after, with_default_grants
 from .model import (
     Aggregation,
@@ -127,16 +127,18 @@ def entitlement_value(
     result = run(entitlement, all_grants, aggregation, usage, t, start=start)
     snapshot = result.snapshot
     next_reset = result.next_reset or next_reset_after(entitlement.usage_period, t)
-    active = {g.id for g in all_grants if grant_is_active_at(g, t)}
-    grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active}
+    # t >= measureUsageFrom here: the grants active at some instant of [t, t] are those active
+    # at t; with the later ones they are what can change the value after t
+    active = [g for g in all_grants if grant_is_active_at(g, t)]
+    active_ids = {g.id for g in active}
+    grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active_ids}
     balance = sum(grant_balances.values(), ZERO)
     soft = entitlement.soft_limit_at(t)
-    horizon = grants_active_within(all_grants, max(t, measure_from), t)
     later = [g for g in all_grants if g.effective_at > t]
     return EntitlementValue(
         at=t,
         has_access=soft or balance > 0,
-        valid_until=_valid_until(entitlement, (*horizon, *later), t, next_reset),
+        valid_until=_valid_until(entitlement, (*active, *later), t, next_reset),
         balance=balance,
         usage=snapshot.usage,
         overage=snapshot.overage,
