@@ -17,6 +17,7 @@ Shapes (``now`` is 2026-11-24, mid-period):
   the current period's start (month-end clamping in every period computation).
 - ``daily_anchor_10y``: daily periods anchored ten years back, measured from today's period.
 - ``daily_anchor_10y_3_resets``: the same measured from three days back (three resets replayed).
+- ``monthly_replay_1y``: the seed's shape a year later (twelve resets replayed).
 - ``daily_replay_1y``: daily periods measured from one year back (365 resets replayed; the
   sidecar replays from measureUsageFrom on every cold value).
 
@@ -119,6 +120,12 @@ SHAPES: dict[str, Shape] = {
         "DAY",
         _spread(datetime(2016, 11, 24, 6, 0, tzinfo=UTC)),
         _spread(datetime(2026, 11, 21, 6, 0, tzinfo=UTC)),
+        _spread(NOW),
+    ),
+    "monthly_replay_1y": Shape(
+        "MONTH",
+        _spread(datetime(2025, 11, 1, tzinfo=UTC)),
+        _spread(datetime(2025, 11, 1, tzinfo=UTC)),
         _spread(NOW),
     ),
     "daily_replay_1y": Shape(

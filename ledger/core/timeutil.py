@@ -73,7 +73,7 @@ def truncate_to_minute(instant: datetime) -> datetime:
     """Floor an instant to its minute (stored instants: effectiveAt, anchors, voids, resets)."""
     utc = require_utc(instant)
     if utc.second or utc.microsecond:
-        return utc.replace(second=0, microsecond=0)
+        return utc - timedelta(0, utc.second, utc.microsecond)
     return utc
 
 
@@ -81,7 +81,7 @@ def ceil_to_minute(instant: datetime) -> datetime:
     """Round a query instant up to the next minute unless it already is on one (spec §1.3)."""
     utc = require_utc(instant)
     if utc.second or utc.microsecond:
-        return utc.replace(second=0, microsecond=0) + MINUTE
+        return utc + timedelta(0, 60 - utc.second, -utc.microsecond)
     return utc
 
 
