@@ -80,8 +80,13 @@ class Shapes:
             same = value is template or (  # None, booleans and small numbers are
                 kind is template.__class__
                 and value == template
-                and (kind is str or kind is int or dumps(value) == each[i])
-            )  # the template's value, of the same type (nested False vs 0 apart)
+                and (
+                    kind is str
+                    or kind is int
+                    or (not value and kind is not float)
+                    or dumps(value) == each[i]
+                )
+            )  # the template's value, of the same type (nested False vs 0 apart; empty is empty)
             if same and not forced >> i & 1:
                 continue
             mask |= 1 << i

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Table, select, tuple_
+from sqlalchemy import Connection, Table, null, select, tuple_
 from sqlalchemy.engine import make_url
 
 from allotment.ledger.core.model import Aggregation, Meter
@@ -52,6 +52,7 @@ _BUCKETS: Table = UsageBucketRow.__table__  # type: ignore[assignment]
 _VALUES: Table = UsageBucketValueRow.__table__  # type: ignore[assignment]
 _METERS: Table = MeterRow.__table__  # type: ignore[assignment]
 _VERSIONS: Table = CatalogueVersionRow.__table__  # type: ignore[assignment]
+_PLAIN = (Aggregation.SUM.value, Aggregation.COUNT.value)
 #: Rows per query of a load: bounded statements, so a starting fleet never stampedes the ledger.
 PAGE = 5000
 
@@ -266,7 +267,10 @@ def _read_buckets(connection: Connection, namespace: str) -> Iterator[BucketStat
             distinct[row.bucket_id].add(row.value)
     b = _BUCKETS.c
     key = (b.meter_id, b.subject, b.group_key, b.minute)
-    columns = (*key, b.event_count, b.value_sum, b.latest_time, b.latest_value, b.id)
+    # Only LATEST and UNIQUE_COUNT meters keep more than count and sum (``UsageStore``).
+    extra = any(agg not in _PLAIN for _, agg in slugs.values())
+    latest = (b.latest_time, b.latest_value) if extra else (null(), null())
+    columns = (*key, b.event_count, b.value_sum, *latest, b.id)
     after: tuple[Any, ...] | None = None
     groups: dict[str, tuple[tuple[str, str], ...]] = {}
     none: frozenset[str] = frozenset()
