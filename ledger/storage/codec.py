@@ -10,7 +10,6 @@ It must not decide anything: what to record is the reconciliation's business.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -100,9 +99,7 @@ def _instant(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-@functools.lru_cache(maxsize=16384)
 def _parse_instant(text: str) -> datetime:
-    """Parse an instant; memoized: records share anchors, period starts and creation minutes."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
@@ -122,12 +119,7 @@ def _recurrence(value: Recurrence) -> Document:
 
 
 def _parse_recurrence(doc: Mapping[str, Any]) -> Recurrence:
-    return _recurrence_of(doc["interval"], doc["anchor"])
-
-
-@functools.lru_cache(maxsize=4096)
-def _recurrence_of(interval: str, anchor: str) -> Recurrence:
-    return Recurrence(CalendarDuration.parse(interval), _parse_instant(anchor))
+    return Recurrence(CalendarDuration.parse(doc["interval"]), _parse_instant(doc["anchor"]))
 
 
 def _versions(timeline: tuple[Versioned[T], ...], encode: Callable[[T], Any]) -> list[Document]:
@@ -162,26 +154,11 @@ def _period_entry(entry: UsagePeriodEntry) -> Document:
 
 
 def _parse_period_entry(doc: Mapping[str, Any]) -> UsagePeriodEntry:
-    recurrence = doc["recurrence"]
-    return _period_entry_of(
-        doc["start"],
-        recurrence["interval"],
-        recurrence["anchor"],
-        doc["source"],
-        doc.get("preserveOverage"),
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _period_entry_of(
-    start: str, interval: str, anchor: str, source: str, preserve_overage: bool | None
-) -> UsagePeriodEntry:
-    """One usage-period entry; memoized: entitlements of one plan share their periods."""
     return UsagePeriodEntry(
-        start=_parse_instant(start),
-        recurrence=_recurrence_of(interval, anchor),
-        source=PeriodSource(source),
-        preserve_overage=preserve_overage,
+        start=_parse_instant(doc["start"]),
+        recurrence=_parse_recurrence(doc["recurrence"]),
+        source=PeriodSource(doc["source"]),
+        preserve_overage=doc.get("preserveOverage"),
     )
 
 
