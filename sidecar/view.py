@@ -79,8 +79,9 @@ _TICK = timedelta(microseconds=1)
 ZERO = Decimal(0)
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
 _GRANTS_SPLIT = b',"grantBalances":'
-#: Rebuilt records kept for reuse (values being computed, routes reading records).
-_DECODED_LIMIT = 4096
+#: Rebuilt records kept for reuse (values being computed, routes reading records). Small: they
+#: are the only records the cyclic collector walks (4,096 made 13 ms pauses; 256 make 1.5 ms).
+_DECODED_LIMIT = 256
 _NEVER = datetime.max.replace(tzinfo=UTC)
 _NO_TIME = timedelta(0)
 T = TypeVar("T")
