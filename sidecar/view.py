@@ -152,6 +152,11 @@ class _Slot:
         self.hi: datetime | None = None
         self.tail = b""
 
+    def answers(self, now: datetime) -> bool:
+        """Tell whether the cached answer holds at the query instant ``now``."""
+        hi = self.hi
+        return self.lo < now and (hi is None or now <= hi)
+
     def is_active_at(self, at: datetime) -> bool:
         """Tell whether ``at`` lies in ``[start, end)`` (as ``Entitlement.is_active_at``)."""
         end = self.end
@@ -521,32 +526,8 @@ class View:
         customer = state.by_subject.get(who) if by_subject else _customer_by(state, who)
         if customer is None:
             return None
-        one = state.by_customer.get(customer.key)
-        if one is None:
-            return None
-        held = (one,) if isinstance(one, _Slot) else one
-        # ``_resolve_slot`` inlined: this runs once per access check.
-        found: _Slot | None = None
-        if len(entitlement_ref) == 26 and looks_like_ulid(entitlement_ref):
-            found = state.entitlements.get(entitlement_ref)
-            if found is not None and found not in held:
-                found = None
-        if found is None:
-            for slot in held:
-                if slot.feature_key == entitlement_ref and slot.start <= now:
-                    end = slot.end
-                    if (end is None or now < end) and (
-                        found is None or (slot.start, slot.id) > (found.start, found.id)
-                    ):
-                        found = slot
-            if found is None:
-                return None
-        body = found.body
-        if body is None or not (found.lo < now and (found.hi is None or now <= found.hi)):
-            body = self._refresh(found, now)
-        if v2 and found.tail:
-            return body[:-1] + found.tail
-        return body
+        found = _resolve_slot(state, customer.key, entitlement_ref, now)
+        return None if found is None else self._cached_body(found, now, v2)
 
     def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
         """Return the JSON body of the current value (v1 or v2): the hot path, from the cache."""
@@ -554,7 +535,7 @@ class View:
 
     def _cached_body(self, slot: _Slot, now: datetime, v2: bool) -> bytes:
         body = slot.body
-        if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
+        if body is None or not slot.answers(now):
             body = self._refresh(slot, now)
         if v2 and slot.tail:
             return body[:-1] + slot.tail
@@ -564,7 +545,7 @@ class View:
         """Return the current value: from the cached body while ``now`` stays inside its range."""
         slot = self._slot(entitlement)
         body = slot.body
-        if body is None or not (slot.lo < now and (slot.hi is None or now <= slot.hi)):
+        if body is None or not slot.answers(now):
             return self._compute(slot, now)
         return _decode_value(body[:-1] + slot.tail if slot.tail else body, slot, _step(entitlement))
 
