@@ -47,7 +47,9 @@ def _not_served_detail(request: web.Request) -> str:
 def guard(app: web.Application, name: str, handler: Handler) -> Handler:
     """Wrap ``handler`` in the boundary: problem+json, latency under ``name``, freshness."""
     observe = app[METRICS].check_seconds.observer(name)
-    freshness = name.startswith(_FRESHNESS_PREFIXES) or name == _NOT_SERVED
+    # Routes under /api/ and /ofrep/ always carry freshness; what no route serves, by its path.
+    fresh_route = name.startswith(_FRESHNESS_PREFIXES)
+    not_served = name == _NOT_SERVED
 
     async def guarded(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -73,10 +75,8 @@ def guard(app: web.Application, name: str, handler: Handler) -> Handler:
             log.exception("Unexpected error answering %s %s", request.method, request.path)
             response = problem_response(500, "")
         if (
-            freshness
-            and _VERSION not in response.headers
-            and request.path.startswith(_FRESHNESS_PREFIXES)
-        ):
+            fresh_route or (not_served and request.path.startswith(_FRESHNESS_PREFIXES))
+        ) and _VERSION not in response.headers:
             response.headers.update(app[VIEW].freshness_headers(app[CLOCK]()))
         observe(time.perf_counter() - started)
         return response

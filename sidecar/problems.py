@@ -2,7 +2,8 @@
 
 Role: ``ProblemError`` is what handlers raise; ``problem_response`` renders it with OpenMeter's
 fields (``type``, ``title``, ``status``, ``detail``, ``instance``, ``extensions``); the
-middleware in ``app`` turns aiohttp's own 404/405 and any unexpected error into the same shape, so
+boundary every handler runs in (``dispatch.guard``) turns aiohttp's HTTP errors, the 404/405 of
+what no route serves (``dispatch.NotServed``) and any unexpected error into the same shape, so
 every error a client sees says what happened and what to do.
 
 It must not decide access or swallow an error into an allow or a deny.
