@@ -12,7 +12,7 @@ or entitlement goes to the application unchanged, whose value handlers call the 
 
 Why: a value read through the application pays the router's walk and regular expression, the
 match info and the handler chain, a fifth of the request's cost with OpenMeter's long paths
-(measured: see README, Performance).
+(measured: see the README, "The sidecar API").
 
 It must not decide access itself, read the environment, or answer what the application would
 answer differently.
