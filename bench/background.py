@@ -12,7 +12,10 @@ the current instant. The benched sidecar sees them only through the feed.
 It paces by schedule (commit k starts at ``k * batch / rate`` seconds), never skips a late
 commit, and on SIGTERM/SIGINT or after ``--seconds`` prints what it achieved as JSON: events
 committed, commits, events per second over the time it ran, commit latency p50/p99, how late
-the last commit started. Pin it with ``os.sched_setaffinity`` (``--cpu``).
+the last commit started, and the CPU seconds it used. Pin it with ``os.sched_setaffinity``
+(``--cpu``); ``--sched nice`` runs it at nice 19 and ``--sched idle`` under ``SCHED_IDLE`` (it
+then runs only when its core has nothing else to run; the summary's ``events_per_s`` says
+whether it still achieved its rate).
 
 It must not be pointed at a ledger that serves anything: it writes usage for bench subjects.
 
@@ -47,6 +50,17 @@ _STOP = threading.Event()  # set by SIGTERM/SIGINT: the loop ends after the comm
 
 def _request_stop(_signum: int, _frame: FrameType | None) -> None:
     _STOP.set()
+
+
+SCHEDULING = ("normal", "nice", "idle")
+
+
+def schedule(policy: str) -> None:
+    """Lower this process's CPU priority: ``nice`` (nice 19) or ``idle`` (SCHED_IDLE)."""
+    if policy == "nice":
+        os.nice(19)
+    elif policy == "idle":
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _percentile(ordered: list[float], fraction: float) -> float:
@@ -105,6 +119,8 @@ def run(url: str, subjects: range, rate: float, batch: int, seconds: float) -> d
         "commit_p50_ms": _percentile(ordered, 0.5),
         "commit_p99_ms": _percentile(ordered, 0.99),
         "last_commit_late_ms": round(late * 1000, 1),
+        "cpu_seconds": round(sum(os.times()[:2]), 2),
+        "cpu_share_of_a_core": round(sum(os.times()[:2]) / elapsed, 3) if elapsed > 0 else 0.0,
     }
 
 
@@ -118,9 +134,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=50, help="events per commit")
     parser.add_argument("--seconds", type=float, default=3600.0, help="stop after this long")
     parser.add_argument("--cpu", type=int, help="pin this process to one core")
+    parser.add_argument(
+        "--sched", choices=SCHEDULING, default="normal", help="nice: nice 19; idle: SCHED_IDLE"
+    )
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
+    schedule(args.sched)
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     summary = run(args.db, range(args.first, args.subjects), args.rate, args.batch, args.seconds)

@@ -88,6 +88,9 @@ from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
 
+from .background import SCHEDULING
+from .cpu import Interval, Reading
+from .cpu import rusage_seconds as cpu_seconds_of
 from .seed import FEATURE, NS, T0, Seeded, customer_records, expected_balance, seed, seeded_count
 
 
@@ -218,19 +221,26 @@ def _percentile(ordered: list[int], fraction: float) -> float:
     return round(ordered[index] / 1e6, 3)
 
 
-def _vegeta(binary: str, targets: Path, args: list[str], seconds: int) -> dict[str, Any]:
-    """Attack with vegeta pinned to core 1; return throughput and latency percentiles."""
+def _vegeta(binary: str, targets: Path, args: list[str], seconds: int, cpu: int) -> dict[str, Any]:
+    """Attack with vegeta pinned to core ``cpu``; return throughput, latency and its CPU.
+
+    The results go to a file and are encoded only after the attack, so decoding them costs
+    no core time during it; the attack's own CPU seconds come from ``os.wait4``.
+    """
+    results = targets.with_suffix(".bin")
+    flags = ["-keepalive", f"-output={results}", *args]
     attack = subprocess.Popen(
-        [binary, "attack", f"-targets={targets}", f"-duration={seconds}s", "-keepalive", *args],
-        stdout=subprocess.PIPE,
+        [binary, "attack", f"-targets={targets}", f"-duration={seconds}s", *flags],
         preexec_fn=lambda: (
-            os.sched_setaffinity(0, {1}) if hasattr(os, "sched_setaffinity") else None
+            os.sched_setaffinity(0, {cpu}) if hasattr(os, "sched_setaffinity") else None
         ),
     )
+    _, status, rusage = os.wait4(attack.pid, 0)
+    attack.returncode = os.waitstatus_to_exitcode(status)
     encoded = subprocess.run(
-        [binary, "encode", "-to=csv"], stdin=attack.stdout, capture_output=True, check=True
+        [binary, "encode", "-to=csv", str(results)], capture_output=True, check=True
     )
-    attack.wait()
+    results.unlink()
     rows = list(csv.reader(io.StringIO(encoded.stdout.decode())))
     # csv columns: timestamp (ns), status code, latency (ns), bytes out, bytes in, error, ...
     starts = [int(r[0]) for r in rows]
@@ -248,6 +258,7 @@ def _vegeta(binary: str, targets: Path, args: list[str], seconds: int) -> dict[s
         "p99_9_ms": _percentile(latencies, 0.999),
         "max_ms": _percentile(latencies, 1.0),
         "status_codes": codes,
+        "vegeta_cpu_seconds": round(cpu_seconds_of(rusage), 3),
     }
 
 
@@ -389,10 +400,40 @@ def _background(url: str, args: argparse.Namespace) -> subprocess.Popen[bytes] |
     """Start bench.background on core 1 for every subject but the propagation's and the check's."""
     if args.background_rate <= 0:
         return None
-    command = [sys.executable, "-m", "bench.background", "--db", url, "--cpu", "1"]
+    command = [sys.executable, "-m", "bench.background", "--db", url]
     command += ["--rate", str(args.background_rate), "--first", str(args.propagations)]
     command += ["--subjects", str(args.entitlements - 1)]
+    command += ["--cpu", str(args.background_cpu), "--sched", args.background_sched]
     return subprocess.Popen(command, stdout=subprocess.PIPE)
+
+
+def _cpu_shares(reading: Reading, attacked: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The server's CPU per request and each process's share of its core during an attack."""
+    used = reading.cpu_seconds
+    server, background = used["server"], used["background"]
+    return {
+        "server_cpu_us_per_request": (
+            round(server * 1e6 / attacked["requests"], 1)
+            if server is not None and attacked["requests"]
+            else None
+        ),
+        "server_core_share": None if server is None else round(server / seconds, 3),
+        "background_core_share": None if background is None else round(background / seconds, 3),
+        "vegeta_core_share": round(attacked["vegeta_cpu_seconds"] / seconds, 3),
+        "core_busy": reading.core_busy,
+    }
+
+
+def _idle(pids: dict[str, int | None], seconds: float) -> dict[str, Any]:
+    """The server's and the writer's core shares with no requests: following the feed alone."""
+    interval = Interval(pids)
+    time.sleep(seconds)
+    used = interval.end()
+    shares = {
+        f"{name}_core_share": None if cpu is None else round(cpu / seconds, 3)
+        for name, cpu in used.cpu_seconds.items()
+    }
+    return {"seconds": seconds, **shares, "core_busy": used.core_busy}
 
 
 def _stop_background(process: subprocess.Popen[bytes] | None) -> dict[str, Any]:
@@ -432,6 +473,19 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
             saturation["value"]["values_computed_cold"] / max(1, saturation["value"]["requests"]), 3
         ),
         "bare_saturated_per_s": saturation["bare"]["throughput_per_s"],
+        "server_cpu_us_per_request": {
+            "value_saturated": saturation["value"]["server_cpu_us_per_request"],
+            "bare_saturated": saturation["bare"]["server_cpu_us_per_request"],
+            "value_fixed": fixed["value"]["server_cpu_us_per_request"],
+            "bare_fixed": fixed["bare"]["server_cpu_us_per_request"],
+        },
+        "server_core_share_without_requests": result["idle"].get("server_core_share"),
+        "core_shares_bare_saturated": {
+            "server": saturation["bare"]["server_core_share"],
+            "vegeta": saturation["bare"]["vegeta_core_share"],
+            "background": saturation["bare"]["background_core_share"],
+            "core_busy": saturation["bare"]["core_busy"],
+        },
         "value_over_bare": saturation["value_over_bare"],
         "goal_value_over_bare": 0.8,
         "bytes_per_entitlement_loaded": memory["bytes_per_entitlement_loaded"],
@@ -513,12 +567,20 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
             )
             saturate = ["-rate=0", "-max-workers=16", "-workers=16", "-connections=16"]
 
+            pids = {"server": server.pid, "background": background.pid if background else None}
+
             def attack(targets: Path, flags: list[str]) -> dict[str, Any]:
                 computed = _get_json(f"{base}/bench/status")["values_computed"]
-                attacked = _vegeta(vegeta, targets, flags, args.seconds)
+                interval = Interval(pids)
+                attacked = _vegeta(vegeta, targets, flags, args.seconds, args.vegeta_cpu)
+                attacked.update(_cpu_shares(interval.end(), attacked, args.seconds))
                 computed = _get_json(f"{base}/bench/status")["values_computed"] - computed
                 attacked["values_computed_cold"] = computed
+                attacked["cold_fraction"] = round(computed / max(1, attacked["requests"]), 3)
                 return attacked
+
+            time.sleep(2.0 if background else 0.0)  # the writer's start-up is not its load
+            result["idle"] = _idle(pids, args.idle_seconds)
 
             bare_sat = attack(bare, saturate)
             value_sat = attack(value, saturate)
@@ -571,6 +633,19 @@ def main() -> int:
     )
     parser.add_argument(
         "--background-rate", type=float, default=1000.0, help="usage events/s; 0 disables"
+    )
+    parser.add_argument(
+        "--background-cpu", type=int, default=1, help="the core the background writer runs on"
+    )
+    parser.add_argument(
+        "--background-sched",
+        choices=SCHEDULING,
+        default="normal",
+        help="the writer's priority: normal, nice (19) or idle (SCHED_IDLE)",
+    )
+    parser.add_argument("--vegeta-cpu", type=int, default=1, help="the core vegeta runs on")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=3.0, help="server CPU measured without requests"
     )
     parser.add_argument(
         "--profile-server", help="write the server's cProfile stats here (slows it: not a number)"

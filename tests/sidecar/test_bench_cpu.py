@@ -1,0 +1,62 @@
+"""The sidecar bench's CPU accounting reads /proc the way the kernel writes it.
+
+``bench.sidecar`` reports the server's CPU per request from ``bench.cpu``; a misread field
+(the wrong column, a command name with spaces) would silently report another number.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from bench.cpu import CLOCK_TICKS, CoreTicks, Interval, core_ticks, process_seconds, process_ticks
+
+# utime 1234, stime 56 (fields 14 and 15); the other numbers differ from them on purpose
+STAT_TAIL = "S 1 1 1 0 -1 4194560 7 8 9 10 1234 56 11 12 20 0 3 0 99 100 200"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param("python", id="plain-name"),
+        pytest.param("my prog", id="name-with-a-space"),
+        pytest.param("a) (b", id="name-with-parentheses"),
+    ],
+)
+def test_process_ticks_are_utime_plus_stime(command: str) -> None:
+    assert process_ticks(f"4242 ({command}) {STAT_TAIL}\n") == 1234 + 56
+
+
+def test_core_ticks_count_everything_but_idle_and_iowait_as_busy() -> None:
+    proc_stat = (
+        "cpu  300 0 60 900 20 0 10 5 0 0\n"
+        "cpu0 100 0 20 500 10 0 5 2 7 0\n"
+        "cpu1 200 0 40 400 10 0 5 3 0 0\n"
+        "intr 1 2 3\n"
+    )
+    assert core_ticks(proc_stat) == {
+        0: CoreTicks(busy=100 + 20 + 5 + 2, total=100 + 20 + 500 + 10 + 5 + 2),
+        1: CoreTicks(busy=200 + 40 + 5 + 3, total=200 + 40 + 400 + 10 + 5 + 3),
+    }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_process_seconds_agree_with_the_process_own_times() -> None:
+    sum(i * i for i in range(300_000))  # use some CPU, so the counters are not both zero
+    own = sum(os.times()[:2])
+    read = process_seconds(os.getpid())
+    assert read is not None
+    assert abs(read - own) <= 2 / CLOCK_TICKS
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_interval_names_each_process_and_reports_a_gone_one_as_none() -> None:
+    interval = Interval({"me": os.getpid(), "absent": None})
+    sum(i * i for i in range(300_000))
+    reading = interval.end()
+    assert reading.cpu_seconds["absent"] is None
+    mine = reading.cpu_seconds["me"]
+    assert mine is not None and mine >= 0
+    assert set(reading.core_busy) <= {f"core{i}" for i in range(os.cpu_count() or 1)}
