@@ -5,7 +5,10 @@ environment): typed state under ``web.AppKey``, the routes from ``routes.ROUTES`
 ``dispatch`` (each handler inside the boundary: problem+json translation, the latency histogram,
 the freshness headers ``Allotment-Ledger-Version`` and ``Allotment-Ledger-Age``; no middleware),
 and cleanup contexts that open the
-ledger source, run the feed follower and measure GC pauses while the app runs.
+ledger source, run the feed follower, measure GC pauses and shorten the interpreter's thread
+switch interval while the app runs (``GIL_SWITCH_SECONDS``: the follower reads and decodes the
+feed in a worker thread, and at Python's default of 5 ms every poll could hold an access check
+back for milliseconds waiting for the GIL).
 ``create_probe_app(app)`` serves ``/livez``, ``/readyz`` and ``/metrics`` from the same state on
 the probe port.
 
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
@@ -38,6 +42,9 @@ __all__ = ["create_app", "create_probe_app", "wall_clock"]
 log = logging.getLogger("allotment.sidecar")
 
 SourceOpener = Callable[[SidecarSettings], LedgerSource]
+
+#: How long the event loop waits at most for the GIL held by a worker thread (Python: 5 ms).
+GIL_SWITCH_SECONDS = 0.0002
 
 
 def wall_clock() -> datetime:
@@ -61,7 +68,7 @@ def create_app(
     app[METRICS] = metrics or SidecarMetrics()
     dispatch.install(app, ROUTES)
     install_ingestion(app)
-    app.cleanup_ctx.append(_measure_gc)
+    app.cleanup_ctx.append(_tune_runtime)
     if open_source is not None:
         app[FOLLOWER] = Follower(
             settings,
@@ -94,7 +101,7 @@ def create_probe_app(main: web.Application) -> web.Application:
     return app
 
 
-async def _measure_gc(app: web.Application) -> AsyncIterator[None]:
+async def _tune_runtime(app: web.Application) -> AsyncIterator[None]:
     if app[VIEW].freeze_gc:
         # Before serving: collect once, then keep what start-up made (modules, the app) out of
         # every later collection, as the loaded state is (a full walk of it took ~50 ms).
@@ -102,7 +109,10 @@ async def _measure_gc(app: web.Application) -> AsyncIterator[None]:
         gc.freeze()
     metrics = app[METRICS]
     metrics.install_gc_callback()
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch_interval, GIL_SWITCH_SECONDS))
     yield
+    sys.setswitchinterval(switch_interval)
     metrics.remove_gc_callback()
 
 

@@ -3,8 +3,12 @@
 Role: one asyncio task per sidecar. It opens the ledger (retrying while it is unreachable or
 at a schema this sidecar does not read, reported in /status, never crashing the app), loads the namespace in pages and builds the view's indexes
 (in a worker thread: the ledger driver is blocking, and the loop keeps answering), then polls ``changes_since(position)`` every ``poll_interval`` and
-applies each batch to the view on the event loop, so lookups never see a half-applied batch and
-need no lock. A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
+applies each batch to the view on the event loop, so lookups need no lock. A long batch is applied
+in slices of at most ``APPLY_SLICE`` changes with the loop free between them (an access check
+waits for one slice, not for thousands of changes); a slice ends only between two usage bucket
+states, so a lookup never sees part of a catalogue change (an entitlement edited but not its
+grants), only usage that has reached some buckets and not yet others, as a poll a moment earlier
+would have shown. A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
 correct (DESIGN D10). A batch from another ``ledger_epoch`` (a restore) triggers a full reload.
 A failing poll keeps the last state and lets its age grow: staleness is handled by policy, never
 by crashing the app (D7, D11).
@@ -18,11 +22,11 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from .settings import SidecarSettings
-from .source import LedgerSource, LoadedNamespace
+from .source import Change, FeedBatch, LedgerSource, LoadedNamespace, UsageBucketState
 from .view import PreparedLoad, View
 
 __all__ = ["Follower"]
@@ -30,6 +34,8 @@ __all__ = ["Follower"]
 log = logging.getLogger("allotment.sidecar.sync")
 
 FEED_BATCH_LIMIT = 5000
+#: Changes applied between two turns of the event loop (a slice of usage takes ~1 ms).
+APPLY_SLICE = 64
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -155,11 +161,30 @@ class Follower:
         batch = await loop.run_in_executor(
             None, self._source().changes_since, self.view.namespace, position, FEED_BATCH_LIMIT
         )
-        if not self.view.apply(batch, started):
+        if not await self._apply(batch, started):
             log.info("Ledger epoch changed from %s to %s: reloading", self.view.epoch, batch.epoch)
             await self.reload()
             return False
         return len(batch.changes) >= FEED_BATCH_LIMIT
+
+    async def _apply(self, batch: FeedBatch, now: datetime) -> bool:
+        """Apply ``batch`` slice by slice (see the module docstring); False: reload instead."""
+        view = self.view
+        slices = _slices(batch.changes, APPLY_SLICE)
+        held = view.position or 0  # the position moves with the last slice only
+        for number, changes in enumerate(slices, start=1):
+            if number > 1:
+                await asyncio.sleep(0)
+            last = number == len(slices)
+            part = FeedBatch(
+                epoch=batch.epoch,
+                position=batch.position if last else held,
+                contract_version=batch.contract_version,
+                changes=changes,
+            )
+            if not view.apply(part, now):
+                return False  # only the first slice can meet a new epoch: nothing applied
+        return True
 
     async def _sleep(self, seconds: float) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
@@ -168,3 +193,21 @@ class Follower:
             async with asyncio.timeout(seconds):
                 await self.wake.wait()
         self.wake.clear()
+
+
+def _slices(changes: Sequence[Change], size: int) -> list[Sequence[Change]]:
+    """Cut ``changes`` into runs of about ``size``, only between two usage bucket states."""
+    if len(changes) <= size:
+        return [changes]
+    slices: list[Sequence[Change]] = []
+    start = 0
+    for i in range(size, len(changes)):
+        if (
+            i - start >= size
+            and isinstance(changes[i], UsageBucketState)
+            and isinstance(changes[i - 1], UsageBucketState)
+        ):
+            slices.append(changes[start:i])
+            start = i
+    slices.append(changes[start:])
+    return slices

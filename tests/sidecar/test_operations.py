@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from allotment.ledger.core.model import EntitlementType
 from allotment.ledger.storage import feed, migrate
-from allotment.sidecar.app import create_app, create_probe_app
+from allotment.sidecar.app import GIL_SWITCH_SECONDS, create_app, create_probe_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import FOLLOWER
 from allotment.sidecar.ledger_source import StorageSource
@@ -352,3 +353,16 @@ async def test_what_is_not_served_is_a_problem_naming_the_document(
         assert set(response.headers["Allow"].split(",")) == allow
     if path.startswith("/api/"):
         assert response.headers["Allotment-Ledger-Version"] == str(seeder.head())
+
+
+async def test_the_loop_waits_briefly_for_the_gil_while_serving(
+    aiohttp_client: Client,
+) -> None:
+    """The follower decodes in a worker thread: while the app runs, the GIL switches fast."""
+    before = 0.005  # Python's default (an app left running by another test may have lowered it)
+    sys.setswitchinterval(before)
+    app = create_app(SidecarSettings("sqlite://", NS), View(NS, CoreValueEngine(), freeze_gc=False))
+    client = await aiohttp_client(app)
+    assert sys.getswitchinterval() <= GIL_SWITCH_SECONDS < before
+    await client.close()
+    assert sys.getswitchinterval() == before

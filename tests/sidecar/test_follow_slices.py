@@ -1,0 +1,115 @@
+"""The follower applies a long feed batch in slices: the loop answers between them, and no
+slice ends inside a catalogue change."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from datetime import timedelta
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from allotment.sidecar import sync
+from allotment.sidecar.settings import SidecarSettings
+from allotment.sidecar.source import Change, FeedBatch, LoadedNamespace, UsageBucketState
+from allotment.sidecar.sync import Follower
+from allotment.sidecar.view import View
+
+from .test_view_changes import NOW, NS, T0, loaded_view, records
+
+
+def bucket(subject: str, minute: int, count: int) -> UsageBucketState:
+    return UsageBucketState(
+        meter_id="01METER",
+        meter_slug="tokens",
+        subject=subject,
+        groups=(),
+        minute=T0 + timedelta(minutes=minute),
+        event_count=count,
+        value_sum=Decimal(count),
+    )
+
+
+class OneBatch:
+    """A ledger source whose feed holds one batch (the view is loaded by the test)."""
+
+    def __init__(self, batch: FeedBatch) -> None:
+        self.batch = batch
+
+    def load(self, namespace: str) -> LoadedNamespace:  # pragma: no cover - never reloads
+        raise AssertionError("no reload expected")
+
+    def changes_since(self, namespace: str, position: int, limit: int) -> FeedBatch:
+        return self.batch
+
+    def listen(self, namespace: str, wake: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def usage(view: View, subject: str) -> object:
+    body = view.hot_body(subject, "tokens", NOW, by_subject=True, v2=False)
+    assert body is not None
+    return json.loads(body)["usage"]
+
+
+async def test_a_long_batch_lets_checks_through_and_applies_every_change() -> None:
+    view = loaded_view()
+    grant = replace(records(1)[2], amount=Decimal(5000))
+    changes: list[Change] = [bucket("sub-0", m, 1) for m in range(3 * sync.APPLY_SLICE)]
+    changes.append(grant)  # a catalogue change in the middle of the usage
+    changes += [bucket("sub-2", m, 2) for m in range(2 * sync.APPLY_SLICE)]
+    batch = FeedBatch("epoch", 99, 1, changes)
+    follower = Follower(
+        SidecarSettings("sqlite://", NS, probe_port=None),
+        view,
+        lambda: NOW,
+        lambda _settings: OneBatch(batch),
+    )
+    follower.source = OneBatch(batch)
+    seen: list[tuple[int | None, object]] = []
+
+    async def check_meanwhile() -> None:
+        while True:
+            seen.append((view.position, usage(view, "sub-0")))
+            await asyncio.sleep(0)
+
+    checking = asyncio.create_task(check_meanwhile())
+    await asyncio.sleep(0)
+    assert await follower.poll_once() is False
+    checking.cancel()
+
+    assert view.position == 99
+    assert usage(view, "sub-0") == 3 * sync.APPLY_SLICE
+    assert usage(view, "sub-2") == 4 * sync.APPLY_SLICE
+    assert view.grants_of(grant.entitlement_id) == [grant]
+    # Checks were answered while the batch was being applied, before the position moved.
+    partial = [u for position, u in seen if position == 1 and u not in (0, 3 * sync.APPLY_SLICE)]
+    assert partial, seen[:5]
+
+
+def test_slices_of_a_short_batch_are_the_batch() -> None:
+    changes: list[Change] = [bucket("s", m, 1) for m in range(3)]
+    assert sync._slices(changes, 64) == [changes]
+
+
+@given(st.lists(st.booleans(), max_size=300), st.integers(min_value=1, max_value=40))
+def test_slices_keep_order_and_cut_only_between_usage(kinds: list[bool], size: int) -> None:
+    grant = records(0)[2]
+    changes: list[Change] = [
+        bucket("s", i, 1) if is_usage else grant for i, is_usage in enumerate(kinds)
+    ]
+    slices = sync._slices(changes, size)
+    assert [c for part in slices for c in part] == changes
+    assert all(slices) or changes == []
+    cut = 0
+    for part in slices[:-1]:
+        cut += len(part)
+        assert len(part) >= size
+        assert isinstance(changes[cut - 1], UsageBucketState)
+        assert isinstance(changes[cut], UsageBucketState)
