@@ -58,6 +58,7 @@ from allotment.ledger.storage.codec import Record, decode_record, encode_record
 
 from .compact import Shapes, parse_instant
 from .compute import HistoryWindow, ValueEngine
+from .records import Records
 from .serialize import value_json
 from .source import (
     CONTRACT_VERSIONS,
@@ -79,9 +80,6 @@ _TICK = timedelta(microseconds=1)
 ZERO = Decimal(0)
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
 _GRANTS_SPLIT = b',"grantBalances":'
-#: Rebuilt records kept for reuse (values being computed, routes reading records). Small: they
-#: are the only records the cyclic collector walks (4,096 made 13 ms pauses; 256 make 1.5 ms).
-_DECODED_LIMIT = 256
 _NEVER = datetime.max.replace(tzinfo=UTC)
 _NO_TIME = timedelta(0)
 T = TypeVar("T")
@@ -122,7 +120,7 @@ class _Slot:
     without rebuilding the record. The cached body answers every query instant ``now`` with
     ``lo < now`` and (``hi`` None or ``now <= hi``): ``body`` is the v1 body (equal ones shared
     between slots), ``tail`` what the v2 body has instead of its closing brace (from
-    ``grantBalances`` on; empty when v2 adds nothing).
+    ``grantBalances`` on; empty when v2 adds nothing; None while no v2 read asked for it).
     """
 
     __slots__ = (
@@ -150,7 +148,7 @@ class _Slot:
         self.body: bytes | None = None
         self.lo: datetime = _NEVER
         self.hi: datetime | None = None
-        self.tail = b""
+        self.tail: bytes | None = None
 
     def answers(self, now: datetime) -> bool:
         """Tell whether the cached answer holds at the query instant ``now``."""
@@ -206,8 +204,8 @@ class _State:
     pending_grants: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     usage: UsageStore = field(default_factory=UsageStore)
     grant_count: int = 0
-    #: Records rebuilt from packed documents lately (bounded; keyed by bytes and fills).
-    decoded: dict[tuple[bytes, tuple[tuple[str, str], ...]], Any] = field(default_factory=dict)
+    #: Rebuilds records from packed documents; keeps the last few (bounded).
+    decoded: Records = field(default_factory=Records)
 
     def slots_of(self, customer_key: str) -> tuple[_Slot, ...]:
         """Return the entitlements held under a customer key."""
@@ -215,25 +213,12 @@ class _State:
         return (held,) if isinstance(held, _Slot) else held
 
     def record(self, packed: bytes, *fills: tuple[str, str]) -> Any:
-        """Return the record a packed document holds, its ``fills`` (field, value) put back.
-
-        Rebuilt, or from the small cache (keyed by the packed bytes and the fills).
-        """
-        key = (packed, fills)
-        found = self.decoded.get(key)
-        if found is None:
-            if len(self.decoded) >= _DECODED_LIMIT:
-                self.decoded.clear()
-            document = self.shapes.document(packed)
-            for name, value in fills:
-                document[name] = value
-            found = self.decoded[key] = decode_record(document)
-        return found
+        """Return the record a packed document holds, its ``fills`` (field, value) put back."""
+        return self.decoded.record(self.shapes, packed, fills)
 
     def entitlement(self, slot: _Slot) -> Entitlement:
         """Return a slot's entitlement."""
-        found: Entitlement = self.record(slot.packed, ("id", slot.id))
-        return found
+        return self.decoded.entitlement(self.shapes, slot.packed, slot.id)
 
     def grants(self, slot: _Slot) -> tuple[Grant, ...]:
         """Return a slot's grants, in the order recorded."""
@@ -241,15 +226,11 @@ class _State:
 
     def grant(self, packed: bytes, entitlement_id: str) -> Grant:
         """Return a grant of the entitlement ``entitlement_id``."""
-        found: Grant = self.record(packed, ("entitlementId", entitlement_id))
-        return found
+        return self.decoded.grant(self.shapes, packed, entitlement_id)
 
     def customer(self, customer: _Customer) -> CustomerRecord:
         """Return a customer's record."""
-        found: CustomerRecord = self.record(
-            customer.packed, ("id", customer.id), ("key", customer.key)
-        )
-        return found
+        return self.decoded.customer(self.shapes, customer.packed, customer.id, customer.key)
 
     def pack(self, document: Mapping[str, Any], *held: str, always: tuple[str, ...] = ()) -> bytes:
         """Pack a document without the fields named in ``held`` (their holder keeps them).
@@ -535,8 +516,8 @@ class View:
 
     def _cached_body(self, slot: _Slot, now: datetime, v2: bool) -> bytes:
         body = slot.body
-        if body is None or not slot.answers(now):
-            body = self._refresh(slot, now)
+        if body is None or not slot.answers(now) or (v2 and slot.tail is None):
+            body = self._refresh(slot, now, v2)
         if v2 and slot.tail:
             return body[:-1] + slot.tail
         return body
@@ -544,10 +525,13 @@ class View:
     def value(self, entitlement: Entitlement, now: datetime) -> EntitlementValue:
         """Return the current value: from the cached body while ``now`` stays inside its range."""
         slot = self._slot(entitlement)
-        body = slot.body
-        if body is None or not slot.answers(now):
-            return self._compute(slot, now)
-        return _decode_value(body[:-1] + slot.tail if slot.tail else body, slot, _step(entitlement))
+        body, tail = slot.body, slot.tail
+        if body is None or tail is None or not slot.answers(now):
+            value = self._compute(slot, now)
+            if tail is None:  # held only for slots read through v2 (see ``_refresh``)
+                slot.tail = None
+            return value
+        return _decode_value(body[:-1] + tail if tail else body, slot, _step(entitlement))
 
     def _slot(self, entitlement: Entitlement) -> _Slot:
         slot = self._require().entitlements.get(entitlement.id)
@@ -555,8 +539,13 @@ class View:
             raise LookupError(f"entitlement {entitlement.id} is not loaded")
         return slot
 
-    def _refresh(self, slot: _Slot, now: datetime) -> bytes:
+    def _refresh(self, slot: _Slot, now: datetime, v2: bool) -> bytes:
+        # The v2 tail holds the grants' ids and balances: unique per slot (~90 bytes), so it is
+        # kept only by slots read through v2 once (most checks are v1); the others drop it.
+        keep_tail = v2 or slot.tail is not None
         self._compute(slot, now)
+        if not keep_tail:
+            slot.tail = None
         if slot.body is None:  # pragma: no cover - _compute always fills it
             raise RuntimeError("no cached body after computing")
         return slot.body
