@@ -12,7 +12,8 @@ the current instant. The benched sidecar sees them only through the feed.
 It paces by schedule (commit k starts at ``k * batch / rate`` seconds), never skips a late
 commit, and on SIGTERM/SIGINT or after ``--seconds`` prints what it achieved as JSON: events
 committed, commits, events per second over the time it ran, commit latency p50/p99, how late
-the last commit started, and the CPU seconds it used. Pin it with ``os.sched_setaffinity``
+the last commit started, and the CPU seconds it used; with ``--progress FILE`` it keeps the
+count of events committed so far in FILE. Pin it with ``os.sched_setaffinity``
 (``--cpu``); ``--sched nice`` runs it at nice 19 and ``--sched idle`` under ``SCHED_IDLE`` (it
 then runs only when its core has nothing else to run; the summary's ``events_per_s`` says
 whether it still achieved its rate).
@@ -70,8 +71,20 @@ def _percentile(ordered: list[float], fraction: float) -> float:
     return round(ordered[index] * 1000, 2)
 
 
-def run(url: str, subjects: range, rate: float, batch: int, seconds: float) -> dict[str, Any]:
-    """Commit usage at ``rate`` events/s until stopped or ``seconds`` pass; return the summary."""
+def run(
+    url: str,
+    subjects: range,
+    rate: float,
+    batch: int,
+    seconds: float,
+    progress: str | None = None,
+) -> dict[str, Any]:
+    """Commit usage at ``rate`` events/s until stopped or ``seconds`` pass; return the summary.
+
+    With ``progress`` (a file name) the count of events committed so far is written over the
+    file's first line after every commit, so an observer can tell the rate of any window.
+    """
+    counter = os.open(progress, os.O_WRONLY | os.O_CREAT, 0o644) if progress else None
     draw = random.Random(20261124)
     run_id = f"{os.getpid()}-{time.time_ns()}"  # a reused ledger keeps earlier runs' ids
     ledger = open_ledger(url, reader_pool_size=1)
@@ -104,8 +117,12 @@ def run(url: str, subjects: range, rate: float, batch: int, seconds: float) -> d
             commits.append(time.perf_counter() - began)
             events += outcome.stored
             duplicates += outcome.duplicates
+            if counter is not None:
+                os.pwrite(counter, f"{events:>20}\n".encode(), 0)
     finally:
         ledger.dispose()
+        if counter is not None:
+            os.close(counter)
     elapsed = time.perf_counter() - started
     ordered = sorted(commits)
     return {
@@ -134,6 +151,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=50, help="events per commit")
     parser.add_argument("--seconds", type=float, default=3600.0, help="stop after this long")
     parser.add_argument("--cpu", type=int, help="pin this process to one core")
+    parser.add_argument("--progress", help="keep the count of events committed in this file")
     parser.add_argument(
         "--sched", choices=SCHEDULING, default="normal", help="nice: nice 19; idle: SCHED_IDLE"
     )
@@ -143,7 +161,8 @@ def main() -> int:
     schedule(args.sched)
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
-    summary = run(args.db, range(args.first, args.subjects), args.rate, args.batch, args.seconds)
+    subjects = range(args.first, args.subjects)
+    summary = run(args.db, subjects, args.rate, args.batch, args.seconds, args.progress)
     print(json.dumps(summary), flush=True)
     return 0
 

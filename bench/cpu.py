@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ __all__ = [
     "CoreTicks",
     "Interval",
     "Reading",
+    "Snapshot",
     "core_ticks",
     "process_seconds",
     "process_ticks",
@@ -97,26 +99,42 @@ class Reading:
     core_busy: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU seconds of named processes and every core's ticks at one wall-clock instant."""
+
+    at_ns: int
+    seconds: dict[str, float | None]
+    cores: dict[int, CoreTicks]
+
+    @classmethod
+    def take(cls, pids: Mapping[str, int | None]) -> Snapshot:
+        """Read ``/proc`` now (a None pid, or a process gone, reads as None)."""
+        seconds = {name: process_seconds(pid) if pid else None for name, pid in pids.items()}
+        return cls(time.time_ns(), seconds, _cores())
+
+    def until(self, later: Snapshot) -> Reading:
+        """CPU seconds per process and busy share per core from this snapshot to ``later``."""
+        used: dict[str, float | None] = {}
+        for name, before in self.seconds.items():
+            after = later.seconds.get(name)
+            used[name] = None if before is None or after is None else round(after - before, 3)
+        busy: dict[str, float] = {}
+        for core, start in self.cores.items():
+            end = later.cores.get(core)
+            if end is not None and end.total > start.total:
+                busy[f"core{core}"] = round((end.busy - start.busy) / (end.total - start.total), 3)
+        return Reading(used, busy)
+
+
 class Interval:
     """CPU used by named processes, and each core's busy share, between ``__init__`` and ``end``."""
 
     def __init__(self, pids: Mapping[str, int | None]) -> None:
         """Take the first readings of ``pids`` (a None pid is reported as None)."""
         self._pids = dict(pids)
-        self._start = {name: process_seconds(pid) if pid else None for name, pid in pids.items()}
-        self._cores = _cores()
+        self._start = Snapshot.take(pids)
 
     def end(self) -> Reading:
         """Take the second readings; return CPU seconds per process and busy share per core."""
-        seconds: dict[str, float | None] = {}
-        for name, pid in self._pids.items():
-            before = self._start[name]
-            after = process_seconds(pid) if pid else None
-            seconds[name] = None if before is None or after is None else round(after - before, 3)
-        cores_after = _cores()
-        busy: dict[str, float] = {}
-        for core, start in self._cores.items():
-            end = cores_after.get(core)
-            if end is not None and end.total > start.total:
-                busy[f"core{core}"] = round((end.busy - start.busy) / (end.total - start.total), 3)
-        return Reading(seconds, busy)
+        return self._start.until(Snapshot.take(self._pids))

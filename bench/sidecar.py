@@ -50,6 +50,7 @@ import csv
 import gc
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -57,10 +58,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tracemalloc
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -89,7 +92,7 @@ from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
 
 from .background import SCHEDULING
-from .cpu import Interval, Reading
+from .cpu import Interval, Reading, Snapshot
 from .cpu import rusage_seconds as cpu_seconds_of
 from .seed import FEATURE, NS, T0, Seeded, customer_records, expected_balance, seed, seeded_count
 
@@ -221,8 +224,19 @@ def _percentile(ordered: list[int], fraction: float) -> float:
     return round(ordered[index] / 1e6, 3)
 
 
-def _vegeta(binary: str, targets: Path, args: list[str], seconds: int, cpu: int) -> dict[str, Any]:
-    """Attack with vegeta pinned to core ``cpu``; return throughput, latency and its CPU.
+@dataclass(frozen=True)
+class _Result:
+    """One vegeta result: when the request started (wall clock, ns), its status and latency."""
+
+    start_ns: int
+    code: str
+    latency_ns: int
+
+
+def _vegeta(
+    binary: str, targets: Path, args: list[str], seconds: float, cpu: int
+) -> tuple[list[_Result], float]:
+    """Attack with vegeta pinned to core ``cpu``; return its results in start order and its CPU.
 
     The results go to a file and are encoded only after the attack, so decoding them costs
     no core time during it; the attack's own CPU seconds come from ``os.wait4``.
@@ -230,7 +244,7 @@ def _vegeta(binary: str, targets: Path, args: list[str], seconds: int, cpu: int)
     results = targets.with_suffix(".bin")
     flags = ["-keepalive", f"-output={results}", *args]
     attack = subprocess.Popen(
-        [binary, "attack", f"-targets={targets}", f"-duration={seconds}s", *flags],
+        [binary, "attack", f"-targets={targets}", f"-duration={seconds:.3f}s", *flags],
         preexec_fn=lambda: (
             os.sched_setaffinity(0, {cpu}) if hasattr(os, "sched_setaffinity") else None
         ),
@@ -241,25 +255,95 @@ def _vegeta(binary: str, targets: Path, args: list[str], seconds: int, cpu: int)
         [binary, "encode", "-to=csv", str(results)], capture_output=True, check=True
     )
     results.unlink()
-    rows = list(csv.reader(io.StringIO(encoded.stdout.decode())))
     # csv columns: timestamp (ns), status code, latency (ns), bytes out, bytes in, error, ...
-    starts = [int(r[0]) for r in rows]
-    latencies = sorted(int(r[2]) for r in rows)
+    rows = [
+        _Result(int(r[0]), r[1], int(r[2]))
+        for r in csv.reader(io.StringIO(encoded.stdout.decode()))
+    ]
+    rows.sort(key=lambda r: r.start_ns)
+    return rows, cpu_seconds_of(rusage)
+
+
+def _latencies(rows: Sequence[_Result]) -> dict[str, Any]:
+    """Throughput (200s over the span of starts) and latency percentiles of ``rows``."""
+    starts = [r.start_ns for r in rows]
+    latencies = sorted(r.latency_ns for r in rows)
     codes: dict[str, int] = {}
     for r in rows:
-        codes[r[1]] = codes.get(r[1], 0) + 1
-    ok = sum(1 for r in rows if r[1] == "200")
+        codes[r.code] = codes.get(r.code, 0) + 1
     span = (max(starts) - min(starts)) / 1e9 if len(starts) > 1 else 0.0
     return {
         "requests": len(rows),
-        "throughput_per_s": round(ok / span, 1) if span else 0.0,
+        "seconds": round(span, 1),
+        "throughput_per_s": round(codes.get("200", 0) / span, 1) if span else 0.0,
         "p50_ms": _percentile(latencies, 0.50),
         "p99_ms": _percentile(latencies, 0.99),
         "p99_9_ms": _percentile(latencies, 0.999),
         "max_ms": _percentile(latencies, 1.0),
         "status_codes": codes,
-        "vegeta_cpu_seconds": round(cpu_seconds_of(rusage), 3),
     }
+
+
+@dataclass(frozen=True)
+class _Sample:
+    """One reading during an attack: ``/proc``, the server's values computed, events committed."""
+
+    proc: Snapshot
+    computed: int
+    events: int | None
+
+
+class _Sampler:
+    """The server's count of computed values, the writer's count of events committed and
+    ``/proc`` readings, every ``period`` seconds.
+
+    Run around an attack, it lets the measurement cover any window of the attack (the part
+    after the first pass over the targets), not just the whole of it.
+    """
+
+    def __init__(
+        self,
+        base: str,
+        pids: dict[str, int | None],
+        progress: Path | None,
+        period: float = 0.25,
+    ) -> None:
+        """Sample ``pids``, ``base``'s ``/bench/status`` and the writer's ``progress`` file."""
+        self._base, self._pids, self._progress, self._period = base, pids, progress, period
+        self.samples: list[_Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _events(self) -> int | None:
+        if self._progress is None:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            return int(self._progress.read_text().split()[0])
+        return None
+
+    def _sample(self) -> None:
+        computed: int = _get_json(f"{self._base}/bench/status")["values_computed"]
+        self.samples.append(_Sample(Snapshot.take(self._pids), computed, self._events()))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._sample()
+
+    def __enter__(self) -> _Sampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def window(self, first_ns: int, last_ns: int) -> tuple[_Sample, _Sample]:
+        """The samples just around ``[first_ns, last_ns]``: the last before, the first after."""
+        before = [s for s in self.samples if s.proc.at_ns <= first_ns] or self.samples[:1]
+        after = [s for s in self.samples if s.proc.at_ns >= last_ns] or self.samples[-1:]
+        return before[-1], after[0]
 
 
 def _balance(base: str, subject: str) -> Decimal:
@@ -396,30 +480,28 @@ def _check(base: str, n: int, buckets: int) -> dict[str, Any]:
     return {"subject": subject, "balance": str(balance), "seeded": str(expected)}
 
 
-def _background(url: str, args: argparse.Namespace) -> subprocess.Popen[bytes] | None:
+def _background(
+    url: str, args: argparse.Namespace, progress: Path | None
+) -> subprocess.Popen[bytes] | None:
     """Start bench.background on core 1 for every subject but the propagation's and the check's."""
     if args.background_rate <= 0:
         return None
-    command = [sys.executable, "-m", "bench.background", "--db", url]
+    command = [sys.executable, "-m", "bench.background", "--db", url, "--progress", str(progress)]
     command += ["--rate", str(args.background_rate), "--first", str(args.propagations)]
     command += ["--subjects", str(args.entitlements - 1)]
     command += ["--cpu", str(args.background_cpu), "--sched", args.background_sched]
     return subprocess.Popen(command, stdout=subprocess.PIPE)
 
 
-def _cpu_shares(reading: Reading, attacked: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The server's CPU per request and each process's share of its core during an attack."""
-    used = reading.cpu_seconds
-    server, background = used["server"], used["background"]
+def _cpu_shares(reading: Reading, requests: int, seconds: float) -> dict[str, Any]:
+    """The server's CPU per request and the server's and writer's shares of their cores."""
+    server, background = reading.cpu_seconds["server"], reading.cpu_seconds["background"]
     return {
         "server_cpu_us_per_request": (
-            round(server * 1e6 / attacked["requests"], 1)
-            if server is not None and attacked["requests"]
-            else None
+            round(server * 1e6 / requests, 1) if server is not None and requests else None
         ),
         "server_core_share": None if server is None else round(server / seconds, 3),
         "background_core_share": None if background is None else round(background / seconds, 3),
-        "vegeta_core_share": round(attacked["vegeta_cpu_seconds"] / seconds, 3),
         "core_busy": reading.core_busy,
     }
 
@@ -465,13 +547,16 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "bare_p99_9_ms": fixed["bare"]["p99_9_ms"],
         "goal_value_p99_ms": 1.0,
         "value_fixed_achieved_per_s": fixed["value"]["throughput_per_s"],
-        "value_fixed_cold_fraction": round(
-            fixed["value"]["values_computed_cold"] / max(1, fixed["value"]["requests"]), 3
+        "value_fixed_cold_fraction": fixed["value"]["cold_fraction"],
+        "value_fixed_cold_fraction_steady_state_expected": fixed["value"].get(
+            "cold_fraction_steady_state_expected"
         ),
         "value_saturated_per_s": saturation["value"]["throughput_per_s"],
-        "value_saturated_cold_fraction": round(
-            saturation["value"]["values_computed_cold"] / max(1, saturation["value"]["requests"]), 3
+        "value_saturated_cold_fraction": saturation["value"]["cold_fraction"],
+        "value_saturated_cold_fraction_steady_state_expected": saturation["value"].get(
+            "cold_fraction_steady_state_expected"
         ),
+        "value_measured_after_one_pass": result["steady"],
         "bare_saturated_per_s": saturation["bare"]["throughput_per_s"],
         "server_cpu_us_per_request": {
             "value_saturated": saturation["value"]["server_cpu_us_per_request"],
@@ -517,6 +602,12 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
         "seed_seconds": None if seed_seconds is None else round(seed_seconds, 1),
         "reused": seed_seconds is None,
         "background_rate": args.background_rate,
+        "background_placement": {
+            "cpu": args.background_cpu,
+            "sched": args.background_sched,
+            "vegeta_cpu": args.vegeta_cpu,
+        },
+        "steady": args.steady,
     }
     port, bare_port = _free_port(), _free_port()
     command = [sys.executable, "-m", "bench.sidecar", "--serve", str(port)]
@@ -554,8 +645,9 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
             ),
             "includes": "RSS: records, indexes, usage buckets, allocator slack; then every value",
         }
-        background = _background(url, args)
         with tempfile.TemporaryDirectory(prefix="allotment-bench-") as tmp:
+            progress = Path(tmp) / "background-events" if args.background_rate > 0 else None
+            background = _background(url, args, progress)
             bare = Path(tmp) / "bare.txt"
             bare.write_text(f"GET http://127.0.0.1:{bare_port}/bench/bare\n")
             value = Path(tmp) / "value.txt"
@@ -569,28 +661,51 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
 
             pids = {"server": server.pid, "background": background.pid if background else None}
 
-            def attack(targets: Path, flags: list[str]) -> dict[str, Any]:
-                computed = _get_json(f"{base}/bench/status")["values_computed"]
-                interval = Interval(pids)
-                attacked = _vegeta(vegeta, targets, flags, args.seconds, args.vegeta_cpu)
-                attacked.update(_cpu_shares(interval.end(), attacked, args.seconds))
-                computed = _get_json(f"{base}/bench/status")["values_computed"] - computed
-                attacked["values_computed_cold"] = computed
-                attacked["cold_fraction"] = round(computed / max(1, attacked["requests"]), 3)
+            def attack(targets: Path, flags: list[str], prime_at: float = 0) -> dict[str, Any]:
+                """Attack; measure after one pass over every target (at ``prime_at``/s) if asked."""
+                skip = args.entitlements if prime_at and args.steady else 0
+                priming = skip / prime_at if skip else 0.0
+                with _Sampler(base, pids, progress) as sampler:
+                    rows, vegeta_cpu = _vegeta(
+                        vegeta, targets, flags, args.seconds + priming, args.vegeta_cpu
+                    )
+                measured = rows[skip:] or rows
+                attacked = _latencies(measured)
+                first, last = sampler.window(measured[0].start_ns, measured[-1].start_ns)
+                window = (last.proc.at_ns - first.proc.at_ns) / 1e9
+                in_window = sum(
+                    1 for r in rows if first.proc.at_ns <= r.start_ns <= last.proc.at_ns
+                )
+                attacked.update(_cpu_shares(first.proc.until(last.proc), in_window, window))
+                attacked["vegeta_core_share"] = round(vegeta_cpu / (args.seconds + priming), 3)
+                attacked["requests_before_measuring"] = len(rows) - len(measured)
+                attacked["measured_after_one_pass"] = len(rows) > skip > 0
+                cold = last.computed - first.computed
+                attacked["values_computed_cold"] = cold
+                attacked["cold_fraction"] = round(cold / max(1, in_window), 3)
+                if first.events is not None and last.events is not None and window > 0:
+                    attacked["background_events_per_s"] = round(
+                        (last.events - first.events) / window, 1
+                    )
+                if args.background_rate > 0 and prime_at:
+                    # each check finds its entitlement touched since its last check (one pass,
+                    # N / rate seconds ago) with this probability, whatever N
+                    expected = 1 - math.exp(-args.background_rate / attacked["throughput_per_s"])
+                    attacked["cold_fraction_steady_state_expected"] = round(expected, 3)
                 return attacked
 
             time.sleep(2.0 if background else 0.0)  # the writer's start-up is not its load
             result["idle"] = _idle(pids, args.idle_seconds)
 
             bare_sat = attack(bare, saturate)
-            value_sat = attack(value, saturate)
             rate = max(1, int(bare_sat["throughput_per_s"] / 2))
+            value_sat = attack(value, saturate, prime_at=rate)
             # 16 connections, as at saturation: without a cap vegeta opens a connection per
             # late request and measures its own connection storm.
             fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
             fixed += ["-connections=16", "-max-connections=16"]
             bare_fixed = attack(bare, fixed)
-            value_fixed = attack(value, fixed)
+            value_fixed = attack(value, fixed, prime_at=rate)
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,
@@ -629,6 +744,11 @@ def main() -> int:
     parser.add_argument("--propagations", type=int, default=5)
     parser.add_argument("--db", help="an empty ledger URL (default: a temporary SQLite file)")
     parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="seed a throwaway PostgreSQL (the tests' harness; its server pinned to vegeta's core)",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="use --db as it is when it holds n seeded already"
     )
     parser.add_argument(
@@ -642,6 +762,12 @@ def main() -> int:
         choices=SCHEDULING,
         default="normal",
         help="the writer's priority: normal, nice (19) or idle (SCHED_IDLE)",
+    )
+    parser.add_argument(
+        "--no-steady",
+        dest="steady",
+        action="store_false",
+        help="measure value attacks from their first request (not after one pass: warmer)",
     )
     parser.add_argument("--vegeta-cpu", type=int, default=1, help="the core vegeta runs on")
     parser.add_argument(
@@ -660,7 +786,12 @@ def main() -> int:
     if not Path(vegeta).exists():
         print(json.dumps({"error": "vegeta not found: go install github.com/tsenart/vegeta/v12"}))
         return 1
-    if args.db:
+    if args.postgres:
+        from .postgres import throwaway_database  # imports the tests' harness: repo root only
+
+        with throwaway_database(pin=args.vegeta_cpu) as url:
+            result = run(args, url, vegeta)
+    elif args.db:
         result = run(args, args.db, vegeta)
     else:
         with tempfile.TemporaryDirectory(prefix="allotment-bench-") as folder:
