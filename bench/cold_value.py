@@ -24,8 +24,18 @@ Shapes (``now`` is 2026-11-24, mid-period):
 It must not assert anything: it prints one JSON object per shape (µs per cold value: mean, p50,
 p99 over ``--count`` entitlements, each the median of ``--repeat`` passes) and a ``load`` line.
 
+``--view DB`` measures the view's whole cold path instead (what the server does when an access
+check finds its cached answer dropped): a ledger seeded by ``bench.seed`` is loaded into a
+``View`` through ``StorageSource`` (as bench/view_memory.py does), then each pass drops every
+entitlement's cached body and reads it through ``View.hot_body`` (record rebuilt from its
+packed form, usage inputs, engine, rendering). It prints µs per cold value (process time per
+pass over the entitlements, best of ``--repeat``) and a SHA-256 over every body with the
+instants it holds for, to compare two commits' answers byte for byte.
+
 Usage: ``python -m bench.cold_value [--count 2000] [--repeat 5] [--shape seed] [--profile]``
-(``--profile`` prints cProfile's top functions for each shape to stderr). To time another
+(``--profile`` prints cProfile's top functions for each shape to stderr);
+``python -m bench.seed --db sqlite:////tmp/cold-1e4.db --entitlements 10000`` then
+``python -m bench.cold_value --view sqlite:////tmp/cold-1e4.db [--repeat 7] [--profile]``. To time another
 commit's core with this bench: ``git archive REV ledger sidecar src | tar -x -C DIR`` then
 ``PYTHONPATH=DIR/src:. python -m bench.cold_value``.
 """
@@ -35,6 +45,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import hashlib
 import json
 import os
 import pstats
@@ -58,12 +69,19 @@ from allotment.ledger.core.model import (
 from allotment.ledger.core.periods import new_usage_period
 from allotment.ledger.core.ulid import derived_ulid
 from allotment.ledger.core.usage import MinuteSeries
+from allotment.ledger.storage.engine import open_ledger
 from allotment.sidecar.compute import CoreValueEngine
+from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.serialize import value_json
+from allotment.sidecar.view import View
+
+from .seed import FEATURE, NS, Seeded
 
 __all__ = ["SHAPES", "Case", "build", "measure"]
 
 NOW = datetime(2026, 11, 24, 9, 0, 30, tzinfo=UTC)
+#: The view mode's query instant: mid-period, after bench.seed's buckets (as bench.view_memory).
+VIEW_NOW = datetime(2026, 11, 15, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 
 
@@ -213,6 +231,49 @@ def _profile(cases: list[Case], name: str) -> None:
     pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(18)
 
 
+def measure_view(url: str, repeat: int, profile: bool) -> dict[str, object]:
+    """Load a seeded ledger into a ``View``; time dropping and re-reading every cached body."""
+    source = StorageSource(open_ledger(url, reader_pool_size=1))
+    view = View(NS, CoreValueEngine())
+    view.install(view.prepare(source.load(NS)), VIEW_NOW)
+    source.close()
+    slots = list(view._require().entitlements.values())  # the bench drops bodies directly
+    subjects = [Seeded.subject(i) for i in range(len(slots))]
+    hot_body = view.hot_body
+
+    def cold_pass() -> list[bytes | None]:
+        for slot in slots:
+            slot.body = None
+        return [hot_body(s, FEATURE, VIEW_NOW, by_subject=True, v2=True) for s in subjects]
+
+    bodies = cold_pass()
+    digest = hashlib.sha256()
+    for slot, body in zip(slots, bodies, strict=True):
+        digest.update(b"%s|%s|%s\n" % (str(slot.lo).encode(), str(slot.hi).encode(), body or b""))
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        cold_pass()
+        profiler.disable()
+        print(f"--- profile: view cold path ({len(slots)} cold values)", file=sys.stderr)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    seconds: list[float] = []
+    gc.collect()
+    for _ in range(repeat):
+        started = time.process_time()
+        cold_pass()
+        seconds.append(time.process_time() - started)
+    return {
+        "mode": "view",
+        "entitlements": len(slots),
+        "not_found": sum(body is None for body in bodies),
+        "us_per_cold_value_best": round(min(seconds) / len(slots) * 1e6, 1),
+        "us_per_cold_value_median": round(statistics.median(seconds) / len(slots) * 1e6, 1),
+        "bodies_sha256": digest.hexdigest(),
+        "body": (bodies[0] or b"").decode(),
+    }
+
+
 def main() -> None:
     """Time cold values per shape and print one JSON object per line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -220,8 +281,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="passes; medians are reported")
     parser.add_argument("--shape", action="append", choices=sorted(SHAPES))
     parser.add_argument("--profile", action="store_true", help="cProfile to stderr")
+    parser.add_argument("--view", metavar="DB", help="time the view's cold path on this ledger")
     args = parser.parse_args()
     print(json.dumps({"load": os.getloadavg(), "cpus": os.cpu_count()}))
+    if args.view:
+        print(json.dumps(measure_view(args.view, args.repeat, args.profile)))
+        print(json.dumps({"load": os.getloadavg()}))
+        return
     for name in args.shape or list(SHAPES):
         shape = SHAPES[name]
         count = args.count if not name.startswith("daily_replay") else max(args.count // 20, 10)
