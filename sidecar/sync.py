@@ -7,8 +7,8 @@ applies each batch to the view on the event loop, so lookups need no lock. A lon
 in slices of about ``APPLY_SLICE`` changes with the loop free between them (an access check
 waits for one slice, not for thousands of changes); a slice ends only between two usage bucket
 states, so a lookup never sees part of a catalogue change (an entitlement edited but not its
-grants), only usage that has reached some buckets and not yet others, as a poll a moment earlier
-would have shown. A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
+grants), only usage that has reached some buckets and not yet others for a moment (each bucket
+state is absolute: it is counted once either way). A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
 correct (DESIGN D10). A batch from another ``ledger_epoch`` (a restore) triggers a full reload.
 A failing poll keeps the last state and lets its age grow: staleness is handled by policy, never
 by crashing the app (D7, D11).
