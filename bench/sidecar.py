@@ -317,7 +317,7 @@ class _Sampler:
     def _events(self) -> int | None:
         if self._progress is None:
             return None
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # not written yet: None
             return int(self._progress.read_text().split()[0])
         return None
 
@@ -344,6 +344,67 @@ class _Sampler:
         before = [s for s in self.samples if s.proc.at_ns <= first_ns] or self.samples[:1]
         after = [s for s in self.samples if s.proc.at_ns >= last_ns] or self.samples[-1:]
         return before[-1], after[0]
+
+
+_WRK_SCRIPT = """
+local first, count, i, form = 0, 0, 0, nil
+function init(args)
+  form = args[1]; first = tonumber(args[2] or "0"); count = tonumber(args[3] or "0"); i = first
+end
+function request()
+  if count == 0 then return wrk.format(nil) end
+  local path = string.format(form, i)
+  i = (i + 1) % count
+  return wrk.format("GET", path)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "non_2xx": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d, "p99_9_us": %d, "max_us": %d}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+
+def _wrk(
+    binary: str, script: Path, url: str, seconds: int, cpu: int, targets: tuple[str, int, int]
+) -> tuple[dict[str, Any], float]:
+    """Saturate with wrk (one thread, 16 connections) pinned to core ``cpu``.
+
+    ``targets``: a path format with one ``%d``, the first index and the count, for a round
+    robin over every loaded subject (count 0: ``url`` itself). Returns its numbers and CPU.
+    """
+    targets_args = [str(part) for part in targets]
+    attack = subprocess.Popen(
+        [binary, "-t1", "-c16", f"-d{seconds}s", "-s", str(script), url, "--", *targets_args],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: (
+            os.sched_setaffinity(0, {cpu}) if hasattr(os, "sched_setaffinity") else None
+        ),
+    )
+    assert attack.stdout is not None
+    out = attack.stdout.read().decode()
+    _, status, rusage = os.wait4(attack.pid, 0)
+    attack.returncode = os.waitstatus_to_exitcode(status)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if attack.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk exited {attack.returncode}: {out[-500:]}")
+    done = json.loads(lines[-1])
+    span = done["duration_us"] / 1e6
+    ok = done["requests"] - done["non_2xx"]
+    return {
+        "requests": done["requests"],
+        "seconds": round(span, 1),
+        "throughput_per_s": round(ok / span, 1) if span else 0.0,
+        "p50_ms": round(done["p50_us"] / 1000, 3),
+        "p99_ms": round(done["p99_us"] / 1000, 3),
+        "p99_9_ms": round(done["p99_9_us"] / 1000, 3),
+        "max_ms": round(done["max_us"] / 1000, 3),
+        "non_2xx": done["non_2xx"],
+        "socket_errors": done["socket_errors"],
+    }, cpu_seconds_of(rusage)
 
 
 def _balance(base: str, subject: str) -> Decimal:
@@ -530,6 +591,10 @@ def _stop_background(process: subprocess.Popen[bytes] | None) -> dict[str, Any]:
     return summary
 
 
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if not numerator or not denominator else round(numerator / denominator, 3)
+
+
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     """The numbers DESIGN asks for, labelled, each next to its goal."""
     fixed, saturation, memory = (
@@ -564,10 +629,20 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
             "value_fixed": fixed["value"]["server_cpu_us_per_request"],
             "bare_fixed": fixed["bare"]["server_cpu_us_per_request"],
         },
+        "value_over_bare_by_server_cpu": _ratio(
+            saturation["bare"]["server_cpu_us_per_request"],
+            saturation["value"]["server_cpu_us_per_request"],
+        ),
         "server_core_share_without_requests": result["idle"].get("server_core_share"),
+        "background_events_per_s_in_attacks": {
+            "bare_saturated": saturation["bare"].get("background_events_per_s"),
+            "value_saturated": saturation["value"].get("background_events_per_s"),
+            "bare_fixed": fixed["bare"].get("background_events_per_s"),
+            "value_fixed": fixed["value"].get("background_events_per_s"),
+        },
         "core_shares_bare_saturated": {
             "server": saturation["bare"]["server_core_share"],
-            "vegeta": saturation["bare"]["vegeta_core_share"],
+            "generator": saturation["bare"]["generator_core_share"],
             "background": saturation["bare"]["background_core_share"],
             "core_busy": saturation["bare"]["core_busy"],
         },
@@ -589,7 +664,10 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
+_MARK = 987_654_321  # stands for the customer index in the subject key's format
+
+
+def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dict[str, Any]:
     """Seed, serve, attack and measure; return the JSON result."""
     load_before = os.getloadavg()
     seed_seconds = _prepare(args, url)
@@ -658,48 +736,98 @@ def run(args: argparse.Namespace, url: str, vegeta: str) -> dict[str, Any]:
                 )
             )
             saturate = ["-rate=0", "-max-workers=16", "-workers=16", "-connections=16"]
+            script = Path(tmp) / "round-robin.lua"
+            script.write_text(_WRK_SCRIPT)
+            form = f"/api/v1/subjects/{Seeded.subject(_MARK)}/entitlements/{FEATURE}/value"
+            form = form.replace(str(_MARK), "%d")
 
             pids = {"server": server.pid, "background": background.pid if background else None}
 
-            def attack(targets: Path, flags: list[str], prime_at: float = 0) -> dict[str, Any]:
-                """Attack; measure after one pass over every target (at ``prime_at``/s) if asked."""
-                skip = args.entitlements if prime_at and args.steady else 0
-                priming = skip / prime_at if skip else 0.0
-                with _Sampler(base, pids, progress) as sampler:
-                    rows, vegeta_cpu = _vegeta(
-                        vegeta, targets, flags, args.seconds + priming, args.vegeta_cpu
-                    )
-                measured = rows[skip:] or rows
-                attacked = _latencies(measured)
-                first, last = sampler.window(measured[0].start_ns, measured[-1].start_ns)
-                window = (last.proc.at_ns - first.proc.at_ns) / 1e9
-                in_window = sum(
-                    1 for r in rows if first.proc.at_ns <= r.start_ns <= last.proc.at_ns
-                )
-                attacked.update(_cpu_shares(first.proc.until(last.proc), in_window, window))
-                attacked["vegeta_core_share"] = round(vegeta_cpu / (args.seconds + priming), 3)
-                attacked["requests_before_measuring"] = len(rows) - len(measured)
-                attacked["measured_after_one_pass"] = len(rows) > skip > 0
+            def finish(
+                attacked: dict[str, Any],
+                window: tuple[_Sample, _Sample],
+                requests: int,
+                generator: tuple[str, float, float],
+                prime_at: float,
+            ) -> dict[str, Any]:
+                """Add the server's CPU, the core shares and the cold share over ``window``."""
+                first, last = window
+                seconds = (last.proc.at_ns - first.proc.at_ns) / 1e9
+                attacked.update(_cpu_shares(first.proc.until(last.proc), requests, seconds))
+                name, cpu, ran = generator
+                attacked["generator"] = name
+                attacked["generator_core_share"] = round(cpu / ran, 3)
                 cold = last.computed - first.computed
                 attacked["values_computed_cold"] = cold
-                attacked["cold_fraction"] = round(cold / max(1, in_window), 3)
-                if first.events is not None and last.events is not None and window > 0:
-                    attacked["background_events_per_s"] = round(
-                        (last.events - first.events) / window, 1
-                    )
-                if args.background_rate > 0 and prime_at:
+                attacked["cold_fraction"] = round(cold / max(1, requests), 3)
+                if first.events is not None and last.events is not None and seconds > 0:
+                    events = (last.events - first.events) / seconds
+                    attacked["background_events_per_s"] = round(events, 1)
+                if args.background_rate > 0 and prime_at and attacked["throughput_per_s"]:
                     # each check finds its entitlement touched since its last check (one pass,
                     # N / rate seconds ago) with this probability, whatever N
                     expected = 1 - math.exp(-args.background_rate / attacked["throughput_per_s"])
                     attacked["cold_fraction_steady_state_expected"] = round(expected, 3)
                 return attacked
 
+            def attack(targets: Path, flags: list[str], prime_at: float = 0) -> dict[str, Any]:
+                """Attack; measure after one pass over every target (at ``prime_at``/s) if asked."""
+                skip = args.entitlements if prime_at and args.steady else 0
+                ran = args.seconds + (skip / prime_at if skip else 0.0)
+                with _Sampler(base, pids, progress) as sampler:
+                    rows, cpu = _vegeta(vegeta, targets, flags, ran, args.vegeta_cpu)
+                measured = rows[skip:] or rows
+                window = sampler.window(measured[0].start_ns, measured[-1].start_ns)
+                at = (window[0].proc.at_ns, window[1].proc.at_ns)
+                requests = sum(1 for r in rows if at[0] <= r.start_ns <= at[1])
+                attacked = _latencies(measured)
+                attacked["requests_before_measuring"] = len(rows) - len(measured)
+                attacked["measured_after_one_pass"] = len(rows) > skip > 0
+                return finish(attacked, window, requests, ("vegeta", cpu, ran), prime_at)
+
+            def saturate_wrk(
+                wrk: str, url: str, targets: str | None, prime_at: float = 0
+            ) -> dict[str, Any]:
+                """Saturate with wrk; for ``targets``, measure after one pass if asked."""
+                count = args.entitlements if targets else 0
+                first = primed = 0
+                pace = prime_at
+                while count and prime_at and args.steady and primed < count:
+                    # one pass over every target first, in as many runs as it takes
+                    seconds = max(1, math.ceil((count - primed) / max(pace, 1.0)))
+                    primer, _ = _wrk(
+                        wrk, script, url, seconds, args.vegeta_cpu, (targets or "", first, count)
+                    )
+                    if not primer["requests"]:
+                        raise RuntimeError("wrk got no answer while priming")
+                    primed += primer["requests"]
+                    first = primed % count
+                    pace = primer["requests"] / max(primer["seconds"], 0.1)
+                with _Sampler(base, pids, progress) as sampler:
+                    attacked, cpu = _wrk(
+                        wrk,
+                        script,
+                        url,
+                        args.seconds,
+                        args.vegeta_cpu,
+                        (targets or "", first, count),
+                    )
+                attacked["requests_before_measuring"] = primed
+                attacked["measured_after_one_pass"] = bool(count) and primed >= count
+                window = (sampler.samples[0], sampler.samples[-1])
+                generator = ("wrk", cpu, attacked["seconds"])
+                return finish(attacked, window, attacked["requests"], generator, prime_at)
+
             time.sleep(2.0 if background else 0.0)  # the writer's start-up is not its load
             result["idle"] = _idle(pids, args.idle_seconds)
 
-            bare_sat = attack(bare, saturate)
+            bare_url = f"http://127.0.0.1:{bare_port}/bench/bare"
+            bare_sat = saturate_wrk(wrk, bare_url, None) if wrk else attack(bare, saturate)
             rate = max(1, int(bare_sat["throughput_per_s"] / 2))
-            value_sat = attack(value, saturate, prime_at=rate)
+            if wrk:
+                value_sat = saturate_wrk(wrk, base, form, prime_at=rate)
+            else:
+                value_sat = attack(value, saturate, prime_at=rate)
             # 16 connections, as at saturation: without a cap vegeta opens a connection per
             # late request and measures its own connection storm.
             fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
@@ -769,6 +897,12 @@ def main() -> int:
         action="store_false",
         help="measure value attacks from their first request (not after one pass: warmer)",
     )
+    parser.add_argument(
+        "--saturate-with",
+        choices=("wrk", "vegeta"),
+        default="wrk",
+        help="the closed-loop generator for throughput at saturation (fixed rate: vegeta)",
+    )
     parser.add_argument("--vegeta-cpu", type=int, default=1, help="the core vegeta runs on")
     parser.add_argument(
         "--idle-seconds", type=float, default=3.0, help="server CPU measured without requests"
@@ -786,16 +920,22 @@ def main() -> int:
     if not Path(vegeta).exists():
         print(json.dumps({"error": "vegeta not found: go install github.com/tsenart/vegeta/v12"}))
         return 1
+    wrk = shutil.which("wrk") if args.saturate_with == "wrk" else None
+    if args.saturate_with == "wrk" and wrk is None:
+        print(
+            json.dumps({"error": "wrk not found: apt-get install wrk, or --saturate-with vegeta"})
+        )
+        return 1
     if args.postgres:
         from .postgres import throwaway_database  # imports the tests' harness: repo root only
 
         with throwaway_database(pin=args.vegeta_cpu) as url:
-            result = run(args, url, vegeta)
+            result = run(args, url, vegeta, wrk)
     elif args.db:
-        result = run(args, args.db, vegeta)
+        result = run(args, args.db, vegeta, wrk)
     else:
         with tempfile.TemporaryDirectory(prefix="allotment-bench-") as folder:
-            result = run(args, f"sqlite:///{Path(folder) / 'ledger.db'}", vegeta)
+            result = run(args, f"sqlite:///{Path(folder) / 'ledger.db'}", vegeta, wrk)
     if "summary" in result:  # the headline first
         result = {"summary": result.pop("summary"), **result}
     print(json.dumps(result, indent=2))
