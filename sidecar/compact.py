@@ -30,6 +30,7 @@ __all__ = ["Shapes", "parse_instant"]
 
 _SHAPE_BITS = 12
 _SHAPE_MASK = (1 << _SHAPE_BITS) - 1
+_HEADS_LIMIT = 4096
 
 
 def parse_instant(text: str) -> datetime:
@@ -46,6 +47,8 @@ class Shapes:
         self._values: list[tuple[Any, ...]] = []
         self._frozen: list[bytes] = []
         self._each: list[tuple[bytes, ...]] = []  # each template value marshal-ed
+        #: A packed document's head -> the keys of the positions it stores (bounded: few occur).
+        self._heads: dict[int, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -108,3 +111,24 @@ class Shapes:
             mask >>= 1
             i += 1
         return dict(zip(self._keys[number], values, strict=True))
+
+    def template(self, number: int) -> dict[str, Any]:
+        """Return the template document of shape ``number`` (fresh objects every time)."""
+        return dict(zip(self._keys[number], marshal.loads(self._frozen[number]), strict=True))
+
+    def differences(self, packed: bytes) -> tuple[int, tuple[str, ...], tuple[Any, ...]]:
+        """Return the shape number of ``packed``, and the keys and values where it differs.
+
+        Every other field of the document is the shape's template's (``template``); the
+        values are fresh objects.
+        """
+        changed = marshal.loads(packed)
+        head = changed[0]
+        keys = self._heads.get(head)
+        if keys is None:
+            shape, mask = self._keys[head & _SHAPE_MASK], head >> _SHAPE_BITS
+            keys = tuple(key for i, key in enumerate(shape) if mask >> i & 1)
+            if len(self._heads) >= _HEADS_LIMIT:
+                self._heads.clear()
+            self._heads[head] = keys
+        return head & _SHAPE_MASK, keys, changed[1:]

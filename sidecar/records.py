@@ -12,10 +12,18 @@ clock, or pack documents (``Shapes.pack`` does).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from allotment.ledger.core.model import Entitlement, Grant
-from allotment.ledger.storage.codec import decode_record
+from allotment.ledger.storage.codec import (
+    CUSTOMER_FIELDS,
+    ENTITLEMENT_FIELDS,
+    GRANT_FIELDS,
+    FieldDecoding,
+    decode_record,
+)
 
 from .compact import Shapes
 from .source import CustomerRecord
@@ -27,14 +35,43 @@ __all__ = ["DECODED_LIMIT", "Records"]
 DECODED_LIMIT = 256
 
 _Fills = tuple[tuple[str, str], ...]
+_FIELDS: dict[str, dict[str, FieldDecoding]] = {
+    kind: {f.key: f for f in fields}
+    for kind, fields in (
+        ("entitlement", ENTITLEMENT_FIELDS),
+        ("grant", GRANT_FIELDS),
+        ("customer", CUSTOMER_FIELDS),
+    )
+}
+_NESTED = "customer."
+
+
+class _Template:
+    """One shape's template record, and how its documents' fields decode."""
+
+    __slots__ = ("fields", "mappings", "nested_mappings", "record")
+
+    def __init__(self, record: Any, fields: Mapping[str, FieldDecoding]) -> None:
+        self.record = record
+        self.fields = fields
+        mapped = [f.attribute for f in fields.values() if f.mapping]
+        self.mappings = tuple(a for a in mapped if not a.startswith(_NESTED))
+        self.nested_mappings = tuple(a[len(_NESTED) :] for a in mapped if a.startswith(_NESTED))
 
 
 class Records:
-    """Rebuilds records from packed documents of one view state; keeps the last few."""
+    """Rebuilds records from packed documents of one view state; keeps the last few.
+
+    A record is rebuilt from its shape's template record (decoded once, by the codec, from the
+    template document): only the fields the packed form stores and the fills are decoded, with
+    the codec's own field decodings; every other attribute is the template's immutable value
+    (mappings are copied, so no two records share a mutable one).
+    """
 
     def __init__(self, limit: int = DECODED_LIMIT) -> None:
         self.limit = limit
         self._held: dict[tuple[bytes, _Fills], Any] = {}
+        self._templates: dict[int, _Template | None] = {}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -47,11 +84,57 @@ class Records:
         if found is None:
             if len(held) >= self.limit:
                 held.clear()
-            document = shapes.document(packed)
-            for name, value in fills:
-                document[name] = value
-            found = held[key] = decode_record(document)
+            found = held[key] = self.rebuild(shapes, packed, fills)
         return found
+
+    def rebuild(self, shapes: Shapes, packed: bytes, fills: _Fills) -> Any:
+        """Return the record ``packed`` holds, rebuilt now (as ``decode_record`` would)."""
+        number, keys, values = shapes.differences(packed)
+        template = self._template(shapes, number)
+        if template is None or "kind" in keys:
+            return self._decoded(shapes, packed, fills)
+        fields = template.fields
+        updates: dict[str, Any] = {}
+        for name, value in (*zip(keys, values, strict=True), *fills):
+            found = fields.get(name)
+            if found is not None:  # the codec ignores fields it does not read
+                updates[found.attribute] = found.decode(value)
+        record = template.record
+        for attribute in template.mappings:
+            if attribute not in updates:
+                updates[attribute] = dict(getattr(record, attribute))
+        if template.nested_mappings or any(a.startswith(_NESTED) for a in updates):
+            return self._nested(record, updates, template.nested_mappings)
+        return replace(record, **updates)
+
+    def _nested(self, record: Any, updates: dict[str, Any], mappings: tuple[str, ...]) -> Any:
+        inner = {a[len(_NESTED) :]: updates.pop(a) for a in list(updates) if a.startswith(_NESTED)}
+        customer = record.customer
+        for attribute in mappings:
+            if attribute not in inner:
+                inner[attribute] = dict(getattr(customer, attribute))
+        return replace(record, customer=replace(customer, **inner), **updates)
+
+    def _decoded(self, shapes: Shapes, packed: bytes, fills: _Fills) -> Any:
+        document = shapes.document(packed)
+        for name, value in fills:
+            document[name] = value
+        return decode_record(document)
+
+    def _template(self, shapes: Shapes, number: int) -> _Template | None:
+        templates = self._templates
+        if number in templates:
+            return templates[number]
+        document = shapes.template(number)
+        fields = _FIELDS.get(document.get("kind"))  # type: ignore[arg-type]
+        template = None
+        if fields is not None:
+            try:  # the held fields are blanked in a template: they are filled per record
+                template = _Template(decode_record(document), fields)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                template = None  # decoded whole, per record, as the codec would fail or not
+        templates[number] = template
+        return template
 
     def entitlement(self, shapes: Shapes, packed: bytes, entitlement_id: str) -> Entitlement:
         """Return the entitlement packed without its id."""
@@ -67,3 +150,15 @@ class Records:
         """Return the customer packed without its id and key."""
         found: CustomerRecord = self.record(shapes, packed, (("id", record_id), ("key", key)))
         return found
+
+    def subject_keys(self, shapes: Shapes, packed: bytes, key: str) -> tuple[str, ...]:
+        """Return a packed customer's key and subject keys (``Customer.all_subject_keys``)."""
+        number, keys, values = shapes.differences(packed)
+        template = self._template(shapes, number)
+        if template is None or "kind" in keys:
+            return self._decoded(shapes, packed, (("key", key),)).customer.all_subject_keys  # type: ignore[no-any-return]
+        subjects: tuple[str, ...] = template.record.customer.subject_keys
+        for name, value in zip(keys, values, strict=True):
+            if name == "subjectKeys":
+                subjects = tuple(value)
+        return (key, *(k for k in subjects if k != key))

@@ -37,8 +37,12 @@ from allotment.ledger.core.model import (
 )
 
 __all__ = [
+    "CUSTOMER_FIELDS",
+    "ENTITLEMENT_FIELDS",
+    "GRANT_FIELDS",
     "CustomerRecord",
     "FeatureRecord",
+    "FieldDecoding",
     "MeterRecord",
     "Record",
     "Removed",
@@ -169,6 +173,123 @@ def _identity(value: T) -> T:
 # --- records ---------------------------------------------------------------------------------
 
 
+def _maybe_instant(text: str | None) -> datetime | None:
+    return None if text is None else _parse_instant(text)
+
+
+def _maybe_decimal(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def _mapping(doc: Mapping[str, str] | None) -> dict[str, str]:
+    return dict(doc or {})
+
+
+def _parse_period_entries(docs: list[Mapping[str, Any]]) -> tuple[UsagePeriodEntry, ...]:
+    return tuple(_parse_period_entry(p) for p in docs)
+
+
+def _parse_issue_versions(
+    docs: list[Mapping[str, Any]],
+) -> tuple[Versioned[IssueAfterReset | None], ...]:
+    return _parse_versions(docs, _parse_issue)
+
+
+def _parse_flag_versions(docs: list[Mapping[str, Any]]) -> tuple[Versioned[bool], ...]:
+    return _parse_versions(docs, bool)
+
+
+def _parse_expiration(doc: Mapping[str, Any] | None) -> Expiration | None:
+    if doc is None:
+        return None
+    return Expiration(ExpirationUnit(doc["duration"]), int(doc["count"]))
+
+
+def _maybe_recurrence(doc: Mapping[str, Any] | None) -> Recurrence | None:
+    return None if doc is None else _parse_recurrence(doc)
+
+
+def _subject_keys(keys: list[str]) -> tuple[str, ...]:
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class FieldDecoding:
+    """How one field of a document becomes one attribute of its record.
+
+    ``attribute`` is the record's (``customer.key``: the ``key`` of a customer record's nested
+    ``Customer``); ``decode`` takes the field's value (None where an optional field is absent)
+    and depends on nothing else, so a record may be rebuilt field by field. Mapping attributes
+    decode to a fresh ``dict``.
+    """
+
+    key: str
+    attribute: str
+    decode: Callable[[Any], Any]
+    required: bool = True
+
+    @property
+    def mapping(self) -> bool:
+        """Tell whether the attribute is a mapping (a fresh ``dict`` per record)."""
+        return self.decode is _mapping
+
+
+def _fields(*rows: tuple[str, str, Callable[[Any], Any], bool]) -> tuple[FieldDecoding, ...]:
+    return tuple(FieldDecoding(*row) for row in rows)
+
+
+#: The entitlement document's fields, in the order the codec writes them.
+ENTITLEMENT_FIELDS = _fields(
+    ("id", "id", _identity, True),
+    ("namespace", "namespace", _identity, True),
+    ("name", "name", _identity, True),
+    ("customerKey", "customer_key", _identity, True),
+    ("featureKey", "feature_key", _identity, True),
+    ("type", "type", EntitlementType, True),
+    ("createdAt", "created_at", _parse_instant, True),
+    ("usagePeriod", "usage_period", _parse_period_entries, True),
+    ("measureUsageFrom", "measure_usage_from", _maybe_instant, False),
+    ("issueAfterReset", "issue_after_reset", _parse_issue_versions, True),
+    ("isSoftLimit", "is_soft_limit", _parse_flag_versions, True),
+    ("preserveOverageAtReset", "preserve_overage_at_reset", _parse_flag_versions, True),
+    ("config", "config", _identity, False),
+    ("activeFrom", "active_from", _maybe_instant, False),
+    ("activeTo", "active_to", _maybe_instant, False),
+    ("metadata", "metadata", _mapping, False),
+)
+#: The grant document's fields, in the order the codec writes them.
+GRANT_FIELDS = _fields(
+    ("id", "id", _identity, True),
+    ("namespace", "namespace", _identity, True),
+    ("name", "name", _identity, True),
+    ("entitlementId", "entitlement_id", _identity, True),
+    ("amount", "amount", Decimal, True),
+    ("effectiveAt", "effective_at", _parse_instant, True),
+    ("createdAt", "created_at", _parse_instant, True),
+    ("priority", "priority", int, True),
+    ("expiration", "expiration", _parse_expiration, False),
+    ("minRolloverAmount", "min_rollover_amount", Decimal, True),
+    ("maxRolloverAmount", "max_rollover_amount", _maybe_decimal, False),
+    ("recurrence", "recurrence", _maybe_recurrence, False),
+    ("voidAt", "void_at", _maybe_instant, False),
+    ("metadata", "metadata", _mapping, False),
+    ("annotations", "annotations", _mapping, False),
+)
+#: The customer document's fields (``customer.*``: the nested ``Customer``'s attributes).
+CUSTOMER_FIELDS = _fields(
+    ("id", "id", _identity, True),
+    ("createdAt", "created_at", _parse_instant, True),
+    ("key", "customer.key", _identity, True),
+    ("name", "customer.name", _identity, True),
+    ("subjectKeys", "customer.subject_keys", _subject_keys, True),
+    ("metadata", "customer.metadata", _mapping, False),
+)
+
+
+def _attributes(fields: tuple[FieldDecoding, ...], d: Mapping[str, Any]) -> dict[str, Any]:
+    return {f.attribute: f.decode(d[f.key] if f.required else d.get(f.key)) for f in fields}
+
+
 def _encode_entitlement(e: Entitlement) -> Document:
     return {
         "kind": "entitlement",
@@ -192,24 +313,7 @@ def _encode_entitlement(e: Entitlement) -> Document:
 
 
 def _decode_entitlement(d: Mapping[str, Any]) -> Entitlement:
-    return Entitlement(
-        id=d["id"],
-        namespace=d["namespace"],
-        name=d["name"],
-        customer_key=d["customerKey"],
-        feature_key=d["featureKey"],
-        type=EntitlementType(d["type"]),
-        created_at=_parse_instant(d["createdAt"]),
-        usage_period=tuple(_parse_period_entry(p) for p in d["usagePeriod"]),
-        measure_usage_from=_maybe(d.get("measureUsageFrom"), _parse_instant),
-        issue_after_reset=_parse_versions(d["issueAfterReset"], _parse_issue),
-        is_soft_limit=_parse_versions(d["isSoftLimit"], bool),
-        preserve_overage_at_reset=_parse_versions(d["preserveOverageAtReset"], bool),
-        config=d.get("config"),
-        active_from=_maybe(d.get("activeFrom"), _parse_instant),
-        active_to=_maybe(d.get("activeTo"), _parse_instant),
-        metadata=dict(d.get("metadata") or {}),
-    )
+    return Entitlement(**_attributes(ENTITLEMENT_FIELDS, d))
 
 
 def _encode_grant(g: Grant) -> Document:
@@ -236,26 +340,7 @@ def _encode_grant(g: Grant) -> Document:
 
 
 def _decode_grant(d: Mapping[str, Any]) -> Grant:
-    expiration = d.get("expiration")
-    return Grant(
-        id=d["id"],
-        namespace=d["namespace"],
-        name=d["name"],
-        entitlement_id=d["entitlementId"],
-        amount=Decimal(d["amount"]),
-        effective_at=_parse_instant(d["effectiveAt"]),
-        created_at=_parse_instant(d["createdAt"]),
-        priority=int(d["priority"]),
-        expiration=None
-        if expiration is None
-        else Expiration(ExpirationUnit(expiration["duration"]), int(expiration["count"])),
-        min_rollover_amount=Decimal(d["minRolloverAmount"]),
-        max_rollover_amount=_maybe(d.get("maxRolloverAmount"), Decimal),
-        recurrence=_maybe(d.get("recurrence"), _parse_recurrence),
-        void_at=_maybe(d.get("voidAt"), _parse_instant),
-        metadata=dict(d.get("metadata") or {}),
-        annotations=dict(d.get("annotations") or {}),
-    )
+    return Grant(**_attributes(GRANT_FIELDS, d))
 
 
 def _encode_customer(r: CustomerRecord) -> Document:
@@ -272,13 +357,9 @@ def _encode_customer(r: CustomerRecord) -> Document:
 
 
 def _decode_customer(d: Mapping[str, Any]) -> CustomerRecord:
-    customer = Customer(
-        key=d["key"],
-        name=d["name"],
-        subject_keys=tuple(d["subjectKeys"]),
-        metadata=dict(d.get("metadata") or {}),
-    )
-    return CustomerRecord(d["id"], customer, _parse_instant(d["createdAt"]))
+    attributes = _attributes(CUSTOMER_FIELDS, d)
+    customer = Customer(**{k[9:]: v for k, v in attributes.items() if k.startswith("customer.")})
+    return CustomerRecord(attributes["id"], customer, attributes["created_at"])
 
 
 def _encode_feature(r: FeatureRecord) -> Document:
