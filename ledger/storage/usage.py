@@ -18,20 +18,18 @@ are applied when usage is read (``read_buckets``).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Connection,
-    String,
     Table,
-    bindparam,
     func,
     insert,
     select,
@@ -42,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from allotment.ledger.core.model import Aggregation, Meter, UsageBucket
 from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339, truncate_to_minute
-from allotment.ledger.storage import feed, records, snapshots
+from allotment.ledger.storage import feed, records
 from allotment.ledger.storage.catalogue import KeyTakenError
 from allotment.ledger.storage.jsonpath import MISSING, JsonPath, compile_path
 from allotment.ledger.storage.schema import (
@@ -52,7 +50,7 @@ from allotment.ledger.storage.schema import (
     UsageBucketValueRow,
     UsageEventRow,
 )
-from allotment.ledger.storage.types import Amount, Instant, format_amount
+from allotment.ledger.storage.types import format_amount, format_instant
 
 DEFAULT_HORIZON = timedelta(days=32)
 METER_KIND = "Meter"
@@ -127,18 +125,18 @@ class BucketState:
 
     def to_payload(self) -> dict[str, Any]:
         """Return the read-contract JSON of this bucket."""
-        return {
-            "meterId": self.meter_id,
-            "meter": self.meter_slug,
-            "subject": self.subject,
-            "groups": dict(self.groups),
-            "minute": format_rfc3339(self.minute),
-            "eventCount": self.event_count,
-            "valueSum": format_amount(self.value_sum),
-            "latestTime": None if self.latest_time is None else format_rfc3339(self.latest_time),
-            "latestValue": None if self.latest_value is None else format_amount(self.latest_value),
-            "distinct": sorted(self.distinct),
-        }
+        return _payload(
+            self.meter_id,
+            self.meter_slug,
+            self.subject,
+            self.groups,
+            format_rfc3339(self.minute),
+            self.event_count,
+            self.value_sum,
+            None if self.latest_time is None else format_rfc3339(self.latest_time),
+            self.latest_value,
+            self.distinct,
+        )
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> BucketState:
@@ -157,6 +155,33 @@ class BucketState:
             latest_value=None if latest_value is None else Decimal(latest_value),
             distinct=frozenset(payload["distinct"]),
         )
+
+
+def _payload(
+    meter_id: str,
+    meter_slug: str,
+    subject: str,
+    groups: tuple[tuple[str, str], ...],
+    minute: str,
+    event_count: int,
+    value_sum: Decimal,
+    latest_time: str | None,
+    latest_value: Decimal | None,
+    distinct: Iterable[str],
+) -> dict[str, Any]:
+    """Return a bucket's read-contract JSON, its instants already RFC 3339 text."""
+    return {
+        "meterId": meter_id,
+        "meter": meter_slug,
+        "subject": subject,
+        "groups": dict(groups),
+        "minute": minute,
+        "eventCount": event_count,
+        "valueSum": format_amount(value_sum),
+        "latestTime": latest_time,
+        "latestValue": None if latest_value is None else format_amount(latest_value),
+        "distinct": sorted(distinct),
+    }
 
 
 @dataclass(frozen=True)
@@ -211,32 +236,76 @@ def _meter_spec(meter: Meter) -> dict[str, Any]:
 def load_meters(
     connection: Connection, namespace: str, *, event_types: Iterable[str] | None = None
 ) -> list[RecordedMeter]:
-    """Return the meters recorded in ``namespace`` (only those of ``event_types`` if given)."""
-    query = select(_METERS).where(_METERS.c.namespace == namespace).order_by(_METERS.c.slug)
-    if event_types is not None:
-        query = query.where(_METERS.c.event_type.in_(sorted(set(event_types))))
-    rows = connection.execute(query).all()
-    if not rows:
-        return []
-    groups: dict[str, dict[str, str]] = defaultdict(dict)
-    for group in connection.execute(
-        select(_GROUP_BY).where(_GROUP_BY.c.meter_id.in_([row.id for row in rows]))
-    ):
-        groups[group.meter_id][group.key] = group.json_path
-    loaded = []
-    for row in rows:
-        meter = Meter(
-            slug=row.slug,
-            event_type=row.event_type,
-            aggregation=Aggregation(row.aggregation),
-            value_property=row.value_property,
-            group_by=groups[row.id],
-        )
-        value_path, group_paths = _compile(meter)
-        loaded.append(
-            RecordedMeter(row.id, namespace, meter, row.created_at, value_path, group_paths)
-        )
+    """Return the meters recorded in ``namespace`` (only those of ``event_types`` if given).
+
+    One query (meters joined with their group-by keys); a meter whose recorded fields are
+    unchanged reuses its compiled paths.
+    """
+    postgres = connection.dialect.name == "postgresql"
+    query = _METERS_SQL_PG if postgres else _METERS_SQL_SQLITE
+    params: dict[str, Any] = {"namespace": namespace}
+    if event_types is None:
+        query = query.format(types="")
+    else:
+        types = sorted(set(event_types))
+        if not types:
+            return []
+        if postgres:
+            query = query.format(types="AND m.event_type = ANY(CAST(%(types)s AS text[]))")
+            params["types"] = types
+        else:
+            names = [f"t{n}" for n in range(len(types))]
+            query = query.format(types=f"AND m.event_type IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, types, strict=True))
+    rows = connection.exec_driver_sql(query, params).all()
+    loaded: list[RecordedMeter] = []
+    groups: list[tuple[str, str]] = []
+    for number, row in enumerate(rows):
+        if row[6] is not None:
+            groups.append((row[6], row[7]))
+        if number + 1 < len(rows) and rows[number + 1][0] == row[0]:
+            continue
+        created = row[5] if postgres else datetime.fromisoformat(row[5])
+        loaded.append(_recorded_meter(namespace, *row[:5], created.astimezone(UTC), tuple(groups)))
+        groups = []
     return loaded
+
+
+# One statement whatever the event types (SQLite's sqlite3 takes named ``:x`` parameters, psycopg
+# ``%(x)s``); ``{types}`` is filled with the event-type condition or nothing.
+_METERS_SQL_SELECT = (
+    "SELECT m.id, m.slug, m.event_type, m.aggregation, m.value_property, m.created_at, g.key, "
+    "g.json_path FROM meters AS m LEFT JOIN meter_group_by AS g ON g.meter_id = m.id "
+)
+_METERS_SQL_SQLITE = _METERS_SQL_SELECT + (
+    "WHERE m.namespace = :namespace {types} ORDER BY m.slug, m.id, g.key"
+)
+_METERS_SQL_PG = _METERS_SQL_SELECT + (
+    "WHERE m.namespace = %(namespace)s {types} ORDER BY m.slug, m.id, g.key"
+)
+
+
+@functools.lru_cache(maxsize=1024)
+def _recorded_meter(
+    namespace: str,
+    meter_id: str,
+    slug: str,
+    event_type: str,
+    aggregation: str,
+    value_property: str | None,
+    created_at: datetime,
+    groups: tuple[tuple[str, str], ...],
+) -> RecordedMeter:
+    """Return the recorded meter these fields describe, its paths compiled (once per fields)."""
+    meter = Meter(
+        slug=slug,
+        event_type=event_type,
+        aggregation=Aggregation(aggregation),
+        value_property=value_property,
+        group_by=dict(groups),
+    )
+    value_path, group_paths = _compile(meter)
+    return RecordedMeter(meter_id, namespace, meter, created_at, value_path, group_paths)
 
 
 def record_meter(
@@ -351,11 +420,14 @@ def _lock_meters(connection: Connection, namespace: str, *, exclusive: bool) -> 
     """
     if connection.dialect.name != "postgresql":
         return
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    connection.execute(
-        text(f"SELECT {function}(:space, hashtext(:namespace))"),
+    connection.exec_driver_sql(
+        _PG_LOCK_EXCLUSIVE if exclusive else _PG_LOCK_SHARED,
         {"space": _METER_LOCK_SPACE, "namespace": namespace},
     )
+
+
+_PG_LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock(%(space)s, hashtext(%(namespace)s))"
+_PG_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared(%(space)s, hashtext(%(namespace)s))"
 
 
 def _add_group_by(
@@ -413,18 +485,40 @@ def _scalar_text(value: object) -> str | None:
 
 def group_key(groups: Mapping[str, str]) -> str:
     """Return the canonical text of a bucket's group-by values."""
-    return json.dumps(dict(sorted(groups.items())), separators=(",", ":"), ensure_ascii=False)
+    return _group_key(tuple(sorted(groups.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _group_key(groups: tuple[tuple[str, str], ...]) -> str:
+    """Return the canonical text of group-by values sorted by key (most batches repeat a few)."""
+    return json.dumps(dict(groups), separators=(",", ":"), ensure_ascii=False)
+
+
+@functools.lru_cache(maxsize=4096)
+def _groups(key: str) -> tuple[tuple[str, str], ...]:
+    """Return the group-by values a bucket's group key holds, sorted by key."""
+    return tuple(sorted(json.loads(key).items()))
 
 
 def _evaluate(
     meter: RecordedMeter, event: IncomingEvent
 ) -> tuple[_Key, Decimal | None, str | None] | str:
     """Return the bucket key and value an event adds to ``meter``, or why it cannot."""
-    groups = {}
-    for key, path in meter.group_paths:
-        text = _scalar_text(path.find(event.data))
-        groups[key] = "" if text is None else text
-    bucket: _Key = (meter.id, event.subject, group_key(groups), truncate_to_minute(event.time))
+    return _evaluate_at(meter, event, truncate_to_minute(event.time))
+
+
+def _evaluate_at(
+    meter: RecordedMeter, event: IncomingEvent, minute: datetime
+) -> tuple[_Key, Decimal | None, str | None] | str:
+    """``_evaluate`` for an event whose minute is already known."""
+    groups = "{}"
+    if meter.group_paths:
+        groups = _group_key(
+            tuple(
+                (key, _scalar_text(path.find(event.data)) or "") for key, path in meter.group_paths
+            )
+        )
+    bucket: _Key = (meter.id, event.subject, groups, minute)
     aggregation = meter.meter.aggregation
     if aggregation is Aggregation.COUNT or meter.value_path is None:
         return bucket, None, None
@@ -471,6 +565,9 @@ def ingest(
     """Store ``events`` and add them to their buckets, atomically, in the caller's transaction.
 
     Raises ``EventRefusedError`` (naming the event's index) for an event older than the horizon.
+    Round trips: the meter lock (PostgreSQL), the meters, the events, the buckets (one each per
+    500 rows), the distinct values (UNIQUE_COUNT meters only), the feed entry and one snapshot
+    invalidation for all the batch's meters.
     """
     _lock_meters(connection, namespace, exclusive=False)
     oldest = received_at - horizon
@@ -485,14 +582,16 @@ def ingest(
     for index, event in enumerate(events):
         first_copies.setdefault((event.source, event.id), index)
     meters_by_type: dict[str, list[RecordedMeter]] = defaultdict(list)
-    for recorded in load_meters(connection, namespace, event_types={e.type for e in events}):
+    meters = load_meters(connection, namespace, event_types={e.type for e in events})
+    for recorded in meters:
         meters_by_type[recorded.meter.event_type].append(recorded)
 
     evaluations: dict[int, list[tuple[_Key, Decimal | None, str | None]]] = {}
     reasons: dict[int, str] = {}
     for index in first_copies.values():
         event = events[index]
-        results = [_evaluate(m, event) for m in meters_by_type.get(event.type, [])]
+        minute = truncate_to_minute(event.time)
+        results = [_evaluate_at(m, event, minute) for m in meters_by_type.get(event.type, ())]
         counted = [r for r in results if not isinstance(r, str)]
         evaluations[index] = counted
         if not counted:
@@ -500,46 +599,21 @@ def ingest(
             reasons[index] = "; ".join(failures) or f"no meter has event type {event.type!r}"
 
     ordered = sorted(first_copies.items())  # lock the unique index in one order: no deadlock
-    rows = [
-        {
-            "namespace": namespace,
-            "source": source,
-            "event_id": event_id,
-            "event_type": events[index].type,
-            "subject": events[index].subject,
-            "time": events[index].time,
-            "data": json.dumps(events[index].data, default=_json_default, sort_keys=True),
-            "received_at": received_at,
-            "counted": bool(evaluations[index]),
-        }
-        for (source, event_id), index in ordered
-    ]
-    stored: set[tuple[str, str]] = set()
-    if rows and connection.dialect.name == "postgresql":
-        result = connection.execute(_PG_INSERT_EVENTS, _columns(rows))
-        stored.update((row.source, row.event_id) for row in result)
-    elif rows:
-        statement = (
-            sqlite_insert(_EVENTS)
-            .on_conflict_do_nothing(index_elements=["namespace", "source", "event_id"])
-            .returning(_EVENTS.c.source, _EVENTS.c.event_id)
-        )
-        stored.update((row.source, row.event_id) for row in connection.execute(statement, rows))
+    stored = _insert_events(connection, namespace, events, ordered, evaluations, received_at)
 
     deltas: dict[_Key, _Delta] = {}
     for (source, event_id), index in sorted(ordered, key=lambda item: item[1]):
         if (source, event_id) in stored:  # in batch order: on a LATEST tie the first one wins
             for key, value, distinct in evaluations[index]:
                 _accumulate(deltas, key, value, distinct, events[index].time)
-    changes = _apply_deltas(connection, namespace, deltas)
+    changes = _apply_deltas(connection, namespace, deltas, {m.id: m.meter.slug for m in meters})
     position = feed.append(connection, namespace, changes, recorded_at=received_at)
     # After the append, under the feed lock: a snapshot saved concurrently is either committed
     # (and deleted here) or refused for the usage entry this batch committed.
     earliest: dict[str, datetime] = {}
     for meter_id, _, _, minute in deltas:
         earliest[meter_id] = min(minute, earliest.get(meter_id, minute))
-    for meter_id, minute in sorted(earliest.items()):
-        snapshots.invalidate_usage_after(connection, meter_id, minute)
+    _invalidate_snapshots(connection, sorted(earliest.items()))
     uncounted = tuple(
         Uncounted(index, events[index].source, events[index].id, reason)
         for index, reason in sorted(reasons.items())
@@ -551,6 +625,102 @@ def ingest(
         uncounted=uncounted,
         feed_position=position,
     )
+
+
+def _insert_events(
+    connection: Connection,
+    namespace: str,
+    events: Sequence[IncomingEvent],
+    ordered: Sequence[tuple[tuple[str, str], int]],
+    evaluations: Mapping[int, Sequence[object]],
+    received_at: datetime,
+) -> set[tuple[str, str]]:
+    """Insert the first copies (in ``ordered`` order); return the (source, id) newly stored.
+
+    ``INSERT ... ON CONFLICT DO NOTHING RETURNING``: an event already stored (by this or a
+    concurrent writer) is not returned, so it is acknowledged and never counted again.
+    """
+    stored: set[tuple[str, str]] = set()
+    if not ordered:
+        return stored
+    encode = _DATA_ENCODER.encode
+    if connection.dialect.name == "postgresql":
+        rfc3339 = _Texts(format_rfc3339)
+        received_text = rfc3339(received_at)
+        rows = [
+            (
+                namespace,
+                source,
+                event_id,
+                events[index].type,
+                events[index].subject,
+                rfc3339(events[index].time),
+                encode(events[index].data),
+                received_text,
+                bool(evaluations[index]),
+            )
+            for (source, event_id), index in ordered
+        ]
+        result = connection.exec_driver_sql(_PG_INSERT_EVENTS, {"rows": _ROWS_ENCODER(rows)})
+        stored.update((row[0], row[1]) for row in result)
+        return stored
+    instant = _Texts(format_instant)
+    received = instant(received_at)
+    for start in range(0, len(ordered), _CHUNK):
+        chunk = ordered[start : start + _CHUNK]
+        params: list[Any] = []
+        for (source, event_id), index in chunk:
+            event = events[index]
+            params += (
+                namespace,
+                source,
+                event_id,
+                event.type,
+                event.subject,
+                instant(event.time),
+                encode(event.data),
+                received,
+                1 if evaluations[index] else 0,
+            )
+        sql = _SQLITE_INSERT_EVENTS.format(values=_placeholders(len(chunk), 9))
+        stored.update((r[0], r[1]) for r in connection.exec_driver_sql(sql, tuple(params)))
+    return stored
+
+
+class _Texts(dict[datetime, str]):
+    """The texts of instants (by ``format``), each formatted once: a batch repeats a few."""
+
+    def __init__(self, format_text: Callable[[datetime], str]) -> None:
+        super().__init__()
+        self._format = format_text
+
+    def __call__(self, instant: datetime) -> str:
+        text = self.get(instant)
+        if text is None:
+            text = self[instant] = self._format(instant)
+        return text
+
+
+def _placeholders(rows: int, columns: int) -> str:
+    """Return the ``VALUES`` list of a multi-row SQLite insert: ``(?,?),(?,?)``."""
+    return ",".join(["(" + ",".join("?" * columns) + ")"] * rows)
+
+
+def _invalidate_snapshots(connection: Connection, earliest: Sequence[tuple[str, datetime]]) -> None:
+    """Delete each meter's snapshots after its minute (``snapshots.invalidate_usage_after``).
+
+    One ``executemany`` for every meter of the batch: one round trip.
+    """
+    if not earliest:
+        return
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(
+            _PG_INVALIDATE_SNAPSHOTS, [{"meter_id": m, "at": at} for m, at in earliest]
+        )
+    else:
+        connection.exec_driver_sql(
+            _SQLITE_INVALIDATE_SNAPSHOTS, [(m, format_instant(at)) for m, at in earliest]
+        )
 
 
 def _json_default(value: object) -> object:
@@ -565,58 +735,85 @@ def _json_default(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+# The raw event's data as stored: the text ``json.dumps(data, default=..., sort_keys=True)``
+# writes, from one encoder instead of a new one per event.
+_DATA_ENCODER = json.JSONEncoder(default=_json_default, sort_keys=True)
+
+
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     """Turn rows into one list per column, the parameters of an ``unnest`` insert."""
     return {name: [row[name] for row in rows] for name in rows[0]}
 
 
-# On PostgreSQL batches go in as one array per column through ``unnest``: one short statement
-# whose text never changes, so it is parsed and planned once, whatever the batch size.
-_PG_INSERT_EVENTS = text(
-    """
-    INSERT INTO usage_events
-        (namespace, source, event_id, event_type, subject, time, data, received_at, counted)
-    SELECT * FROM unnest(
-        CAST(:namespace AS text[]), CAST(:source AS text[]), CAST(:event_id AS text[]),
-        CAST(:event_type AS text[]), CAST(:subject AS text[]), CAST(:time AS timestamptz[]),
-        CAST(:data AS text[]), CAST(:received_at AS timestamptz[]), CAST(:counted AS boolean[]))
+# The hot path runs driver SQL (``exec_driver_sql``) whose text is fixed, or on SQLite fixed per
+# batch size: no statement is built or compiled per call, and parameters are converted here
+# exactly as the ``Instant``/``Amount`` column types convert them (SQLite) or passed as they are
+# (PostgreSQL, which the column types leave as they are too).
+_EVENT_COLUMNS = (
+    "namespace, source, event_id, event_type, subject, time, data, received_at, counted"
+)
+_BUCKET_COLUMNS = (
+    "namespace, meter_id, subject, group_key, minute, event_count, value_sum, latest_time, "
+    "latest_value"
+)
+_BUCKET_RETURNING = (
+    "id, meter_id, subject, group_key, minute, event_count, value_sum, latest_time, latest_value"
+)
+_BUCKET_KEY = "namespace, meter_id, subject, group_key, minute"
+_SQLITE_INSERT_EVENTS = (
+    f"INSERT INTO usage_events ({_EVENT_COLUMNS}) VALUES {{values}} "
+    "ON CONFLICT (namespace, source, event_id) DO NOTHING RETURNING source, event_id"
+)
+_SQLITE_INVALIDATE_SNAPSHOTS = "DELETE FROM balance_snapshots WHERE meter_id = ? AND at > ?"
+_PG_INVALIDATE_SNAPSHOTS = (
+    "DELETE FROM balance_snapshots WHERE meter_id = %(meter_id)s AND at > %(at)s"
+)
+# On PostgreSQL a batch goes in as one JSON array of rows (one text parameter, encoded by the
+# json module's C encoder; psycopg's text arrays are dumped element by element in Python):
+# one short statement whose text never changes, so it is parsed and planned once, whatever the
+# batch size. ``->>`` gives a JSON value's text as written: amounts and instants travel as
+# strings (``format_amount``, RFC 3339) and are cast exactly.
+_ROWS_ENCODER = json.JSONEncoder(separators=(",", ":")).encode
+_PG_INSERT_EVENTS = f"""
+    INSERT INTO usage_events ({_EVENT_COLUMNS})
+    SELECT r->>0, r->>1, r->>2, r->>3, r->>4, CAST(r->>5 AS timestamptz), r->>6,
+        CAST(r->>7 AS timestamptz), CAST(r->>8 AS boolean)
+    FROM json_array_elements(CAST(%(rows)s AS json)) AS r
     ON CONFLICT (namespace, source, event_id) DO NOTHING
     RETURNING source, event_id
     """
-)
 _PG_NEWER = (
     "EXCLUDED.latest_time IS NOT NULL "
     "AND (b.latest_time IS NULL OR EXCLUDED.latest_time > b.latest_time)"
 )
-_PG_UPSERT_BUCKETS = text(
-    f"""
-    INSERT INTO usage_buckets AS b
-        (namespace, meter_id, subject, group_key, minute, event_count, value_sum,
-         latest_time, latest_value)
-    SELECT * FROM unnest(
-        CAST(:namespace AS text[]), CAST(:meter_id AS text[]), CAST(:subject AS text[]),
-        CAST(:group_key AS text[]), CAST(:minute AS timestamptz[]),
-        CAST(:event_count AS bigint[]), CAST(:value_sum AS numeric[]),
-        CAST(:latest_time AS timestamptz[]), CAST(:latest_value AS numeric[]))
-    ON CONFLICT (namespace, meter_id, subject, group_key, minute) DO UPDATE SET
+_PG_UPSERT_BUCKETS = f"""
+    INSERT INTO usage_buckets AS b ({_BUCKET_COLUMNS})
+    SELECT r->>0, r->>1, r->>2, r->>3, CAST(r->>4 AS timestamptz), CAST(r->>5 AS bigint),
+        CAST(r->>6 AS numeric), CAST(r->>7 AS timestamptz), CAST(r->>8 AS numeric)
+    FROM json_array_elements(CAST(%(rows)s AS json)) AS r
+    ON CONFLICT ({_BUCKET_KEY}) DO UPDATE SET
         event_count = b.event_count + EXCLUDED.event_count,
         value_sum = b.value_sum + EXCLUDED.value_sum,
         latest_time = CASE WHEN {_PG_NEWER} THEN EXCLUDED.latest_time ELSE b.latest_time END,
         latest_value = CASE WHEN {_PG_NEWER} THEN EXCLUDED.latest_value ELSE b.latest_value END
-    RETURNING id, meter_id, subject, group_key, minute, event_count, value_sum, latest_time,
-        latest_value
+    RETURNING {_BUCKET_RETURNING}
     """
-).columns(
-    id=BigInteger(),
-    meter_id=String(),
-    subject=String(),
-    group_key=String(),
-    minute=Instant(),
-    event_count=BigInteger(),
-    value_sum=Amount(),
-    latest_time=Instant(),
-    latest_value=Amount(),
+# SQLite adds amounts with ``allotment_add_amounts``, a function this module registers on the
+# connection: exact ``Decimal`` addition of the canonical texts, never a float. Instants are
+# fixed-width text, so text order is time order.
+_SQLITE_NEWER = (
+    "excluded.latest_time IS NOT NULL "
+    "AND (latest_time IS NULL OR excluded.latest_time > latest_time)"
 )
+_SQLITE_UPSERT_BUCKETS = f"""
+    INSERT INTO usage_buckets ({_BUCKET_COLUMNS}) VALUES {{values}}
+    ON CONFLICT ({_BUCKET_KEY}) DO UPDATE SET
+        event_count = event_count + excluded.event_count,
+        value_sum = allotment_add_amounts(value_sum, excluded.value_sum),
+        latest_time = CASE WHEN {_SQLITE_NEWER} THEN excluded.latest_time ELSE latest_time END,
+        latest_value = CASE WHEN {_SQLITE_NEWER} THEN excluded.latest_value ELSE latest_value END
+    RETURNING {_BUCKET_RETURNING}
+    """
 _PG_INSERT_VALUES = text(
     """
     INSERT INTO usage_bucket_values (bucket_id, value, namespace)
@@ -663,20 +860,24 @@ def _backfill(
             .where(_EVENTS.c.id.in_(newly_counted[start : start + _CHUNK]))
             .values(counted=True)
         )
-    return _apply_deltas(connection, meter.namespace, deltas)
+    return _apply_deltas(connection, meter.namespace, deltas, {meter.id: meter.meter.slug})
 
 
 # --- buckets ---------------------------------------------------------------------------------
 
 
 def _apply_deltas(
-    connection: Connection, namespace: str, deltas: Mapping[_Key, _Delta]
+    connection: Connection,
+    namespace: str,
+    deltas: Mapping[_Key, _Delta],
+    slugs: Mapping[str, str],
 ) -> list[feed.Change]:
     """Add ``deltas`` to their buckets; return the feed change with the buckets' new contents.
 
     The feed carries absolute bucket states, not increments: a reader applying one twice, or
     after its own local ingestion, never counts twice. Bucket rows stay locked until commit and
-    positions follow commit order, so a later position always holds the later state.
+    positions follow commit order, so a later position always holds the later state. ``slugs``
+    names the meters of ``deltas`` (by id), as recorded in this transaction.
     """
     if not deltas:
         return []
@@ -686,31 +887,24 @@ def _apply_deltas(
     else:
         stored = _upsert_buckets_sqlite(connection, namespace, keys, deltas)
     distinct = _add_distinct(connection, namespace, stored, deltas)
-    slugs: dict[str, str] = {
-        row.id: row.slug
-        for row in connection.execute(
-            select(_METERS.c.id, _METERS.c.slug).where(
-                _METERS.c.id.in_(sorted({k[0] for k in keys}))
-            )
-        )
-    }
+    rfc3339 = _Texts(format_rfc3339)  # a batch's buckets share a few minutes and instants
     states = []
     for key in keys:
         meter_id, subject, groups, minute = key
         row = stored[key]
         states.append(
-            BucketState(
-                meter_id=meter_id,
-                meter_slug=slugs[meter_id],
-                subject=subject,
-                groups=tuple(sorted(json.loads(groups).items())),
-                minute=minute,
-                event_count=row.event_count,
-                value_sum=row.value_sum,
-                latest_time=row.latest_time,
-                latest_value=row.latest_value,
-                distinct=frozenset(distinct.get(row.id, ())),
-            ).to_payload()
+            _payload(
+                meter_id,
+                slugs[meter_id],
+                subject,
+                _groups(groups),
+                rfc3339(minute),
+                row.event_count,
+                row.value_sum,
+                None if row.latest_time is None else rfc3339(row.latest_time),
+                row.latest_value,
+                distinct.get(row.id, ()),
+            )
         )
     return [feed.Change(USAGE_CHANGE, {"buckets": states})]
 
@@ -724,103 +918,100 @@ class _Stored:
     latest_value: Decimal | None
 
 
-def _bucket_row(namespace: str, key: _Key, delta: _Delta) -> dict[str, Any]:
-    meter_id, subject, groups, minute = key
-    return {
-        "namespace": namespace,
-        "meter_id": meter_id,
-        "subject": subject,
-        "group_key": groups,
-        "minute": minute,
-        "event_count": delta.count,
-        "value_sum": delta.total,
-        "latest_time": None if delta.latest is None else delta.latest[0],
-        "latest_value": None if delta.latest is None else delta.latest[1],
-    }
-
-
-def _stored(row: Any) -> _Stored:
-    return _Stored(row.id, row.event_count, row.value_sum, row.latest_time, row.latest_value)
-
-
 def _upsert_buckets_postgresql(
     connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
 ) -> dict[_Key, _Stored]:
     """Add to the buckets in the database itself: concurrent writers serialise on each row."""
-    rows = [_bucket_row(namespace, key, deltas[key]) for key in keys]
-    return {
-        (row.meter_id, row.subject, row.group_key, row.minute): _stored(row)
-        for row in connection.execute(_PG_UPSERT_BUCKETS, _columns(rows))
-    }
+    rfc3339 = _Texts(format_rfc3339)
+    rows = []
+    for key in keys:
+        meter_id, subject, groups, minute = key
+        delta = deltas[key]
+        latest = delta.latest
+        rows.append(
+            (
+                namespace,
+                meter_id,
+                subject,
+                groups,
+                rfc3339(minute),
+                delta.count,
+                format_amount(delta.total),
+                None if latest is None else rfc3339(latest[0]),
+                None if latest is None else format_amount(latest[1]),
+            )
+        )
+    stored: dict[_Key, _Stored] = {}
+    for row in connection.exec_driver_sql(_PG_UPSERT_BUCKETS, {"rows": _ROWS_ENCODER(rows)}):
+        bucket_id, meter_id, subject, groups, minute, count, total, latest_time, latest = row
+        stored[(meter_id, subject, groups, minute.astimezone(UTC))] = _Stored(
+            bucket_id,
+            count,
+            total,
+            None if latest_time is None else latest_time.astimezone(UTC),
+            latest,
+        )
+    return stored
 
 
 def _upsert_buckets_sqlite(
     connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
 ) -> dict[_Key, _Stored]:
-    """Read, add and write in Python: amounts are exact text, and SQLite has one writer."""
+    """Add to the buckets in one upsert per 500 buckets (amounts added exactly, as Decimal)."""
+    _register_functions(connection)
+    instant = _Texts(format_instant)
     stored: dict[_Key, _Stored] = {}
-    existing: dict[_Key, Any] = {}
-    by_meter: dict[str, list[_Key]] = defaultdict(list)
-    for key in keys:
-        by_meter[key[0]].append(key)
-    for meter_id, meter_keys in by_meter.items():
-        wanted = set(meter_keys)
-        rows = connection.execute(
-            select(_BUCKETS).where(
-                _BUCKETS.c.namespace == namespace,
-                _BUCKETS.c.meter_id == meter_id,
-                _BUCKETS.c.minute >= min(k[3] for k in meter_keys),
-                _BUCKETS.c.minute <= max(k[3] for k in meter_keys),
-                _BUCKETS.c.subject.in_(sorted({k[1] for k in meter_keys})),
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        by_text: dict[tuple[str, str, str, str], _Key] = {}
+        params: list[Any] = []
+        for key in chunk:
+            meter_id, subject, groups, minute = key
+            delta = deltas[key]
+            minute_text = instant(minute)
+            by_text[(meter_id, subject, groups, minute_text)] = key
+            latest = delta.latest
+            params += (
+                namespace,
+                meter_id,
+                subject,
+                groups,
+                minute_text,
+                delta.count,
+                format_amount(delta.total),
+                None if latest is None else instant(latest[0]),
+                None if latest is None else format_amount(latest[1]),
             )
-        )
-        for row in rows:
-            key = (row.meter_id, row.subject, row.group_key, row.minute)
-            if key in wanted:
-                existing[key] = row
-    updates = []
-    new_rows = []
-    for key in keys:
-        found = existing.get(key)
-        delta = deltas[key]
-        if found is None:
-            new_rows.append(_bucket_row(namespace, key, delta))
-            continue
-        latest_time, latest_value = found.latest_time, found.latest_value
-        if delta.latest is not None and (latest_time is None or delta.latest[0] > latest_time):
-            latest_time, latest_value = delta.latest
-        stored[key] = _Stored(
-            found.id,
-            found.event_count + delta.count,
-            found.value_sum + delta.total,
-            latest_time,
-            latest_value,
-        )
-        updates.append(
-            {
-                "bucket_id": found.id,
-                "new_count": stored[key].event_count,
-                "new_sum": stored[key].value_sum,
-                "new_latest_time": latest_time,
-                "new_latest_value": latest_value,
-            }
-        )
-    if updates:
-        connection.execute(
-            update(_BUCKETS)
-            .where(_BUCKETS.c.id == bindparam("bucket_id"))
-            .values(
-                event_count=bindparam("new_count"),
-                value_sum=bindparam("new_sum", type_=_BUCKETS.c.value_sum.type),
-                latest_time=bindparam("new_latest_time", type_=_BUCKETS.c.latest_time.type),
-                latest_value=bindparam("new_latest_value", type_=_BUCKETS.c.latest_value.type),
-            ),
-            updates,
-        )
-    if new_rows:
-        for row in connection.execute(insert(_BUCKETS).returning(*_BUCKETS.c), new_rows):
-            stored[(row.meter_id, row.subject, row.group_key, row.minute)] = _stored(row)
+        sql = _SQLITE_UPSERT_BUCKETS.format(values=_placeholders(len(chunk), 9))
+        for row in connection.exec_driver_sql(sql, tuple(params)):
+            bucket_id, meter_id, subject, groups, minute_text, count, total, latest_time, latest = (
+                row
+            )
+            stored[by_text[(meter_id, subject, groups, minute_text)]] = _Stored(
+                bucket_id,
+                count,
+                Decimal(total),
+                None if latest_time is None else datetime.fromisoformat(latest_time),
+                None if latest is None else Decimal(latest),
+            )
     return stored
+
+
+def _add_amounts(stored: str, added: str) -> str:
+    """Return the canonical text of the sum of two canonical amount texts, exactly."""
+    return format_amount(Decimal(stored) + Decimal(added))
+
+
+def _register_functions(connection: Connection) -> None:
+    """Register ``allotment_add_amounts`` once on this SQLite connection (for its life).
+
+    Registering again would expire every prepared statement of the connection.
+    """
+    pooled = connection.connection
+    if not pooled.info.get("allotment_add_amounts"):
+        raw: Any = pooled.dbapi_connection
+        raw.create_function("allotment_add_amounts", 2, _add_amounts, deterministic=True)
+        pooled.info["allotment_add_amounts"] = True
 
 
 def _add_distinct(
