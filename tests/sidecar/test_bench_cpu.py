@@ -1,16 +1,27 @@
-"""The sidecar bench's CPU accounting reads /proc the way the kernel writes it.
+"""The sidecar bench's CPU accounting reads /proc the way the kernel writes it, and its wrk
+script asks for every subject.
 
 ``bench.sidecar`` reports the server's CPU per request from ``bench.cpu``; a misread field
-(the wrong column, a command name with spaces) would silently report another number.
+(the wrong column, a command name with spaces) would silently report another number. Its
+saturation attack is wrk with a Lua round robin: a script that asked one path would silently
+measure one cached answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
 import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from bench import sidecar as sidecar_bench
 from bench.cpu import CLOCK_TICKS, CoreTicks, Interval, core_ticks, process_seconds, process_ticks
 
 # utime 1234, stime 56 (fields 14 and 15); the other numbers differ from them on purpose
@@ -60,3 +71,32 @@ def test_an_interval_names_each_process_and_reports_a_gone_one_as_none() -> None
     mine = reading.cpu_seconds["me"]
     assert mine is not None and mine >= 0
     assert set(reading.core_busy) <= {f"core{i}" for i in range(os.cpu_count() or 1)}
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed (apt-get install wrk)")
+async def test_wrk_goes_round_robin_over_the_subjects_from_the_first_given(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]], tmp_path: Path
+) -> None:
+    seen: list[str] = []
+
+    async def value(request: web.Request) -> web.Response:
+        seen.append(request.match_info["subject"])
+        return web.json_response({"hasAccess": True})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/subjects/{subject}/entitlements/tokens/value", value)
+    server = await aiohttp_server(app)
+    script = tmp_path / "round-robin.lua"
+    script.write_text(sidecar_bench._WRK_SCRIPT)
+    url = str(server.make_url("/"))
+    form = sidecar_bench._subject_path_format()
+    measured, _cpu = await asyncio.to_thread(
+        sidecar_bench._wrk, shutil.which("wrk") or "wrk", script, url, 1, 0, (form, 3, 5)
+    )
+    assert measured["non_2xx"] == 0
+    assert measured["requests"] > 0
+    assert set(seen) == {f"sub-{i}" for i in range(5)}
+    counts = Counter(seen)
+    # every call of wrk's request() takes the next subject; at most one per connection is
+    # cut off when the run ends
+    assert max(counts.values()) - min(counts.values()) <= 16 + 1
