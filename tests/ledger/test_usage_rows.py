@@ -253,3 +253,28 @@ def test_usage_read_back_after_varied_batches(
         )
     amounts = [b.amount for b in buckets]
     assert (amounts[-1] if slug == "last_tokens" else sum(amounts, Decimal(0))) == expected
+
+
+@pytest.mark.parametrize(
+    ("amounts", "expected"),
+    [
+        pytest.param(["0.1"] * 10, "1.0", id="tenths-add-exactly"),
+        pytest.param(
+            ["123456789012345678901234.5", "0.5"], "123456789012345678901235.0", id="large"
+        ),
+        pytest.param(["0.000000001", "-0.000000001", "2"], "2.000000000", id="tiny-and-negative"),
+    ],
+)
+def test_a_bucket_adds_amounts_committed_one_by_one_exactly(
+    recorded: Ledger, amounts: list[str], expected: str
+) -> None:
+    for number, value in enumerate(amounts):
+        ingest(recorded, (ev(f"x{number}", S, {"tokens": Decimal(value), "model": "gpt-4"}),))
+    with recorded.read() as conn:
+        (bucket,) = usage.read_buckets(
+            conn, NS, "tokens", subjects=["customer-1"], start=T0, end=NOW
+        )
+        entries = feed.read_feed(conn, NS, after=0)
+    assert str(bucket.amount) == expected
+    last = [b for b in entries[-1].payload["buckets"] if b["meter"] == "tokens"]
+    assert [(b["valueSum"], b["eventCount"]) for b in last] == [(expected, len(amounts))]
