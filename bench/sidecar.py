@@ -40,19 +40,22 @@ details. What it does, in one run:
 Why this setup (measured on the 2-core box, 2026-11-24; details in the JSON of each run):
 
 - vegeta costs its core about as much CPU per request (~58 us) as the bare aiohttp endpoint
-  costs the server (~60 us), and the writer takes ~17-25% of a core at 1,000 events/s (~25 us
-  per event, Python and SQLite). With both on core 1 the generator's core saturated before the
+  costs the server (~60 us), and the writer takes 13-25% of a core at 1,000 events/s (130-250
+  us per event: Python and SQLite, 50 per commit). With both on core 1 the generator's core saturated before the
   server's: bare "saturated" at 9,483 req/s with background and 17,400 without, i.e. the bare
   rate, the ratio and the fixed rate (half of it) measured the generator. wrk costs ~22 us per
   request at low rates and less when busy, so at saturation the server's core is the limit.
   ``--saturate-with vegeta`` restores the old generator.
 - The writer runs under ``SCHED_IDLE`` on core 1 (``--background-sched``): it commits in
-  bursts of ~10 ms every 50 ms, and at normal priority a woken commit preempted the generator
-  for milliseconds, which vegeta measured as server latency. Idle-scheduled, it yields at once
-  and still commits 1,000 events/s (the rate per attack is in the JSON: a lower one means the
-  run did not carry DESIGN's load). Putting it on core 0 instead (``--background-cpu 0``) takes
+  bursts of 7-12 ms of CPU every 50 ms, and at normal priority a woken commit can hold the
+  generator off its core for milliseconds, which vegeta would count as server latency (on the
+  shared box of 2026-11-24, load 6-8, the difference could not be separated from the other
+  load: compare ``--background-sched normal`` on an idle box). Idle-scheduled, it yields at
+  once and still committed 980-1,230 events/s per attack there (the rate per attack is in the
+  JSON: a lower one means the run did not carry DESIGN's load). Putting it on core 0 instead (``--background-cpu 0``) takes
   its ~20% from the server. The server still pays for following the feed (``idle``: its core
-  share with the writer running and no requests, ~3%), as DESIGN's load requires.
+  share with the writer running and no requests: 2-3%, i.e. 20-30 us per event), as DESIGN's
+  load requires.
 - Value attacks are measured after one full pass over every target (``--no-steady``: from the
   first request): a check then finds its cached answer dropped when an event touched its
   entitlement since the previous pass, as in a long-running sidecar. Measured from the first
