@@ -9,6 +9,7 @@ write transaction of its own), for subjects drawn uniformly (fixed seed) from th
 seeded customers ``--first`` to ``--subjects`` - 1 (``bench.seed``'s ``sub-i``), each event ``{"tokens": 1}`` at
 the current instant. The benched sidecar sees them only through the feed.
 
+It stops when the process that started it is gone (a killed bench leaves no writer behind).
 It paces by schedule (commit k starts at ``k * batch / rate`` seconds), never skips a late
 commit, and on SIGTERM/SIGINT or after ``--seconds`` prints what it achieved as JSON: events
 committed, commits, events per second over the time it ran, commit latency p50/p99, how late
@@ -94,7 +95,10 @@ def run(
     late = 0.0
     started = time.perf_counter()
     try:
+        parent = os.getppid()
         while not _STOP.is_set() and time.perf_counter() - started < seconds:
+            if os.getppid() != parent:  # the bench that started it is gone: stop writing
+                break
             due = started + len(commits) * interval
             if _STOP.wait(max(0.0, due - time.perf_counter())):
                 break
