@@ -225,7 +225,9 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
         await runners[1].setup()
         await web.TCPSite(runners[1], "127.0.0.1", bare_port).start()
         try:
-            await asyncio.Event().wait()
+            parent = os.getppid()
+            while os.getppid() == parent:  # a killed bench leaves no server behind
+                await asyncio.sleep(1.0)
         finally:
             for runner in runners:
                 await runner.cleanup()
