@@ -226,8 +226,10 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
         await web.TCPSite(runners[1], "127.0.0.1", bare_port).start()
         try:
             parent = os.getppid()
-            while os.getppid() == parent:  # a killed bench leaves no server behind
+            while True:
                 await asyncio.sleep(1.0)
+                if os.getppid() != parent:  # a killed bench leaves no server behind
+                    break
         finally:
             for runner in runners:
                 await runner.cleanup()
