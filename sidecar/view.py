@@ -669,7 +669,7 @@ def _usage_inputs(
         return None, []
     customer = _customer_by_key(state, entitlement.customer_key)
     subjects = (
-        state.customer(customer).customer.all_subject_keys
+        state.decoded.subject_keys(state.shapes, customer.packed, customer.key)
         if customer is not None
         else (entitlement.customer_key,)
     )
