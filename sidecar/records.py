@@ -13,7 +13,8 @@ clock, or pack documents (``Shapes.pack`` does).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields as dataclass_fields
+from dataclasses import is_dataclass, replace
 from typing import Any
 
 from allotment.ledger.core.model import Entitlement, Grant
@@ -49,7 +50,7 @@ _NESTED = "customer."
 class _Template:
     """One shape's template record, and how its documents' fields decode."""
 
-    __slots__ = ("fields", "mappings", "nested_mappings", "record")
+    __slots__ = ("fields", "flat", "mappings", "nested_mappings", "record")
 
     def __init__(self, record: Any, fields: Mapping[str, FieldDecoding]) -> None:
         self.record = record
@@ -57,6 +58,32 @@ class _Template:
         mapped = [f.attribute for f in fields.values() if f.mapping]
         self.mappings = tuple(a for a in mapped if not a.startswith(_NESTED))
         self.nested_mappings = tuple(a[len(_NESTED) :] for a in mapped if a.startswith(_NESTED))
+        self.flat = not any(f.attribute.startswith(_NESTED) for f in fields.values()) and _plain(
+            record.__class__
+        )
+
+
+def _plain(cls: type) -> bool:
+    """Tell whether a record class is a dataclass whose ``__init__`` only stores its fields."""
+    return (
+        is_dataclass(cls)
+        and not hasattr(cls, "__post_init__")
+        and not hasattr(cls, "__slots__")
+        and all(f.init for f in dataclass_fields(cls))
+    )
+
+
+def _copy_with(record: Any, updates: dict[str, Any]) -> Any:
+    """Return a copy of a plain frozen dataclass record with ``updates`` as attributes.
+
+    What ``dataclasses.replace`` returns, without calling ``__init__`` (for a plain record,
+    see ``_plain``, it would store the same attributes, one ``object.__setattr__`` each).
+    """
+    copy = object.__new__(record.__class__)
+    attributes = copy.__dict__
+    attributes.update(record.__dict__)
+    attributes.update(updates)
+    return copy
 
 
 class Records:
@@ -103,9 +130,9 @@ class Records:
         for attribute in template.mappings:
             if attribute not in updates:
                 updates[attribute] = dict(getattr(record, attribute))
-        if template.nested_mappings or any(a.startswith(_NESTED) for a in updates):
-            return self._nested(record, updates, template.nested_mappings)
-        return replace(record, **updates)
+        if template.flat:
+            return _copy_with(record, updates)
+        return self._nested(record, updates, template.nested_mappings)
 
     def _nested(self, record: Any, updates: dict[str, Any], mappings: tuple[str, ...]) -> Any:
         inner = {a[len(_NESTED) :]: updates.pop(a) for a in list(updates) if a.startswith(_NESTED)}

@@ -369,6 +369,10 @@ def run(
         raise ValueError(f"until {until.isoformat()} is not on a minute boundary")
     measure_from = _measure_from(entitlement)
     all_grants = tuple(grants)
+    if start is None and not record and measure_from <= until:
+        single = _single_phase(entitlement, all_grants, aggregation, usage, until, measure_from)
+        if single is not None:
+            return single
     if start is None:
         start = starting_snapshot(entitlement, all_grants)
         fresh = True
@@ -409,3 +413,59 @@ def run(
         replay.phase(cursor, until, False)
         replay.at = until
     return RunResult(replay.snapshot(), tuple(replay.segments), next_reset)
+
+
+def _single_phase(
+    entitlement: Entitlement,
+    grants: tuple[Grant, ...],
+    aggregation: Aggregation,
+    usage: UsageQuery,
+    until: datetime,
+    measure_from: datetime,
+) -> RunResult | None:
+    """Return what a fresh ``run`` returns when nothing happens in ``(measureFrom, until]``.
+
+    That is: every grant is active from measureUsageFrom through ``until`` and never refills,
+    and no period starts in between, so the replay is one phase from measureUsageFrom: the
+    grants start full, the phase's usage burns them in burn-down order. The arithmetic is the
+    replay's own, step for step (``_Replay.phase``); None when the case is not this one.
+    """
+    for grant in grants:
+        if grant.recurrence is not None or grant.effective_at > measure_from:
+            return None
+        if grant.expiration is not None or grant.void_at is not None:
+            end = active_end(grant)
+            if end is not None and end <= until:
+                return None
+    timeline = entitlement.usage_period
+    resets, next_reset = reset_schedule(timeline, measure_from, until)
+    if resets:
+        return None
+    period_start = measure_from
+    if measure_from != timeline[0].start:
+        period_start = current_period(timeline, measure_from).start
+    balances = {g.id: g.amount for g in grants}
+    ordered = burn_order(grants)
+    if aggregation is Aggregation.LATEST:  # ``settle``: the phase starts from full amounts
+        for grant in ordered:
+            balances[grant.id] = grant.amount
+    overage = total_grant_usage = spent = ZERO
+    if measure_from < until:
+        if aggregation is Aggregation.UNIQUE_COUNT:
+            amount = usage(period_start, until) - usage(period_start, measure_from)
+        else:
+            amount = usage(measure_from, until)
+        spent += amount
+        if amount != 0:
+            overage, used = burn(balances, ordered, amount + overage)
+            if used:
+                total_grant_usage += sum(used.values(), ZERO)
+    snapshot = BalanceSnapshot(
+        at=until,
+        period_start=period_start,
+        balances=dict(balances),
+        overage=overage,
+        usage=spent,
+        total_grant_usage=total_grant_usage,
+    )
+    return RunResult(snapshot, (), next_reset)
