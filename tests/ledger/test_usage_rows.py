@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from allotment.ledger.core.model import Aggregation, Meter
 from allotment.ledger.storage import feed, usage
@@ -278,3 +280,62 @@ def test_a_bucket_adds_amounts_committed_one_by_one_exactly(
     assert str(bucket.amount) == expected
     last = [b for b in entries[-1].payload["buckets"] if b["meter"] == "tokens"]
     assert [(b["valueSum"], b["eventCount"]) for b in last] == [(expected, len(amounts))]
+
+
+_EVENT = st.tuples(
+    st.sampled_from(["a", "b"]),  # source
+    st.integers(0, 5),  # id
+    st.sampled_from(["customer-1", "customer-2"]),
+    st.integers(0, 179),  # second after T0
+    st.sampled_from([Decimal("1"), Decimal("0.5"), Decimal("2.25"), "x"]),  # tokens
+    st.sampled_from(["gpt-4", "gpt-3", None]),  # model
+)
+_NAMESPACES = iter(range(10**9))
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(st.lists(_EVENT, max_size=8), min_size=1, max_size=3))
+def test_buckets_hold_what_the_first_copy_of_every_event_adds(
+    ledger: Ledger, batches: list[list[tuple[Any, ...]]]
+) -> None:
+    namespace = f"prop-{next(_NAMESPACES)}"
+    with ledger.write() as conn:
+        for number, meter in enumerate(METERS[:2]):
+            usage.record_meter(
+                conn, namespace, meter.slug, meter, uid=f"{namespace}-{number}", generation=1,
+                acted_at=T0, now=NOW,
+            )  # fmt: skip
+    seen: set[tuple[str, str]] = set()
+    sums: dict[tuple[str, str, datetime], Decimal] = {}
+    counts: dict[tuple[str, datetime], int] = {}
+    for batch in batches:
+        events = []
+        for source, number, subject, second, tokens, model in batch:
+            data: dict[str, Any] = {"tokens": tokens} | ({} if model is None else {"model": model})
+            at = T0 + timedelta(seconds=second)
+            events.append(usage.IncomingEvent(f"e{number}", source, "prompt", subject, at, data))
+        with ledger.write() as conn:
+            outcome = usage.ingest(conn, namespace, events, received_at=NOW)
+        new = {(e.source, e.id) for e in events} - seen
+        assert (outcome.stored, outcome.duplicates) == (len(new), len(events) - len(new))
+        for event in events:
+            if (event.source, event.id) in seen:
+                continue
+            seen.add((event.source, event.id))
+            minute = event.time.replace(second=0)
+            counts[(event.subject, minute)] = counts.get((event.subject, minute), 0) + 1
+            if isinstance(event.data["tokens"], Decimal):
+                key = (event.subject, event.data.get("model", ""), minute)
+                sums[key] = sums.get(key, Decimal(0)) + event.data["tokens"]
+    with ledger.read() as conn:
+        states = usage.load_bucket_states(conn, namespace)
+    assert {
+        (s.subject, dict(s.groups)["model"], s.minute): s.value_sum
+        for s in states
+        if s.meter_slug == "tokens"
+    } == sums
+    assert {
+        (s.subject, s.minute): s.event_count for s in states if s.meter_slug == "prompts"
+    } == counts
