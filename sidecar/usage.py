@@ -19,18 +19,30 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Literal
 
 from allotment.ledger.core.model import Aggregation
 
 from .source import UsageBucketState
 
-__all__ = ["AnySeries", "IntegerSeries", "Series", "UsageStore", "minute_index"]
+__all__ = [
+    "AnySeries",
+    "Packed",
+    "Series",
+    "UsageStore",
+    "minute_index",
+    "packed",
+    "packed_columns",
+    "packed_count",
+    "packed_length",
+    "packed_total",
+    "put_packed",
+    "to_series",
+]
 
 ZERO = Decimal(0)
 _FITS_MIN, _FITS_MAX = -(2**63), 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: The number of words an ``IntegerSeries`` holds (its own ``len`` counts buckets).
-_WORDS = array.__len__
 
 GroupKey = tuple[tuple[str, str], ...]
 
@@ -149,116 +161,139 @@ class Series:
         return seen
 
 
-class IntegerSeries(array):  # type: ignore[type-arg]
-    """The buckets of one SUM or COUNT series whose sums are whole numbers, in one flat array.
+#: A SUM or COUNT series whose sums are whole numbers, as one immutable ``bytes`` (see ``packed``).
+Packed = bytes
+_MINUTE = 4  # bytes per minute index
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
-    The series *is* one machine-word array (no other object, about 190 bytes for 4 buckets
-    instead of 400 in three arrays), laid out for ``n`` buckets as ``n`` minute indexes, then
-    the ``n + 1`` running totals of the event count, then the ``n + 1`` running totals of the
-    value sum (``total[i]`` = first ``i`` buckets), so a window's aggregate is two bisections
-    and a subtraction. A bucket's own count and sum are differences of running totals. A late
-    bucket shifts the running totals after it. ``put`` answers None when a bucket does not fit
-    (a fractional sum, or a total past 64 bits): the store then moves the series to ``Series``.
-    ``len`` is the number of buckets.
+
+def packed(minutes: list[int], counts: list[int], sums: list[int]) -> Packed | None:
+    """Return the packed form of a SUM or COUNT series, or None where it does not fit one.
+
+    For ``n`` buckets it holds one byte, the width ``w`` of its running totals (4 while every
+    total fits 32 bits, else 8), then the ``n + 1`` running totals of the event count, then the
+    ``n + 1`` running totals of the value sum (``total[i]`` = first ``i`` buckets), then the
+    ``n`` minute indexes as 32-bit words: one ``bytes`` object (about 100 bytes for 4 buckets;
+    an ``array`` cost 190), so a window's aggregate is two bisections and a subtraction. A
+    bucket's own count and sum are differences of running totals. It does not fit where a total
+    passes 64 bits or a minute 32 bits (the store then keeps a ``Series``).
     """
-
-    __slots__ = ()
-
-    def __new__(cls) -> IntegerSeries:
-        series: IntegerSeries = super().__new__(cls, "q", (0, 0))  # type: ignore[assignment]
-        return series
-
-    @classmethod
-    def of(cls, words: list[int]) -> IntegerSeries:
-        """Return a series of exactly these words (the layout above)."""
-        series: IntegerSeries = array.__new__(cls, "q", words)  # type: ignore[assignment]
-        return series
-
-    def __len__(self) -> int:
-        return (_WORDS(self) - 2) // 3
-
-    def columns(self) -> tuple[list[int], list[int], list[int]]:
-        """Return the minutes, running counts and running sums as lists."""
-        n = len(self)
-        return self[:n].tolist(), self[n : 2 * n + 1].tolist(), self[2 * n + 1 :].tolist()
-
-    def put(self, bucket: UsageBucketState, keep_extra: bool) -> bool | None:
-        """Store a bucket's state; False when an equal or newer one is held, None: no fit."""
-        value = bucket.value_sum
-        if keep_extra or value != value.to_integral_value():
-            return None
-        whole = int(value)
-        minute = minute_index(bucket.minute)
-        n = len(self)
-        if not n or minute > self[n - 1]:  # the common case: a newer minute, appended
-            total = self[3 * n + 1] + whole
-            if not _FITS_MIN <= total <= _FITS_MAX:
-                return None
-            self.append(total)
-            self.insert(2 * n + 1, self[2 * n] + bucket.event_count)
-            self.insert(n, minute)
-            return True
-        minutes, counts, sums = self.columns()
-        i = bisect_left(minutes, minute)
-        exists = i < n and minutes[i] == minute
-        held_count = counts[i + 1] - counts[i] if exists else 0
-        if exists and bucket.event_count <= held_count:
-            return False
-        sum_delta = whole - (sums[i + 1] - sums[i] if exists else 0)
-        new_total = sums[i] + whole
-        shifted = [total + sum_delta for total in sums[i + 1 :]]
-        if not all(_FITS_MIN <= total <= _FITS_MAX for total in (*shifted, new_total)):
-            return None
-        count_delta = bucket.event_count - held_count
-        if not exists:  # a late minute: open its slot, then shift the totals after it
-            minutes.insert(i, minute)
-            counts.insert(i + 1, counts[i])
-            sums[i + 1 :] = [new_total, *shifted]
-        else:
-            sums[i + 1 :] = shifted
-        counts[i + 1 :] = [c + count_delta for c in counts[i + 1 :]]
-        self[:] = array("q", minutes + counts + sums)
-        return True
-
-    def window(self, start: int, end: int) -> tuple[int, int]:
-        """Return the bucket index range of minutes in ``[start, end)``."""
-        n = len(self)
-        return bisect_left(self, start, 0, n), bisect_left(self, end, 0, n)
-
-    def total(self, start: int, end: int) -> Decimal:
-        """Return the sum of values in ``[start, end)``."""
-        i, j = self.window(start, end)
-        base = 2 * len(self) + 1
-        return Decimal(self[base + j] - self[base + i])
-
-    def count(self, start: int, end: int) -> int:  # type: ignore[override]
-        """Return the number of events in ``[start, end)`` (not ``array.count``: shadowed)."""
-        i, j = self.window(start, end)
-        base = len(self)
-        return int(self[base + j] - self[base + i])
-
-    def latest(self, start: int, end: int) -> tuple[datetime, Decimal] | None:
-        """Return nothing: integer series belong to SUM and COUNT meters only."""
+    totals = counts + sums
+    if minutes and not (minutes[0] >= _INT32_MIN and minutes[-1] <= _INT32_MAX):
         return None
-
-    def distinct(self, start: int, end: int) -> set[str]:
-        """Return nothing: integer series belong to SUM and COUNT meters only."""
-        return set()
-
-    def to_series(self) -> Series:
-        """Return the same buckets as a general ``Series`` (for a bucket that does not fit)."""
-        series = Series()
-        minutes, counts, sums = self.columns()
-        for i, minute in enumerate(minutes):
-            series.minutes.append(minute)
-            series.counts.append(counts[i + 1] - counts[i])
-            series.sums.append(Decimal(sums[i + 1] - sums[i]))
-            series.extras.append(None)
-        series.dirty_from = 0
-        return series
+    if all(_INT32_MIN <= t <= _INT32_MAX for t in totals):
+        width = 4
+    elif all(_FITS_MIN <= t <= _FITS_MAX for t in totals):
+        width = 8
+    else:
+        return None
+    words = array("i" if width == 4 else "q", totals)
+    return bytes((width,)) + words.tobytes() + array("i", minutes).tobytes()
 
 
-AnySeries = Series | IntegerSeries
+def packed_length(series: Packed) -> int:
+    """Return the number of buckets a packed series holds."""
+    width = series[0]
+    return (len(series) - 1 - 2 * width) // (2 * width + _MINUTE)
+
+
+def _parts(series: Packed) -> tuple[int, memoryview, memoryview]:
+    """Return a packed series's bucket count, running totals and minutes (views, not copies)."""
+    width = series[0]
+    n = (len(series) - 1 - 2 * width) // (2 * width + _MINUTE)
+    split = 1 + 2 * width * (n + 1)
+    view = memoryview(series)
+    totals = view[1:split].cast("i") if width == 4 else view[1:split].cast("q")
+    return n, totals, view[split:].cast("i")
+
+
+def packed_columns(series: Packed) -> tuple[list[int], list[int], list[int]]:
+    """Return the minutes, running counts and running sums of a packed series as lists."""
+    n, totals, minutes = _parts(series)
+    held = totals.tolist()
+    return minutes.tolist(), held[: n + 1], held[n + 1 :]
+
+
+def put_packed(series: Packed, bucket: UsageBucketState) -> Packed | Literal[False] | None:
+    """Return the series with a bucket's state stored in it (a new ``bytes``).
+
+    False when an equal or newer state is already held (nothing changes), None when the bucket
+    does not fit a packed series (a fractional sum, or a total past 64 bits).
+    """
+    value = bucket.value_sum
+    if value != value.to_integral_value():
+        return None
+    whole = int(value)
+    minute = minute_index(bucket.minute)
+    n, totals, minutes = _parts(series)
+    if not n or minute > minutes[n - 1]:  # the common case: a newer minute, appended
+        count = totals[n] + bucket.event_count
+        total = totals[2 * n + 1] + whole
+        width = series[0]
+        limit = _INT32_MAX if width == 4 else _FITS_MAX
+        if not (-limit - 1 <= count <= limit and -limit - 1 <= total <= limit):
+            held, counts, sums = packed_columns(series)  # wider totals, or no fit at all
+            return packed([*held, minute], [*counts, count], [*sums, total])
+        if not _INT32_MIN <= minute <= _INT32_MAX:
+            return None
+        split = 1 + width * (n + 1)
+        return b"".join(
+            (
+                series[:split],
+                count.to_bytes(width, sys.byteorder, signed=True),
+                series[split : 2 * split - 1],
+                total.to_bytes(width, sys.byteorder, signed=True),
+                series[2 * split - 1 :],
+                minute.to_bytes(_MINUTE, sys.byteorder, signed=True),
+            )
+        )
+    held, counts, sums = packed_columns(series)
+    i = bisect_left(held, minute)
+    exists = i < n and held[i] == minute
+    held_count = counts[i + 1] - counts[i] if exists else 0
+    if exists and bucket.event_count <= held_count:
+        return False
+    sum_delta = whole - (sums[i + 1] - sums[i] if exists else 0)
+    count_delta = bucket.event_count - held_count
+    if not exists:  # a late minute: open its place, then shift the totals after it
+        held.insert(i, minute)
+        counts.insert(i + 1, counts[i])
+        sums.insert(i + 1, sums[i])
+    counts[i + 1 :] = [c + count_delta for c in counts[i + 1 :]]
+    sums[i + 1 :] = [t + sum_delta for t in sums[i + 1 :]]
+    return packed(held, counts, sums)
+
+
+def packed_total(series: Packed, start: int, end: int) -> Decimal:
+    """Return the sum of values in ``[start, end)``."""
+    n, totals, minutes = _parts(series)
+    i, j = bisect_left(minutes, start), bisect_left(minutes, end)
+    return Decimal(totals[n + 1 + j] - totals[n + 1 + i])
+
+
+def packed_count(series: Packed, start: int, end: int) -> int:
+    """Return the number of events in ``[start, end)``."""
+    _, totals, minutes = _parts(series)
+    return int(totals[bisect_left(minutes, end)] - totals[bisect_left(minutes, start)])
+
+
+def to_series(series: Packed) -> Series:
+    """Return a packed series's buckets as a general ``Series`` (for a bucket that does not fit)."""
+    general = Series()
+    minutes, counts, sums = packed_columns(series)
+    for i, minute in enumerate(minutes):
+        general.minutes.append(minute)
+        general.counts.append(counts[i + 1] - counts[i])
+        general.sums.append(Decimal(sums[i + 1] - sums[i]))
+        general.extras.append(None)
+    general.dirty_from = 0
+    return general
+
+
+_EMPTY: Packed = bytes((4, 0, 0, 0, 0, 0, 0, 0, 0))  # no bucket: two zero totals
+
+
+AnySeries = Series | Packed
 #: A subject's series: the one without group-by values alone, or every group's by its values.
 SubjectSeries = AnySeries | dict[GroupKey, AnySeries]
 
@@ -280,35 +315,27 @@ class UsageStore:
         """
         slug = bucket.meter_slug
         keep_extra = slug not in self.plain_meters
-        subjects = self._series.get(slug)
-        if subjects is None:
-            subjects = self._series[sys.intern(slug)] = {}
+        subjects = self._subjects(slug)
         held = subjects.get(bucket.subject)
         groups = bucket.groups
-        series: AnySeries
-        if isinstance(held, dict):
-            found = held.get(groups)
-            if found is None:
-                found = held[groups] = _new_series(keep_extra)
-            series = found
-        elif held is None or groups:
-            series = _new_series(keep_extra)
-            if held is not None:
-                subjects[bucket.subject] = {(): held, groups: series}
-            else:
-                subject = share(bucket.subject) if share is not None else bucket.subject
-                subjects[subject] = {groups: series} if groups else series
+        found = held.get(groups) if isinstance(held, dict) else None if groups else held
+        series: AnySeries = found if found is not None else Series() if keep_extra else _EMPTY
+        before = _length(series)
+        if isinstance(series, Series):
+            changed = series.put(bucket, keep_extra)
         else:
-            series = held
-        before = len(series)
-        changed = series.put(bucket, keep_extra)
-        if changed is None and isinstance(series, IntegerSeries):
-            moved = series.to_series()
-            self._replace(slug, bucket.subject, groups, moved)
-            series = moved
-            changed = moved.put(bucket, keep_extra)
-        self.bucket_count += len(series) - before
-        return bool(changed)
+            stored = None if keep_extra else put_packed(series, bucket)
+            if stored is False:
+                return False
+            if stored is None:  # no fit: kept as a general series from now on
+                series = to_series(series)
+                changed = series.put(bucket, keep_extra)
+            else:
+                series, changed = stored, True
+        if series is not found:
+            self._place(subjects, bucket.subject, groups, series, share)
+        self.bucket_count += _length(series) - before
+        return changed
 
     def load(
         self, buckets: Iterable[UsageBucketState], share: Callable[[str], str] | None = None
@@ -336,7 +363,7 @@ class UsageStore:
     def _load_run(self, run: list[UsageBucketState], share: Callable[[str], str] | None) -> None:
         first = run[0]
         built = (
-            _integer_series(run)
+            _packed_run(run)
             if first.meter_slug in self.plain_meters
             and not self._has(first.meter_slug, first.subject)
             else None
@@ -345,18 +372,36 @@ class UsageStore:
             for bucket in run:
                 self.put(bucket, share)
             return
-        self.put(first, share)  # places an (integer) series for the run, then replaced whole
-        self._replace(first.meter_slug, first.subject, first.groups, built)
-        self.bucket_count += len(run) - 1
+        subjects = self._subjects(first.meter_slug)
+        self._place(subjects, first.subject, first.groups, built, share)
+        self.bucket_count += len(run)
+
+    def _subjects(self, slug: str) -> dict[str, SubjectSeries]:
+        subjects = self._series.get(slug)
+        if subjects is None:
+            subjects = self._series[sys.intern(slug)] = {}
+        return subjects
 
     def _has(self, slug: str, subject: str) -> bool:
         return subject in self._series.get(slug, {})
 
-    def _replace(self, slug: str, subject: str, groups: GroupKey, series: AnySeries) -> None:
-        subjects = self._series[slug]
-        held = subjects[subject]
+    @staticmethod
+    def _place(
+        subjects: dict[str, SubjectSeries],
+        subject: str,
+        groups: GroupKey,
+        series: AnySeries,
+        share: Callable[[str], str] | None,
+    ) -> None:
+        """Hold ``series`` as the subject's series of these group-by values (new or replaced)."""
+        held = subjects.get(subject)
         if isinstance(held, dict):
             held[groups] = series
+        elif held is None:
+            key = share(subject) if share is not None else subject
+            subjects[key] = {groups: series} if groups else series
+        elif groups:
+            subjects[subject] = {(): held, groups: series}
         else:
             subjects[subject] = series
 
@@ -389,24 +434,36 @@ class UsageStore:
         if hi <= lo or not series:
             return ZERO
         if aggregation is Aggregation.SUM:
-            return sum((s.total(lo, hi) for s in series), ZERO)
+            return sum(
+                (
+                    s.total(lo, hi) if isinstance(s, Series) else packed_total(s, lo, hi)
+                    for s in series
+                ),
+                ZERO,
+            )
         if aggregation is Aggregation.COUNT:
-            return Decimal(sum(s.count(lo, hi) for s in series))
+            return Decimal(
+                sum(
+                    s.count(lo, hi) if isinstance(s, Series) else packed_count(s, lo, hi)
+                    for s in series
+                )
+            )
+        general = [s for s in series if isinstance(s, Series)]  # packed: SUM and COUNT only
         if aggregation is Aggregation.UNIQUE_COUNT:
             seen: set[str] = set()
-            for s in series:
+            for s in general:
                 seen |= s.distinct(lo, hi)
             return Decimal(len(seen))
         latest: tuple[datetime, Decimal] | None = None
-        for s in series:
+        for s in general:
             candidate = s.latest(lo, hi)
             if candidate is not None and (latest is None or candidate[0] > latest[0]):
                 latest = candidate
         return ZERO if latest is None else latest[1]
 
 
-def _integer_series(run: list[UsageBucketState]) -> IntegerSeries | None:
-    """Return the run as one ``IntegerSeries``, or None where it does not fit one at once."""
+def _packed_run(run: list[UsageBucketState]) -> Packed | None:
+    """Return the run as one packed series, or None where it does not fit one at once."""
     minutes: list[int] = []
     counts, sums = [0], [0]
     for bucket in run:
@@ -416,17 +473,14 @@ def _integer_series(run: list[UsageBucketState]) -> IntegerSeries | None:
         minute = minute_index(bucket.minute)
         if minutes and minute <= minutes[-1]:
             return None
-        total = sums[-1] + int(value)
-        if not _FITS_MIN <= total <= _FITS_MAX:
-            return None
         minutes.append(minute)
         counts.append(counts[-1] + bucket.event_count)
-        sums.append(total)
-    return IntegerSeries.of(minutes + counts + sums)
+        sums.append(sums[-1] + int(value))
+    return packed(minutes, counts, sums)
 
 
-def _new_series(keep_extra: bool) -> AnySeries:
-    return Series() if keep_extra else IntegerSeries()
+def _length(series: AnySeries) -> int:
+    return len(series) if isinstance(series, Series) else packed_length(series)
 
 
 def _matches(group: GroupKey, filters: Mapping[str, str]) -> bool:

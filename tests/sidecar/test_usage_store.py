@@ -11,7 +11,16 @@ from hypothesis import strategies as st
 
 from allotment.ledger.core.model import Aggregation
 from allotment.ledger.storage.usage import BucketState
-from allotment.sidecar.usage import IntegerSeries, Series, UsageStore, minute_index
+from allotment.sidecar.usage import (
+    Series,
+    UsageStore,
+    minute_index,
+    packed,
+    packed_count,
+    packed_length,
+    packed_total,
+    put_packed,
+)
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 BASE = minute_index(T0)
@@ -54,6 +63,12 @@ def total(held: UsageStore, start: int, end: int, subject: str = "sub-a") -> Dec
             id="past-64-bits",
         ),
         pytest.param([bucket(0, 1, "-4"), bucket(1, 1, "1")], (0, 2), "-3", id="negative"),
+        pytest.param(
+            [bucket(0, 1, str(2**31 - 1)), bucket(2, 1, "5"), bucket(1, 1, "-7")],
+            (0, 3),
+            str(2**31 - 3),
+            id="past-32-bits",
+        ),
     ],
 )
 def test_sums_are_exact_whatever_the_order_and_size(
@@ -88,17 +103,54 @@ STATES = st.lists(
 
 
 @given(STATES, st.integers(0, 42), st.integers(0, 42))
-def test_integer_series_answers_what_the_general_series_does(
+def test_packed_series_answers_what_the_general_series_does(
     states: list[tuple[int, int, int]], start: int, end: int
 ) -> None:
-    compact, general = IntegerSeries(), Series()
+    compact, general = packed([], [0], [0]), Series()
+    assert compact is not None
     for minute, count, value in states:
         state = bucket(minute, count, str(value))
-        assert compact.put(state, False) == general.put(state, False)
+        stored = put_packed(compact, state)
+        assert stored is not None
+        assert (stored is not False) == general.put(state, False)
+        compact = compact if stored is False else stored
     lo, hi = BASE + min(start, end), BASE + max(start, end)
-    assert compact.total(lo, hi) == general.total(lo, hi)
-    assert compact.count(lo, hi) == general.count(lo, hi)
-    assert len(compact) == len(general)
+    assert packed_total(compact, lo, hi) == general.total(lo, hi)
+    assert packed_count(compact, lo, hi) == general.count(lo, hi)
+    assert packed_length(compact) == len(general)
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        pytest.param([(0, 1, "2.5")], None, id="fraction"),
+        pytest.param([(0, 1, str(2**62)), (1, 1, str(2**62))], None, id="past-64-bits"),
+        pytest.param([(0, 1, "5"), (0, 1, "6")], False, id="same-count-again"),
+        pytest.param([(0, 2, "5"), (0, 1, "6")], False, id="older-state"),
+    ],
+)
+def test_a_packed_series_refuses_what_it_cannot_hold_or_already_has(
+    states: list[tuple[int, int, str]], expected: bool | None
+) -> None:
+    compact = packed([], [0], [0])
+    result: object = compact
+    for minute, count, value in states:
+        assert isinstance(compact, bytes)
+        result = put_packed(compact, bucket(minute, count, value))
+        compact = result if isinstance(result, bytes) else compact
+    assert result is expected
+
+
+def test_minutes_past_32_bits_keep_a_general_series() -> None:
+    far = BucketState(
+        "meter-id", "tokens", "sub-a", (), datetime(9999, 1, 1, tzinfo=UTC), 1, Decimal(3)
+    )
+    held = store(bucket(0, 1, "5"), far)
+    series = held.matching("tokens", ["sub-a"], {})
+    assert held.bucket_count == 2
+    assert held.aggregate(
+        Aggregation.SUM, series, T0, datetime(9999, 12, 31, tzinfo=UTC)
+    ) == Decimal(8)
 
 
 SUBJECT_STATES = st.lists(
