@@ -58,6 +58,7 @@ from allotment.ledger.storage.codec import Record, decode_record, encode_record
 
 from .compact import Shapes, parse_instant
 from .compute import HistoryWindow, ValueEngine
+from .heap import release_free_heap
 from .records import Records
 from .serialize import value_json
 from .source import (
@@ -127,15 +128,17 @@ class _Slot:
         "body",
         "end",
         "feature_key",
-        "grants",
         "hi",
         "id",
         "lo",
         "metered",
         "packed",
+        "packed_grants",
         "start",
         "tail",
     )
+    #: One packed grant as its bytes, else a tuple of them (read through ``grants``).
+    packed_grants: bytes | tuple[bytes, ...]
 
     def __init__(self, entitlement_id: str, grants: tuple[bytes, ...]) -> None:
         self.id = entitlement_id
@@ -149,6 +152,17 @@ class _Slot:
         self.lo: datetime = _NEVER
         self.hi: datetime | None = None
         self.tail: bytes | None = None
+
+    @property
+    def grants(self) -> tuple[bytes, ...]:
+        """Return the packed grants, in the order recorded."""
+        held = self.packed_grants
+        return (held,) if isinstance(held, bytes) else held
+
+    @grants.setter
+    def grants(self, grants: tuple[bytes, ...]) -> None:
+        # One grant (the common case) is held as its bytes: a 1-tuple costs 56 bytes more.
+        self.packed_grants = grants[0] if len(grants) == 1 else grants
 
     def answers(self, now: datetime) -> bool:
         """Tell whether the cached answer holds at the query instant ``now``."""
@@ -320,6 +334,7 @@ class View:
         finally:
             state.pool.held.clear()
             state.pool.limit = _Pool.LIMIT
+            release_free_heap()  # the load's temporaries: else they stay resident
             if self.freeze_gc:
                 # Freeze before collecting again: else the first automatic collection after
                 # this would walk every new record as a young object (seconds at 10^5).
