@@ -662,7 +662,7 @@ def _insert_events(
             for (source, event_id), index in ordered
         ]
         result = connection.exec_driver_sql(_PG_INSERT_EVENTS, {"rows": _ROWS_ENCODER(rows)})
-        stored.update((row[0], row[1]) for row in result)
+        stored.update(result.all())
         return stored
     instant = _Texts(format_instant)
     received = instant(received_at)
@@ -683,7 +683,7 @@ def _insert_events(
                 1 if evaluations[index] else 0,
             )
         sql = _SQLITE_INSERT_EVENTS.format(values=_placeholders(len(chunk), 9))
-        stored.update((r[0], r[1]) for r in connection.exec_driver_sql(sql, tuple(params)))
+        stored.update(connection.exec_driver_sql(sql, tuple(params)).all())
     return stored
 
 
@@ -943,7 +943,8 @@ def _upsert_buckets_postgresql(
             )
         )
     stored: dict[_Key, _Stored] = {}
-    for row in connection.exec_driver_sql(_PG_UPSERT_BUCKETS, {"rows": _ROWS_ENCODER(rows)}):
+    result = connection.exec_driver_sql(_PG_UPSERT_BUCKETS, {"rows": _ROWS_ENCODER(rows)})
+    for row in result.all():
         bucket_id, meter_id, subject, groups, minute, count, total, latest_time, latest = row
         stored[(meter_id, subject, groups, minute.astimezone(UTC))] = _Stored(
             bucket_id,
@@ -984,7 +985,7 @@ def _upsert_buckets_sqlite(
                 None if latest is None else format_amount(latest[1]),
             )
         sql = _SQLITE_UPSERT_BUCKETS.format(values=_placeholders(len(chunk), 9))
-        for row in connection.exec_driver_sql(sql, tuple(params)):
+        for row in connection.exec_driver_sql(sql, tuple(params)).all():
             bucket_id, meter_id, subject, groups, minute_text, count, total, latest_time, latest = (
                 row
             )
