@@ -39,13 +39,15 @@ details. What it does, in one run:
 
 Why this setup (measured on the 2-core box, 2026-11-24; details in the JSON of each run):
 
-- vegeta costs its core about as much CPU per request (~58 us) as the bare aiohttp endpoint
-  costs the server (~60 us), and the writer takes 13-25% of a core at 1,000 events/s (130-250
+- vegeta costs its core about as much CPU per request (~58 us at saturation, 70-100 us at a
+  fixed rate) as the bare aiohttp endpoint costs the server (~60 us), and the writer takes 13-25% of a core at 1,000 events/s (130-250
   us per event: Python and SQLite, 50 per commit). With both on core 1 the generator's core saturated before the
   server's: bare "saturated" at 9,483 req/s with background and 17,400 without, i.e. the bare
   rate, the ratio and the fixed rate (half of it) measured the generator. wrk costs ~22 us per
   request at low rates and less when busy, so at saturation the server's core is the limit.
-  ``--saturate-with vegeta`` restores the old generator.
+  ``--saturate-with vegeta`` restores the old generator. At the fixed rate (half the bare
+  rate wrk finds) vegeta needs most of core 1: its share is in the JSON, and the rate it
+  achieved next to the rate asked.
 - The writer runs under ``SCHED_IDLE`` on core 1 (``--background-sched``): it commits in
   bursts of 7-12 ms of CPU every 50 ms, and at normal priority a woken commit can hold the
   generator off its core for milliseconds, which vegeta would count as server latency (on the
