@@ -63,7 +63,7 @@ def _evaluate(
             "reason": "STALE" if stale else "DEFAULT",
             "metadata": {"entitled": False},
         }
-    value = view.value(entitlement, now)
+    value = view.value(entitlement, now, v2=False)  # no grant balances in OFREP's metadata
     if stale:
         value, _ = apply_stale_policy(request, view, entitlement, value)
     value = apply_requested_usage(entitlement, value, requested)

@@ -132,7 +132,7 @@ async def _value(
     entitlement = _entitlement(view, customer, id_or_key, at or now)
     headers: dict[str, str] | None = None
     if at is None:
-        value = view.value(entitlement, now)
+        value = view.value(entitlement, now, v2=v2)
         if stale_at(request, now):
             value, policy = apply_stale_policy(request, view, entitlement, value)
             headers = {"Allotment-Stale-Policy": policy.value}

@@ -537,16 +537,22 @@ class View:
             return body[:-1] + slot.tail
         return body
 
-    def value(self, entitlement: Entitlement, now: datetime) -> EntitlementValue:
-        """Return the current value: from the cached body while ``now`` stays inside its range."""
+    def value(
+        self, entitlement: Entitlement, now: datetime, *, v2: bool = True
+    ) -> EntitlementValue:
+        """Return the current value: from the cached body while ``now`` stays inside its range.
+
+        ``v2=False`` is for callers that do not read ``grant_balances`` (it may then be None):
+        a slot whose v2 tail is not held still answers from its cached v1 body.
+        """
         slot = self._slot(entitlement)
         body, tail = slot.body, slot.tail
-        if body is None or tail is None or not slot.answers(now):
+        if body is None or not slot.answers(now) or (v2 and tail is None):
             value = self._compute(slot, now)
             if tail is None:  # held only for slots read through v2 (see ``_refresh``)
                 slot.tail = None
             return value
-        return _decode_value(body[:-1] + tail if tail else body, slot, _step(entitlement))
+        return _decode_value(body[:-1] + tail if v2 and tail else body, slot, _step(entitlement))
 
     def _slot(self, entitlement: Entitlement) -> _Slot:
         slot = self._require().entitlements.get(entitlement.id)
