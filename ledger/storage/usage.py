@@ -18,7 +18,6 @@ are applied when usage is read (``read_buckets``).
 
 from __future__ import annotations
 
-import functools
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -285,7 +284,6 @@ _METERS_SQL_PG = _METERS_SQL_SELECT + (
 )
 
 
-@functools.lru_cache(maxsize=1024)
 def _recorded_meter(
     namespace: str,
     meter_id: str,
@@ -296,7 +294,7 @@ def _recorded_meter(
     created_at: datetime,
     groups: tuple[tuple[str, str], ...],
 ) -> RecordedMeter:
-    """Return the recorded meter these fields describe, its paths compiled (once per fields)."""
+    """Return the recorded meter these fields describe, its paths compiled."""
     meter = Meter(
         slug=slug,
         event_type=event_type,
@@ -488,16 +486,20 @@ def group_key(groups: Mapping[str, str]) -> str:
     return _group_key(tuple(sorted(groups.items())))
 
 
-@functools.lru_cache(maxsize=4096)
 def _group_key(groups: tuple[tuple[str, str], ...]) -> str:
-    """Return the canonical text of group-by values sorted by key (most batches repeat a few)."""
+    """Return the canonical text of group-by values sorted by key."""
+    if not groups:
+        return _NO_GROUPS
     return json.dumps(dict(groups), separators=(",", ":"), ensure_ascii=False)
 
 
-@functools.lru_cache(maxsize=4096)
 def _groups(key: str) -> tuple[tuple[str, str], ...]:
     """Return the group-by values a bucket's group key holds, sorted by key."""
-    return tuple(sorted(json.loads(key).items()))
+    return () if key == _NO_GROUPS else tuple(sorted(json.loads(key).items()))
+
+
+#: The group key of a bucket of a meter without group-by values (most of them).
+_NO_GROUPS = "{}"
 
 
 def _evaluate(
