@@ -265,7 +265,19 @@ def load_meters(
         if number + 1 < len(rows) and rows[number + 1][0] == row[0]:
             continue
         created = row[5] if postgres else datetime.fromisoformat(row[5])
-        loaded.append(_recorded_meter(namespace, *row[:5], created.astimezone(UTC), tuple(groups)))
+        meter_id, slug, event_type, aggregation, value_property = row[:5]
+        loaded.append(
+            _recorded_meter(
+                namespace,
+                meter_id,
+                slug,
+                event_type,
+                aggregation,
+                value_property,
+                created.astimezone(UTC),
+                tuple(groups),
+            )
+        )
         groups = []
     return loaded
 
