@@ -13,13 +13,22 @@ Layout (one load's ``_State``, replaced wholesale on reload):
   the ids and keys their holder already keeps; the records (``Entitlement``, ``Grant``,
   ``CustomerRecord``) are rebuilt by the codec only when a value must be computed or a route
   asks, through a small bounded cache. Features and meters (a handful) stay decoded.
+- ledger ids are held as ``_ident`` makes them: an upper-case ULID (the ledger's form) as its
+  128-bit number (48 bytes instead of the text's 80), any other id as its text; lookups take
+  the text, rebuilt records get the text back.
 - ``_Customer`` (id, key, packed) is indexed by id (``customers``) and by its key and every
   subject key (``by_subject``, DESIGN D5). ``_Slot`` holds one entitlement: id, the index fields
-  a feature-key lookup needs (feature key, start, end: shared objects), packed document and
-  packed grants, and its cached answer: the JSON body of the current value (OpenMeter's v2
-  shape, kept as the v1 body, shared between slots where equal, and the v2 tail) with the
-  query instants it holds for (``lo``, ``hi``). ``by_customer`` maps a customer key to its slot (a tuple when several).
-- usage lives in machine-word arrays (``usage``), keyed by meter and subject.
+  a feature-key lookup needs (feature key, start, end, metered: one tuple shared by equal
+  slots), its packed document with its one grant's packed document after it in the same bytes
+  (several grants, or none: a tuple), and its cached answer: the JSON body of the current value
+  (OpenMeter's v2 shape, kept as the v1 body, shared between slots where equal) with the query
+  instants it holds for (``lo``, ``hi``), and the v2 tail (the grants' balances: unique per slot)
+  only for slots read through v2. ``by_customer`` maps a customer key to its slot (a tuple when
+  several).
+- usage lives in ``usage.UsageStore``: a SUM or COUNT series is one ``bytes`` of running totals
+  and minute indexes, keyed by meter and subject.
+- At 10^6 entitlements of ``bench.seed``'s shape this is about 1 KB each (``bench.view_memory``);
+  the load ends by returning the C heap's free pages (``heap.release_free_heap``).
 
 An answer is recomputed by the core lazily, when a query instant leaves its range or after a
 change touched it (a usage bucket of one of its subjects, a grant, the entitlement itself, its
@@ -80,10 +89,16 @@ MINUTE = timedelta(minutes=1)
 _TICK = timedelta(microseconds=1)
 ZERO = Decimal(0)
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
+_ULID_DIGITS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32, in ASCII order
+_CANONICAL = frozenset(_ULID_DIGITS)
+_TO_BASE32 = str.maketrans(_ULID_DIGITS, "0123456789abcdefghijklmnopqrstuv")  # int(_, 32)
+_ULID_SHIFTS = tuple(range(125, -1, -5))
 _GRANTS_SPLIT = b',"grantBalances":'
 _NEVER = datetime.max.replace(tzinfo=UTC)
 _NO_TIME = timedelta(0)
 T = TypeVar("T")
+#: A slot's feature key, start, end (None: open) and whether it is metered.
+_Index = tuple[str, datetime, datetime | None, bool]
 
 
 def looks_like_ulid(text: str) -> bool:
@@ -103,51 +118,85 @@ class Counts:
     usage_buckets: int = 0
 
 
-class _Customer:
-    """One customer: its ledger id and key (the indexes' strings) and its packed document."""
+def _ident(record_id: str) -> int | str:
+    """Return how the indexes hold a ledger id: a canonical ULID as its 128-bit number, else as is.
 
-    __slots__ = ("id", "key", "packed")
+    The number costs 48 bytes, the text 80. Only an upper-case ULID (the ledger's form) becomes
+    a number, so ``_id_text`` gives back exactly the text it came from and an id of another
+    form still matches only itself.
+    """
+    if len(record_id) == 26 and record_id[0] in "01234567" and _CANONICAL.issuperset(record_id):
+        return int(record_id.translate(_TO_BASE32), 32)
+    return record_id
+
+
+def _id_text(ident: int | str) -> str:
+    """Return the ledger id an index holds as ``ident`` (``_ident``'s inverse)."""
+    if isinstance(ident, str):
+        return ident
+    return "".join([_ULID_DIGITS[ident >> shift & 31] for shift in _ULID_SHIFTS])
+
+
+class _ById(dict[int | str, T]):
+    """Records by ledger id, keyed as ``_ident`` holds ids, looked up by the id's text."""
+
+    __slots__ = ()
+
+    def get(self, record_id: str, default: None = None) -> T | None:  # type: ignore[override]
+        """Return the record with this ledger id, if held."""
+        return dict.get(self, _ident(record_id))
+
+    def pop(self, record_id: str, default: None = None) -> T | None:  # type: ignore[override]
+        """Remove and return the record with this ledger id, if held."""
+        return dict.pop(self, _ident(record_id), None)
+
+
+class _Customer:
+    """One customer: its ledger id (as ``_ident`` holds it), key and packed document."""
+
+    __slots__ = ("ident", "key", "packed")
 
     def __init__(self, record_id: str, key: str, packed: bytes) -> None:
-        self.id = record_id
+        self.ident = _ident(record_id)
         self.key = key
         self.packed = packed
+
+    @property
+    def id(self) -> str:
+        """Return the customer's ledger id."""
+        return _id_text(self.ident)
 
 
 class _Slot:
     """One entitlement: index fields, packed document and grants, and its cached answer.
 
-    ``feature_key``, ``start`` and ``end`` are the document's, kept to resolve a feature key
-    without rebuilding the record. The cached body answers every query instant ``now`` with
-    ``lo < now`` and (``hi`` None or ``now <= hi``): ``body`` is the v1 body (equal ones shared
-    between slots), ``tail`` what the v2 body has instead of its closing brace (from
+    ``index`` holds the document's feature key, start, end and whether it is metered, kept to
+    resolve a feature key without rebuilding the record (one tuple shared by equal slots);
+    ``ident`` its ledger id (``_ident``). The cached body answers every query instant ``now``
+    with ``lo < now`` and (``hi`` None or ``now <= hi``): ``body`` is the v1 body (equal ones
+    shared between slots), ``tail`` what the v2 body has instead of its closing brace (from
     ``grantBalances`` on; empty when v2 adds nothing; None while no v2 read asked for it).
     """
 
     __slots__ = (
         "body",
-        "end",
-        "feature_key",
         "hi",
-        "id",
+        "ident",
+        "index",
         "lo",
-        "metered",
         "packed",
         "packed_grants",
-        "start",
         "tail",
     )
-    #: One packed grant as its bytes, else a tuple of them (read through ``grants``).
-    packed_grants: bytes | tuple[bytes, ...]
+    #: Where the one grant starts in ``packed``, else the packed grants (none, or several).
+    packed_grants: int | tuple[bytes, ...]
 
     def __init__(self, entitlement_id: str, grants: tuple[bytes, ...]) -> None:
-        self.id = entitlement_id
-        self.grants = grants
+        self.ident = _ident(entitlement_id)
         self.packed = b""
-        self.feature_key = ""
-        self.start = _NEVER
-        self.end: datetime | None = None
-        self.metered = False
+        self.packed_grants = ()
+        self.grants = grants
+        self.index: _Index = ("", _NEVER, None, False)
         self.body: bytes | None = None
         self.lo: datetime = _NEVER
         self.hi: datetime | None = None
@@ -157,22 +206,62 @@ class _Slot:
     def grants(self) -> tuple[bytes, ...]:
         """Return the packed grants, in the order recorded."""
         held = self.packed_grants
-        return (held,) if isinstance(held, bytes) else held
+        return (self.packed[held:],) if isinstance(held, int) else held
 
     @grants.setter
     def grants(self, grants: tuple[bytes, ...]) -> None:
-        # One grant (the common case) is held as its bytes: a 1-tuple costs 56 bytes more.
-        self.packed_grants = grants[0] if len(grants) == 1 else grants
+        # One grant (the common case) is held after the entitlement's own packed document, in
+        # the same bytes (which unpacking ignores: ``marshal.loads`` reads one value): a bytes
+        # object of its own and a 1-tuple would cost 90 bytes more.
+        document = self.document
+        if len(grants) == 1:
+            self.packed, self.packed_grants = document + grants[0], len(document)
+        else:
+            self.packed, self.packed_grants = document, grants
+
+    @property
+    def document(self) -> bytes:
+        """Return the entitlement's own packed document (``packed`` without a grant after it)."""
+        held = self.packed_grants
+        return self.packed[:held] if isinstance(held, int) else self.packed
+
+    @document.setter
+    def document(self, document: bytes) -> None:
+        held = self.packed_grants
+        if isinstance(held, int):
+            self.packed, self.packed_grants = document + self.packed[held:], len(document)
+        else:
+            self.packed = document
 
     def answers(self, now: datetime) -> bool:
         """Tell whether the cached answer holds at the query instant ``now``."""
         hi = self.hi
         return self.lo < now and (hi is None or now <= hi)
 
+    @property
+    def id(self) -> str:
+        """Return the entitlement's ledger id."""
+        return _id_text(self.ident)
+
+    @property
+    def feature_key(self) -> str:
+        """Return the entitlement's feature key."""
+        return self.index[0]
+
+    @property
+    def start(self) -> datetime:
+        """Return the instant the entitlement starts (its ``activeFrom``, else creation)."""
+        return self.index[1]
+
+    @property
+    def metered(self) -> bool:
+        """Tell whether the entitlement is metered."""
+        return self.index[3]
+
     def is_active_at(self, at: datetime) -> bool:
         """Tell whether ``at`` lies in ``[start, end)`` (as ``Entitlement.is_active_at``)."""
-        end = self.end
-        return self.start <= at and (end is None or at < end)
+        _, start, end, _ = self.index
+        return start <= at and (end is None or at < end)
 
 
 class _Pool:
@@ -204,14 +293,14 @@ class _State:
     position: int
     shapes: Shapes = field(default_factory=Shapes)
     pool: _Pool = field(default_factory=_Pool)
-    customers: dict[str, _Customer] = field(default_factory=dict)  # id ->
+    customers: _ById[_Customer] = field(default_factory=_ById)
     #: Every customer key and subject key -> its customer (DESIGN D5: one customer per string).
     by_subject: dict[str, _Customer] = field(default_factory=dict)
     features: dict[str, FeatureRecord] = field(default_factory=dict)  # id ->
     feature_by_key: dict[str, FeatureRecord] = field(default_factory=dict)
     meters: dict[str, MeterRecord] = field(default_factory=dict)  # id ->
     meter_by_slug: dict[str, MeterRecord] = field(default_factory=dict)
-    entitlements: dict[str, _Slot] = field(default_factory=dict)  # id ->
+    entitlements: _ById[_Slot] = field(default_factory=_ById)
     #: Customer key -> its entitlement, or a tuple of them when it has several (most have one).
     by_customer: dict[str, _Slot | tuple[_Slot, ...]] = field(default_factory=dict)
     #: Packed grants whose entitlement is not loaded (yet), by entitlement id.
@@ -220,6 +309,9 @@ class _State:
     grant_count: int = 0
     #: Rebuilds records from packed documents; keeps the last few (bounded).
     decoded: Records = field(default_factory=Records)
+    #: Slots whose cached answer a usage change dropped, for ``View.refresh_dropped`` (the
+    #: follower recomputes them after a batch, so the next check finds its answer cached).
+    dropped: list[_Slot] = field(default_factory=list)
 
     def slots_of(self, customer_key: str) -> tuple[_Slot, ...]:
         """Return the entitlements held under a customer key."""
@@ -376,6 +468,27 @@ class View:
         state = self._require()
         for bucket in buckets:
             _apply_change(state, bucket)
+
+    def refresh_dropped(self, now: datetime, limit: int) -> int:
+        """Recompute up to ``limit`` answers usage changes dropped; return how many are left.
+
+        Only answers that were cached are recomputed (an entitlement nobody reads stays
+        uncomputed), each as a check would at ``now``; the follower calls this between turns of
+        the loop, so usage flowing in does not make the next checks compute on the request path.
+        """
+        state = self._state
+        if state is None:
+            return 0
+        dropped, done = state.dropped, 0
+        while dropped and done < limit:
+            slot = dropped.pop()
+            if slot.body is None and state.entitlements.get(slot.id) is slot:
+                done += 1
+                try:
+                    self._refresh(slot, now, False)
+                except Exception:  # left to the check, which computes it again and reports it
+                    continue
+        return len(dropped)
 
     def mark_synced(self, now: datetime) -> None:
         """Record that a poll found nothing new: the view is current as of ``now``."""
@@ -573,7 +686,9 @@ class View:
 
     def _compute(self, slot: _Slot, now: datetime) -> EntitlementValue:
         state = self._require()
-        value = self.value_at(state.entitlement(slot), now)
+        entitlement = state.entitlement(slot)
+        grants = tuple(state.grant(g, entitlement.id) for g in slot.grants)
+        value = _value(self.engine, state, entitlement, grants, now)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity
         # value read at ``now`` answers [now, valid_until).
         step = MINUTE if slot.metered else _TICK
@@ -588,17 +703,9 @@ class View:
     def value_at(self, entitlement: Entitlement, at: datetime) -> EntitlementValue:
         """Compute the value at any instant, bypassing the cache (the core rounds metered)."""
         state = self._require()
-        aggregation, series = _usage_inputs(state, entitlement)
-        store = state.usage
-
-        def usage(start: datetime, end: datetime, /) -> Decimal:
-            if aggregation is None:
-                return ZERO
-            return store.aggregate(aggregation, series, start, end)
-
         slot = state.entitlements.get(entitlement.id)
         grants = state.grants(slot) if slot is not None else ()
-        return self.engine.value(entitlement, grants, aggregation, usage, at)
+        return _value(self.engine, state, entitlement, grants, at)
 
     def history(self, entitlement: Entitlement, window: HistoryWindow) -> BalanceHistory:
         """Compute a metered entitlement's balance history from memory."""
@@ -657,10 +764,12 @@ def _resolve_slot(
             return slot
     found: _Slot | None = None
     for slot in held:
+        key, start, end, _ = slot.index
         if (
-            slot.feature_key == ref
-            and slot.is_active_at(at)
-            and (found is None or (slot.start, slot.id) > (found.start, found.id))
+            key == ref
+            and start <= at
+            and (end is None or at < end)
+            and (found is None or (start, slot.id) > (found.start, found.id))
         ):
             found = slot
     return found
@@ -677,6 +786,25 @@ def _customer_by(state: _State, id_or_key: str) -> _Customer | None:
     if found is not None and found.key == id_or_key:
         return found
     return state.customers.get(id_or_key) if looks_like_ulid(id_or_key) else None
+
+
+def _value(
+    engine: ValueEngine,
+    state: _State,
+    entitlement: Entitlement,
+    grants: tuple[Grant, ...],
+    at: datetime,
+) -> EntitlementValue:
+    """Compute an entitlement's value at ``at`` from its grants and the usage held."""
+    aggregation, series = _usage_inputs(state, entitlement)
+    store = state.usage
+
+    def usage(start: datetime, end: datetime, /) -> Decimal:
+        if aggregation is None:
+            return ZERO
+        return store.aggregate(aggregation, series, start, end)
+
+    return engine.value(entitlement, grants, aggregation, usage, at)
 
 
 def _usage_inputs(
@@ -745,8 +873,11 @@ def _forget_usage_of(state: _State, meter_slug: str, subject: str) -> None:
     for key in keys:
         for slot in state.slots_of(key):
             feature = state.feature_by_key.get(slot.feature_key)
-            if feature is None or feature.feature.meter_slug == meter_slug:
+            if slot.body is not None and (
+                feature is None or feature.feature.meter_slug == meter_slug
+            ):
                 slot.body = None
+                state.dropped.append(slot)
 
 
 def _forget_customer(state: _State, customer: _Customer) -> None:
@@ -799,7 +930,7 @@ def _put_customer(state: _State, document: Mapping[str, Any]) -> None:
     pool = state.pool
     key: str = pool(document["key"])
     customer = _Customer(document["id"], key, state.pack(document, "id", "key"))
-    state.customers[customer.id] = customer
+    state.customers[customer.ident] = customer
     subjects = (key, *document["subjectKeys"])  # Customer.all_subject_keys, key first
     for subject in subjects:
         state.by_subject[pool(subject)] = customer
@@ -812,18 +943,22 @@ def _put_entitlement(state: _State, document: Mapping[str, Any]) -> None:
     slot = state.entitlements.get(entitlement_id)
     if slot is None:
         slot = _Slot(entitlement_id, state.pending_grants.pop(entitlement_id, ()))
-        state.entitlements[entitlement_id] = slot
+        state.entitlements[slot.ident] = slot
     else:
         _unindex_entitlement(state, slot)
         slot.body = None
     pool = state.pool
     start = document.get("activeFrom") or document["createdAt"]
     end = document.get("activeTo")
-    slot.packed = state.pack(document, "id")
-    slot.feature_key = pool(document["featureKey"])
-    slot.start = pool(parse_instant(start))
-    slot.end = None if end is None else pool(parse_instant(end))
-    slot.metered = document["type"] == EntitlementType.METERED.value
+    slot.document = state.pack(document, "id")
+    slot.index = pool(
+        (
+            pool(document["featureKey"]),
+            pool(parse_instant(start)),
+            None if end is None else pool(parse_instant(end)),
+            document["type"] == EntitlementType.METERED.value,
+        )
+    )
     key: str = pool(document["customerKey"])
     held = state.by_customer.get(key)
     state.by_customer[key] = slot if held is None else (*state.slots_of(key), slot)
