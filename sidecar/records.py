@@ -12,7 +12,7 @@ clock, or pack documents (``Shapes.pack`` does).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields as dataclass_fields
 from dataclasses import is_dataclass, replace
 from typing import Any
@@ -45,12 +45,16 @@ _FIELDS: dict[str, dict[str, FieldDecoding]] = {
     )
 }
 _NESTED = "customer."
+_IDENTITY = ENTITLEMENT_FIELDS[0].decode  # the codec's as-is decoding (ids, names, keys)
+_PLANS_LIMIT = 256
+#: One stored field's attribute ("" where the codec does not read it) and decoding (None: as is).
+_Step = tuple[str, Callable[[Any], Any] | None]
 
 
 class _Template:
     """One shape's template record, and how its documents' fields decode."""
 
-    __slots__ = ("fields", "flat", "mappings", "nested_mappings", "record")
+    __slots__ = ("fields", "flat", "mappings", "nested_mappings", "plans", "record")
 
     def __init__(self, record: Any, fields: Mapping[str, FieldDecoding]) -> None:
         self.record = record
@@ -61,6 +65,25 @@ class _Template:
         self.flat = not any(f.attribute.startswith(_NESTED) for f in fields.values()) and _plain(
             record.__class__
         )
+        #: The keys a packed document stores -> how each decodes (a few combinations occur).
+        self.plans: dict[tuple[str, ...], tuple[_Step, ...]] = {}
+
+    def plan(self, keys: tuple[str, ...]) -> tuple[_Step, ...]:
+        """Return, for each of ``keys``, the attribute it sets and its decoding (None: as is)."""
+        found = self.plans.get(keys)
+        if found is None:
+            steps: list[_Step] = []
+            for key in keys:
+                decoding = self.fields.get(key)
+                if decoding is None:  # the codec ignores fields it does not read
+                    steps.append(("", None))
+                else:
+                    decode = None if decoding.decode is _IDENTITY else decoding.decode
+                    steps.append((decoding.attribute, decode))
+            if len(self.plans) >= _PLANS_LIMIT:
+                self.plans.clear()
+            found = self.plans[keys] = tuple(steps)
+        return found
 
 
 def _plain(cls: type) -> bool:
@@ -117,14 +140,18 @@ class Records:
     def rebuild(self, shapes: Shapes, packed: bytes, fills: _Fills) -> Any:
         """Return the record ``packed`` holds, rebuilt now (as ``decode_record`` would)."""
         number, keys, values = shapes.differences(packed)
-        template = self._template(shapes, number)
+        templates = self._templates
+        template = templates[number] if number in templates else self._template(shapes, number)
         if template is None or "kind" in keys:
             return self._decoded(shapes, packed, fills)
-        fields = template.fields
         updates: dict[str, Any] = {}
-        for name, value in (*zip(keys, values, strict=True), *fills):
+        for (attribute, decode), value in zip(template.plan(keys), values, strict=True):
+            if attribute:
+                updates[attribute] = value if decode is None else decode(value)
+        fields = template.fields
+        for name, value in fills:
             found = fields.get(name)
-            if found is not None:  # the codec ignores fields it does not read
+            if found is not None:
                 updates[found.attribute] = found.decode(value)
         record = template.record
         for attribute in template.mappings:

@@ -60,11 +60,13 @@ def _valid_until(
 ) -> datetime | None:
     """Return ``metered_valid_until`` given ``next_reset_after(at)``, computed by the caller."""
     candidates: list[datetime | None] = [next_reset, _activity_valid_until(entitlement, at)]
-    candidates.extend(ceil_to_minute(v.since) for v in entitlement.is_soft_limit)
+    for version in entitlement.is_soft_limit:
+        candidates.append(ceil_to_minute(version.since))
     for grant in grants:
         candidates.append(grant.effective_at)
         candidates.append(active_end(grant))
-        candidates.append(next_recurrence_after(grant, at))
+        if grant.recurrence is not None:  # else next_recurrence_after is None
+            candidates.append(next_recurrence_after(grant, at))
     return _earliest(candidates, at)
 
 
@@ -129,16 +131,21 @@ def entitlement_value(
     next_reset = result.next_reset or next_reset_after(entitlement.usage_period, t)
     # t >= measureUsageFrom here: the grants active at some instant of [t, t] are those active
     # at t; with the later ones they are what can change the value after t
-    active = [g for g in all_grants if grant_is_active_at(g, t)]
+    active: list[Grant] = []
+    later: list[Grant] = []
+    for grant in all_grants:
+        if grant_is_active_at(grant, t):
+            active.append(grant)
+        elif grant.effective_at > t:  # (a grant active at t has started by t)
+            later.append(grant)
     active_ids = {g.id for g in active}
     grant_balances = {gid: b for gid, b in sorted(snapshot.balances.items()) if gid in active_ids}
     balance = sum(grant_balances.values(), ZERO)
     soft = entitlement.soft_limit_at(t)
-    later = [g for g in all_grants if g.effective_at > t]
     return EntitlementValue(
         at=t,
         has_access=soft or balance > 0,
-        valid_until=_valid_until(entitlement, (*active, *later), t, next_reset),
+        valid_until=_valid_until(entitlement, active + later, t, next_reset),
         balance=balance,
         usage=snapshot.usage,
         overage=snapshot.overage,
