@@ -653,7 +653,10 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "value_saturated_cold_fraction_steady_state_expected": saturation["value"].get(
             "cold_fraction_steady_state_expected"
         ),
-        "value_measured_after_one_pass": result["steady"],
+        "value_measured_after_one_pass": {
+            "saturated": saturation["value"]["measured_after_one_pass"],
+            "fixed": fixed["value"]["measured_after_one_pass"],
+        },
         "bare_saturated_per_s": saturation["bare"]["throughput_per_s"],
         "server_cpu_us_per_request": {
             "value_saturated": saturation["value"]["server_cpu_us_per_request"],
@@ -870,7 +873,9 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
             fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
             fixed += ["-connections=16", "-max-connections=16"]
             bare_fixed = attack(bare, fixed)
-            value_fixed = attack(value, fixed, prime_at=rate)
+            # the pass before measuring goes at the rate the server can answer, if lower
+            capacity = 0.9 * value_sat["throughput_per_s"]
+            value_fixed = attack(value, fixed, prime_at=max(1.0, min(rate, capacity)))
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,
