@@ -54,7 +54,9 @@ Why this setup (measured on the 2-core box, 2026-11-24; details in the JSON of e
   shared box of 2026-11-24, load 6-8, the difference could not be separated from the other
   load: compare ``--background-sched normal`` on an idle box). Idle-scheduled, it yields at
   once and still committed 980-1,230 events/s per attack there (the rate per attack is in the
-  JSON: a lower one means the run did not carry DESIGN's load). Putting it on core 0 instead (``--background-cpu 0``) takes
+  JSON: a lower one means the run did not carry DESIGN's load). After the attacks it returns
+  to normal priority: at 10^6 on the loaded box, idle-scheduled, it fell 25 s behind during
+  propagation and caught up in a burst (propagation p50 3.5 s, max 13 s, likely from that). Putting it on core 0 instead (``--background-cpu 0``) takes
   its ~20% from the server. The server still pays for following the feed (``idle``: its core
   share with the writer running and no requests: 2-3%, i.e. 20-30 us per event), as DESIGN's
   load requires.
