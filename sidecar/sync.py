@@ -8,7 +8,9 @@ in slices of about ``APPLY_SLICE`` changes with the loop free between them (an a
 waits for one slice, not for thousands of changes); a slice ends only between two usage bucket
 states, so a lookup never sees part of a catalogue change (an entitlement edited but not its
 grants), only usage that has reached some buckets and not yet others for a moment (each bucket
-state is absolute: it is counted once either way). A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
+state is absolute: it is counted once either way). Then the answers the batch's usage dropped
+are recomputed, ``REFRESH_SLICE`` at a time between turns of the loop, so the checks that follow
+find them cached instead of computing them (``View.refresh_dropped``). A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
 correct (DESIGN D10). A batch from another ``ledger_epoch`` (a restore) triggers a full reload.
 A failing poll keeps the last state and lets its age grow: staleness is handled by policy, never
 by crashing the app (D7, D11).
@@ -36,6 +38,8 @@ log = logging.getLogger("allotment.sidecar.sync")
 FEED_BATCH_LIMIT = 5000
 #: Changes applied between two turns of the event loop (a usage change takes ~5-15 us to apply).
 APPLY_SLICE = 16
+#: Dropped answers recomputed between two turns of the loop (one takes ~50-150 us).
+REFRESH_SLICE = 4
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -165,6 +169,8 @@ class Follower:
             log.info("Ledger epoch changed from %s to %s: reloading", self.view.epoch, batch.epoch)
             await self.reload()
             return False
+        while self.view.refresh_dropped(self.clock(), REFRESH_SLICE):
+            await asyncio.sleep(0)
         return len(batch.changes) >= FEED_BATCH_LIMIT
 
     async def _apply(self, batch: FeedBatch, now: datetime) -> bool:

@@ -95,6 +95,7 @@ _TO_BASE32 = str.maketrans(_ULID_DIGITS, "0123456789abcdefghijklmnopqrstuv")  # 
 _ULID_SHIFTS = tuple(range(125, -1, -5))
 _GRANTS_SPLIT = b',"grantBalances":'
 _NEVER = datetime.max.replace(tzinfo=UTC)
+_FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
 _NO_TIME = timedelta(0)
 T = TypeVar("T")
 #: A slot's feature key, start, end (None: open) and whether it is metered.
@@ -697,6 +698,8 @@ class View:
         slot.tail = b"" if split < 0 else body[split:]
         slot.lo = state.pool(value.at - step)
         slot.hi = None if value.valid_until is None else state.pool(value.valid_until - step)
+        if slot.metered and _usage_from(state, entitlement, value.at):
+            slot.hi = slot.lo  # usage stamped ahead of ``at`` counts later: answer no other instant
         slot.body = state.pool(body if split < 0 else body[:split] + b"}")  # equal ones shared
         return value
 
@@ -805,6 +808,18 @@ def _value(
         return store.aggregate(aggregation, series, start, end)
 
     return engine.value(entitlement, grants, aggregation, usage, at)
+
+
+def _usage_from(state: _State, entitlement: Entitlement, at: datetime) -> bool:
+    """Tell whether the view holds usage of the entitlement stamped at or after ``at``.
+
+    A value at ``at`` leaves it out; it counts once the clock passes it, so such a value must
+    not be cached for later instants (events stamped ahead of the sidecar's clock).
+    """
+    aggregation, series = _usage_inputs(state, entitlement)
+    if aggregation is None or not series:
+        return False
+    return state.usage.aggregate(Aggregation.COUNT, series, at, _FAR_FUTURE) > 0
 
 
 def _usage_inputs(

@@ -8,11 +8,13 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from allotment.sidecar import sync
+from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.source import Change, FeedBatch, LoadedNamespace, UsageBucketState
 from allotment.sidecar.sync import Follower
@@ -31,6 +33,14 @@ def bucket(subject: str, minute: int, count: int) -> UsageBucketState:
         event_count=count,
         value_sum=Decimal(count),
     )
+
+
+class Counting(CoreValueEngine):
+    computed = 0
+
+    def value(self, *args: Any, **kwargs: Any) -> Any:
+        self.computed += 1
+        return super().value(*args, **kwargs)
 
 
 class OneBatch:
@@ -113,3 +123,25 @@ def test_slices_keep_order_and_cut_only_between_usage(kinds: list[bool], size: i
         assert len(part) >= size
         assert isinstance(changes[cut - 1], UsageBucketState)
         assert isinstance(changes[cut], UsageBucketState)
+
+
+async def test_answers_usage_dropped_are_recomputed_before_the_next_check() -> None:
+    view = loaded_view()
+    engine = view.engine = Counting()
+    usage(view, "sub-0")  # read: its answer is cached
+    assert engine.computed == 1  # sub-1 and sub-2 are never read
+    changes: list[Change] = [bucket("sub-0", 1, 7), bucket("sub-1", 1, 5)]
+    batch = FeedBatch("epoch", 2, 1, changes)
+    follower = Follower(
+        SidecarSettings("sqlite://", NS, probe_port=None),
+        view,
+        lambda: NOW,
+        lambda _settings: OneBatch(batch),
+    )
+    follower.source = OneBatch(batch)
+    await follower.poll_once()
+    assert engine.computed == 2  # sub-0 recomputed by the follower, sub-1 left for its reader
+    assert usage(view, "sub-0") == 7
+    assert engine.computed == 2  # the check found it cached
+    assert usage(view, "sub-1") == 5
+    assert engine.computed == 3
