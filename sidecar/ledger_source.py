@@ -3,14 +3,15 @@
 Role: open the ledger (``open_ledger``: refuses a schema it does not match, D11), load one
 namespace in a single read transaction with one bulk query per table (current catalogue records,
 meters, usage buckets, distinct values, the epoch and feed head), and read the change feed after
-a cursor (``feed.read_feed``), and on PostgreSQL LISTEN on ``feed.NOTIFY_CHANNEL`` in one thread
-as a wake-up hint, decoding each entry with storage's codec: ``record`` entries carry
-a record document, ``usage`` entries absolute bucket states, ``meter`` entries a meter.
+a cursor (``feed.read_feed_texts``), and on PostgreSQL LISTEN on ``feed.NOTIFY_CHANNEL`` in one
+thread as a wake-up hint, decoding each entry with storage's codec after the read transaction:
+``record`` entries carry a record document, ``usage`` entries absolute bucket states (one
+``usage.UsageDecoder`` per read), ``meter`` entries a meter.
 
 Storage functions relied on: ``engine.open_ledger``/``Ledger.read``, ``feed.ledger_epoch``,
-``feed.feed_head``, ``feed.read_feed``, ``codec.decode_record`` (feed entries),
-``usage.load_meters``, ``usage.BucketState.from_payload``; and, for the bulk bucket load (storage
-has no function for it yet), the ``usage_buckets``, ``usage_bucket_values`` and ``meters`` tables.
+``feed.feed_head``, ``feed.read_feed_texts``, ``codec.decode_record`` (feed entries),
+``usage.load_meters``, ``usage.UsageDecoder``; and, for the bulk bucket load (storage has no
+function for it yet), the ``usage_buckets``, ``usage_bucket_values`` and ``meters`` tables.
 
 It must not write to the ledger (the sidecar's role may only ingest, D12) or compute values.
 """
@@ -118,12 +119,16 @@ class StorageSource:
         with self.ledger.read() as connection:
             epoch = feed.ledger_epoch(connection)
             head = feed.feed_head(connection)
-            entries = feed.read_feed(connection, namespace, after=position, limit=limit)
+            entries = feed.read_feed_texts(connection, namespace, after=position, limit=limit)
         changes: list[Change] = []
         version = feed.CONTRACT_VERSION
+        buckets = usage.UsageDecoder()  # decoded after the read transaction, out of its time
         for entry in entries:
             version = entry.contract_version
-            changes.extend(_decode(entry))
+            if entry.kind == usage.USAGE_CHANGE:
+                changes.extend(buckets.decode(entry.payload))
+            else:
+                changes.extend(_decode(entry.decoded()))
         last = entries[-1].position if len(entries) >= limit else max(head, position)
         return FeedBatch(epoch=epoch, position=last, contract_version=version, changes=changes)
 
@@ -167,8 +172,6 @@ def _decode(entry: feed.FeedRecord) -> list[Change]:
         if isinstance(record, Removed):
             return [RecordRemoved(record.removed_kind, record.id)]  # type: ignore[arg-type]
         return [record]
-    if kind == usage.USAGE_CHANGE:
-        return [BucketState.from_payload(b) for b in payload.get("buckets", ())]
     if kind == usage.METER_CHANGE:
         spec = payload["meter"]
         meter = Meter(

@@ -8,7 +8,9 @@ is correct. On PostgreSQL ``NOTIFY allotment_feed, '<namespace>'`` is queued wit
 and delivered at commit; PostgreSQL folds identical notifications of one transaction into one,
 so a listener gets at most one per committed transaction and namespace, and then polls. Every entry carries the read-contract version it was written in
 (``CONTRACT_VERSION``); readers accept the versions they know. ``ledger_epoch`` names this
-ledger's history; a restore rotates it and readers that see it change must reload.
+ledger's history; a restore rotates it and readers that see it change must reload. Readers get
+entries with their payloads decoded (``read_feed``) or as the stored text (``read_feed_texts``,
+for a reader that decodes them its own way, out of its read transaction).
 
 Append entries last in a transaction: allocation takes the lock that orders commits, and holding
 it early would serialise the writers' other work. It must not commit or roll back.
@@ -123,26 +125,54 @@ def append(
     return last
 
 
+@dataclass(frozen=True)
+class FeedText:
+    """One committed change with its payload as stored: JSON text, not decoded yet."""
+
+    position: int
+    namespace: str
+    contract_version: int
+    kind: str
+    payload: str
+    recorded_at: datetime
+
+    def decoded(self) -> FeedRecord:
+        """Return this entry with its payload decoded (``json.loads``)."""
+        return FeedRecord(
+            position=self.position,
+            namespace=self.namespace,
+            contract_version=self.contract_version,
+            kind=self.kind,
+            payload=json.loads(self.payload),
+            recorded_at=self.recorded_at,
+        )
+
+
+def read_feed_texts(
+    connection: Connection, namespace: str, *, after: int, limit: int = 1000
+) -> list[FeedText]:
+    """Return ``namespace``'s entries after position ``after``, oldest first, payloads as text.
+
+    For readers that decode a payload their own way (``usage.UsageDecoder``), after the read
+    transaction: the text is what ``append`` stored.
+    """
+    f = _FEED.c
+    rows = connection.execute(
+        select(f.position, f.namespace, f.contract_version, f.kind, f.payload, f.recorded_at)
+        .where(f.namespace == namespace, f.position > after)
+        .order_by(f.position)
+        .limit(limit)
+    )
+    return [FeedText(*row) for row in rows]
+
+
 def read_feed(
     connection: Connection, namespace: str, *, after: int, limit: int = 1000
 ) -> list[FeedRecord]:
     """Return ``namespace``'s entries after position ``after``, oldest first."""
-    rows = connection.execute(
-        select(_FEED)
-        .where(_FEED.c.namespace == namespace, _FEED.c.position > after)
-        .order_by(_FEED.c.position)
-        .limit(limit)
-    )
     return [
-        FeedRecord(
-            position=row.position,
-            namespace=row.namespace,
-            contract_version=row.contract_version,
-            kind=row.kind,
-            payload=json.loads(row.payload),
-            recorded_at=row.recorded_at,
-        )
-        for row in rows
+        entry.decoded()
+        for entry in read_feed_texts(connection, namespace, after=after, limit=limit)
     ]
 
 
