@@ -689,7 +689,8 @@ class View:
         state = self._require()
         entitlement = state.entitlement(slot)
         grants = tuple(state.grant(g, entitlement.id) for g in slot.grants)
-        value = _value(self.engine, state, entitlement, grants, now)
+        inputs = _usage_inputs(state, entitlement)
+        value = _value(self.engine, state, entitlement, grants, now, inputs)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity
         # value read at ``now`` answers [now, valid_until).
         step = MINUTE if slot.metered else _TICK
@@ -698,7 +699,7 @@ class View:
         slot.tail = b"" if split < 0 else body[split:]
         slot.lo = state.pool(value.at - step)
         slot.hi = None if value.valid_until is None else state.pool(value.valid_until - step)
-        if slot.metered and _usage_from(state, entitlement, value.at):
+        if slot.metered and _usage_from(state, inputs, value.at):
             slot.hi = slot.lo  # usage stamped ahead of ``at`` counts later: answer no other instant
         slot.body = state.pool(body if split < 0 else body[:split] + b"}")  # equal ones shared
         return value
@@ -708,7 +709,9 @@ class View:
         state = self._require()
         slot = state.entitlements.get(entitlement.id)
         grants = state.grants(slot) if slot is not None else ()
-        return _value(self.engine, state, entitlement, grants, at)
+        return _value(
+            self.engine, state, entitlement, grants, at, _usage_inputs(state, entitlement)
+        )
 
     def history(self, entitlement: Entitlement, window: HistoryWindow) -> BalanceHistory:
         """Compute a metered entitlement's balance history from memory."""
@@ -797,9 +800,10 @@ def _value(
     entitlement: Entitlement,
     grants: tuple[Grant, ...],
     at: datetime,
+    inputs: tuple[Aggregation | None, list[AnySeries]],
 ) -> EntitlementValue:
-    """Compute an entitlement's value at ``at`` from its grants and the usage held."""
-    aggregation, series = _usage_inputs(state, entitlement)
+    """Compute an entitlement's value at ``at`` from its grants and usage ``inputs``."""
+    aggregation, series = inputs
     store = state.usage
 
     def usage(start: datetime, end: datetime, /) -> Decimal:
@@ -810,13 +814,15 @@ def _value(
     return engine.value(entitlement, grants, aggregation, usage, at)
 
 
-def _usage_from(state: _State, entitlement: Entitlement, at: datetime) -> bool:
+def _usage_from(
+    state: _State, inputs: tuple[Aggregation | None, list[AnySeries]], at: datetime
+) -> bool:
     """Tell whether the view holds usage of the entitlement stamped at or after ``at``.
 
     A value at ``at`` leaves it out; it counts once the clock passes it, so such a value must
     not be cached for later instants (events stamped ahead of the sidecar's clock).
     """
-    aggregation, series = _usage_inputs(state, entitlement)
+    aggregation, series = inputs  # ``_usage_inputs`` of the entitlement
     if aggregation is None or not series:
         return False
     return state.usage.aggregate(Aggregation.COUNT, series, at, _FAR_FUTURE) > 0
