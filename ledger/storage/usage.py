@@ -188,6 +188,8 @@ def _payload(
 #: A JSON string the ledger wrote (``json.dumps``, ASCII): no escape, quote or control character.
 _STRING = r'"[^"\\\x00-\x1f]*"'
 _CAPTURE = r'"([^"\\\x00-\x1f]*)"'
+#: The strings of a canonical list or object's inside, in order (``","`` may be inside one).
+_STRINGS = re.compile(_CAPTURE).findall
 #: One bucket of a usage entry as ``feed.append`` writes it (sorted keys, no spaces, string
 #: amounts and instants, ``_payload``'s fields); anything else is left to ``json.loads``.
 _CANONICAL_BUCKET = re.compile(
@@ -272,7 +274,7 @@ class UsageDecoder:
                     "latest_value": None
                     if latest is None
                     else amounts.get(latest) or amounts(latest),
-                    "distinct": frozenset(distinct[1:-1].split('","')) if distinct else empty,
+                    "distinct": frozenset(_STRINGS(distinct)) if distinct else empty,
                 }
             )
             states.append(state)
@@ -302,8 +304,8 @@ class _Parsed(dict[str, _T]):
 
 def _group_pairs(text: str) -> tuple[tuple[str, str], ...]:
     """Return the sorted pairs of a canonical groups object's inside (``"k":"v","k2":"v2"``)."""
-    pairs = (pair.split('":"', 1) for pair in text[1:-1].split('","'))
-    return tuple(sorted({key: value for key, value in pairs}.items()))
+    strings = _STRINGS(text)  # each delimited by quotes it cannot contain: in order, unambiguous
+    return tuple(sorted(dict(zip(strings[::2], strings[1::2], strict=True)).items()))
 
 
 def _parse_instant(text: str) -> datetime:

@@ -71,6 +71,12 @@ CANONICAL = [
     pytest.param([state(subject='quote"d\\sub')], id="escaped-quote-and-backslash"),
     pytest.param([state(groups=(("model", 'a,b":"c'),))], id="separator-like-group-value"),
     pytest.param(
+        [state(groups=(("", ","), ("0", ""), ("k", ":,")))], id="group-values-with-separators"
+    ),
+    pytest.param(
+        [state(distinct=frozenset({",", "", ":", "a,b"}))], id="distinct-values-with-separators"
+    ),
+    pytest.param(
         [state(subject=f"sub-{n}", event_count=n, value_sum=Decimal(n) / 8) for n in range(60)],
         id="a-commit-of-sixty",
     ),
@@ -168,27 +174,33 @@ def test_a_decoder_reused_across_entries_gives_each_its_own_states() -> None:
         assert [str(d.value_sum) for d in decoded] == [str(s.value_sum) for s in states]
 
 
-_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8)
+#: Texts the ledger writes as they are (separators included), and any text (escaped or not).
+_plain_text = st.text(st.sampled_from("ab-_0 ,:{}[]"), max_size=8)
+_any_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8)
 _instant = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
 )
 _amount = st.decimals(allow_nan=False, allow_infinity=False, places=None)
-_states = st.builds(
-    BucketState,
-    meter_id=_text,
-    meter_slug=_text,
-    subject=_text,
-    groups=st.dictionaries(_text, _text, max_size=3).map(lambda d: tuple(sorted(d.items()))),
-    minute=_instant,
-    event_count=st.integers(min_value=0, max_value=10**12),
-    value_sum=_amount,
-    latest_time=st.none() | _instant,
-    latest_value=st.none() | _amount,
-    distinct=st.frozensets(_text, max_size=3),
-)
 
 
-@given(st.lists(_states, max_size=5))
+def _states(text: st.SearchStrategy[str]) -> st.SearchStrategy[list[BucketState]]:
+    state = st.builds(
+        BucketState,
+        meter_id=text,
+        meter_slug=text,
+        subject=text,
+        groups=st.dictionaries(text, text, max_size=3).map(lambda d: tuple(sorted(d.items()))),
+        minute=_instant,
+        event_count=st.integers(min_value=0, max_value=10**12),
+        value_sum=_amount,
+        latest_time=st.none() | _instant,
+        latest_value=st.none() | _amount,
+        distinct=st.frozensets(text, max_size=3),
+    )
+    return st.lists(state, max_size=5)
+
+
+@given(_states(_plain_text) | _states(_any_text))
 def test_generated_states_decode_as_plain_json(states: list[BucketState]) -> None:
     text = json.dumps(
         {"buckets": [s.to_payload() for s in states]}, separators=(",", ":"), sort_keys=True
