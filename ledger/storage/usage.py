@@ -206,7 +206,7 @@ _CANONICAL_INSTANT = re.compile(
 )
 _ENTRY_START = '{"buckets":['
 _ENTRY_END = "]}"
-#: Entries a ``UsageDecoder`` cache holds before it starts over (a feed page repeats a few).
+#: Texts a ``UsageDecoder`` cache holds before it starts over (each entry repeats a few).
 _DECODER_CACHE = 4096
 _T = TypeVar("_T")
 
@@ -287,7 +287,7 @@ class UsageDecoder:
 
 
 class _Parsed(dict[str, _T]):
-    """Texts parsed once each (by ``parse``), while fewer than ``_DECODER_CACHE`` are kept."""
+    """Texts parsed once each (by ``parse``): at most ``_DECODER_CACHE`` kept, then it starts over."""
 
     def __init__(self, parse: Callable[[str], _T]) -> None:
         super().__init__()
@@ -297,8 +297,9 @@ class _Parsed(dict[str, _T]):
         parsed = self.get(text)
         if parsed is None:
             parsed = self._parse(text)
-            if len(self) < _DECODER_CACHE:
-                self[text] = parsed
+            if len(self) >= _DECODER_CACHE:
+                self.clear()  # a page's repeats are near one another: start over
+            self[text] = parsed
         return parsed
 
 

@@ -224,3 +224,24 @@ def test_the_ledgers_own_text_is_read_without_json_objects(
 
     monkeypatch.setattr(json, "loads", refuse)
     assert UsageDecoder().decode(text) == states
+
+
+def test_more_distinct_instants_and_amounts_than_a_decoder_keeps() -> None:
+    decoder = UsageDecoder()
+    states = [
+        state(
+            subject=f"sub-{n % 7}",
+            groups=(("n", str(n)),),
+            latest_time=AT + timedelta(microseconds=n),
+            latest_value=Decimal(n) / 100,
+            value_sum=Decimal(n),
+        )
+        for n in range(5000)
+    ]
+    for chunk in range(0, 5000, 1000):
+        text = json.dumps(
+            {"buckets": [s.to_payload() for s in states[chunk : chunk + 1000]]},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        assert decoder.decode(text) == states[chunk : chunk + 1000]
