@@ -23,8 +23,8 @@ Layout (one load's ``_State``, replaced wholesale on reload):
   (several grants, or none: a tuple), and its cached answer: the JSON body of the current value
   (OpenMeter's v2 shape, kept as the v1 body, shared between slots where equal) with the query
   instants it holds for (``lo``, ``hi``), and the v2 tail (the grants' balances: unique per slot)
-  only for slots read through v2. ``by_customer`` maps a customer key to its slot (a tuple when
-  several).
+  only for slots read through v2. A customer holds the slots of the entitlements with its key
+  (a tuple when several); ``orphans`` holds those of keys no loaded customer has.
 - usage lives in ``usage.UsageStore``: a SUM or COUNT series is one ``bytes`` of running totals
   and minute indexes, keyed by meter and subject.
 - At 10^6 entitlements of ``bench.seed``'s shape this is about 1 KB each (``bench.view_memory``);
@@ -155,12 +155,15 @@ class _ById(dict[int | str, T]):
 class _Customer:
     """One customer: its ledger id (as ``_ident`` holds it), key and packed document."""
 
-    __slots__ = ("ident", "key", "packed")
+    __slots__ = ("ident", "key", "packed", "slots")
 
     def __init__(self, record_id: str, key: str, packed: bytes) -> None:
         self.ident = _ident(record_id)
         self.key = key
         self.packed = packed
+        #: The entitlements whose customer key is this customer's key, while ``by_subject``
+        #: resolves that key to this customer (a tuple when several or none).
+        self.slots: _Slot | tuple[_Slot, ...] = ()
 
     @property
     def id(self) -> str:
@@ -302,8 +305,10 @@ class _State:
     meters: dict[str, MeterRecord] = field(default_factory=dict)  # id ->
     meter_by_slug: dict[str, MeterRecord] = field(default_factory=dict)
     entitlements: _ById[_Slot] = field(default_factory=_ById)
-    #: Customer key -> its entitlement, or a tuple of them when it has several (most have one).
-    by_customer: dict[str, _Slot | tuple[_Slot, ...]] = field(default_factory=dict)
+    #: Customer key -> its entitlement (a tuple when several), for keys that resolve to no
+    #: customer with that key (not loaded yet, or removed); the others' are held by the
+    #: ``_Customer`` (``slots``): one index fewer (see ``slots_of``).
+    orphans: dict[str, _Slot | tuple[_Slot, ...]] = field(default_factory=dict)
     #: Packed grants whose entitlement is not loaded (yet), by entitlement id.
     pending_grants: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     usage: UsageStore = field(default_factory=UsageStore)
@@ -316,7 +321,12 @@ class _State:
 
     def slots_of(self, customer_key: str) -> tuple[_Slot, ...]:
         """Return the entitlements held under a customer key."""
-        held = self.by_customer.get(customer_key, ())
+        customer = self.by_subject.get(customer_key)
+        held = (
+            customer.slots
+            if customer is not None and customer.key == customer_key
+            else self.orphans.get(customer_key, ())
+        )
         return (held,) if isinstance(held, _Slot) else held
 
     def record(self, packed: bytes, *fills: tuple[str, str]) -> Any:
@@ -424,6 +434,8 @@ class View:
             for document in loaded.documents:
                 _put_document(state, document)
             state.usage.load(loaded.usage, state.pool)
+            # Entitlements read before their customer waited here: keep a table their size.
+            state.orphans = dict(state.orphans)
         finally:
             state.pool.held.clear()
             state.pool.limit = _Pool.LIMIT
@@ -937,10 +949,35 @@ def _put_feature(state: _State, record: FeatureRecord) -> None:
     state.feature_by_key[record.feature.key] = record
 
 
+def _hold_slots(state: _State, customer_key: str, slots: tuple[_Slot, ...]) -> None:
+    """Make ``slots`` the entitlements held under a customer key (see ``_State.slots_of``)."""
+    held = slots[0] if len(slots) == 1 else slots
+    customer = state.by_subject.get(customer_key)
+    if customer is not None and customer.key == customer_key:
+        customer.slots = held
+    elif slots:
+        state.orphans[customer_key] = held
+    else:
+        state.orphans.pop(customer_key, None)
+
+
+def _resolve_subject(state: _State, subject: str, customer: _Customer | None) -> None:
+    """Resolve ``subject`` to ``customer`` (None: to nothing), the slots under it following."""
+    slots = state.slots_of(subject)
+    if slots:
+        _hold_slots(state, subject, ())
+    if customer is None:
+        state.by_subject.pop(subject, None)
+    else:
+        state.by_subject[subject] = customer
+    if slots:
+        _hold_slots(state, subject, slots)
+
+
 def _unindex_customer(state: _State, customer: _Customer) -> None:
     for subject in state.customer(customer).customer.all_subject_keys:
         if state.by_subject.get(subject) is customer:
-            del state.by_subject[subject]
+            _resolve_subject(state, subject, None)
 
 
 def _put_customer(state: _State, document: Mapping[str, Any]) -> None:
@@ -954,7 +991,7 @@ def _put_customer(state: _State, document: Mapping[str, Any]) -> None:
     state.customers[customer.ident] = customer
     subjects = (key, *document["subjectKeys"])  # Customer.all_subject_keys, key first
     for subject in subjects:
-        state.by_subject[pool(subject)] = customer
+        _resolve_subject(state, pool(subject), customer)
     if state.entitlements:  # answers of entitlements keyed by these strings may change
         _forget_keys(state, subjects)
 
@@ -981,17 +1018,12 @@ def _put_entitlement(state: _State, document: Mapping[str, Any]) -> None:
         )
     )
     key: str = pool(document["customerKey"])
-    held = state.by_customer.get(key)
-    state.by_customer[key] = slot if held is None else (*state.slots_of(key), slot)
+    _hold_slots(state, key, (*state.slots_of(key), slot))
 
 
 def _unindex_entitlement(state: _State, slot: _Slot) -> None:
     key = state.entitlement(slot).customer_key
-    kept = tuple(s for s in state.slots_of(key) if s is not slot)
-    if kept:
-        state.by_customer[key] = kept[0] if len(kept) == 1 else kept
-    else:
-        state.by_customer.pop(key, None)
+    _hold_slots(state, key, tuple(s for s in state.slots_of(key) if s is not slot))
 
 
 def _without(
