@@ -169,8 +169,10 @@ class Follower:
             log.info("Ledger epoch changed from %s to %s: reloading", self.view.epoch, batch.epoch)
             await self.reload()
             return False
-        while self.view.refresh_dropped(self.clock(), REFRESH_SLICE):
-            await asyncio.sleep(0)
+        left = self.view.refresh_dropped(self.clock(), REFRESH_SLICE)
+        while left:
+            await asyncio.sleep(0)  # a turn of the loop for the checks waiting
+            left = self.view.refresh_dropped(self.clock(), REFRESH_SLICE)
         return len(batch.changes) >= FEED_BATCH_LIMIT
 
     async def _apply(self, batch: FeedBatch, now: datetime) -> bool:
