@@ -209,6 +209,7 @@ _ENTRY_END = "]}"
 #: Texts a ``UsageDecoder`` cache holds before it starts over (each entry repeats a few).
 _DECODER_CACHE = 4096
 _T = TypeVar("_T")
+_K = TypeVar("_K")
 
 
 class UsageDecoder:
@@ -223,9 +224,9 @@ class UsageDecoder:
     """
 
     def __init__(self) -> None:
-        self._instants = _Parsed(_parse_instant)
-        self._amounts = _Parsed(Decimal)
-        self._groups = _Parsed(_group_pairs)
+        self._instants = _Memo(_parse_instant)
+        self._amounts = _Memo(Decimal)
+        self._groups = _Memo(_group_pairs)
         self._groups[""] = ()
 
     def decode(self, text: str) -> list[BucketState]:
@@ -286,21 +287,25 @@ class UsageDecoder:
             position += 1
 
 
-class _Parsed(dict[str, _T]):
-    """Texts parsed once each (by ``parse``): at most ``_DECODER_CACHE`` kept, then it starts over."""
+class _Memo(dict[_K, _T]):
+    """Values computed once each from their key (by ``make``), held by one read or one batch.
 
-    def __init__(self, parse: Callable[[str], _T]) -> None:
+    At most ``_DECODER_CACHE`` kept, then it starts over (a page's or a batch's repeats are
+    near one another).
+    """
+
+    def __init__(self, make: Callable[[_K], _T]) -> None:
         super().__init__()
-        self._parse = parse
+        self._make = make
 
-    def __call__(self, text: str) -> _T:
-        parsed = self.get(text)
-        if parsed is None:
-            parsed = self._parse(text)
+    def __call__(self, key: _K) -> _T:
+        made = self.get(key)
+        if made is None:
+            made = self._make(key)
             if len(self) >= _DECODER_CACHE:
-                self.clear()  # a page's repeats are near one another: start over
-            self[text] = parsed
-        return parsed
+                self.clear()
+            self[key] = made
+        return made
 
 
 def _group_pairs(text: str) -> tuple[tuple[str, str], ...]:
@@ -793,7 +798,7 @@ def _insert_events(
         return stored
     encode = _DATA_ENCODER.encode
     if connection.dialect.name == "postgresql":
-        rfc3339 = _Texts(format_rfc3339)
+        rfc3339 = _Memo(format_rfc3339)
         received_text = rfc3339(received_at)
         rows = [
             (
@@ -812,7 +817,7 @@ def _insert_events(
         result = connection.exec_driver_sql(_PG_INSERT_EVENTS, {"rows": _ROWS_ENCODER(rows)})
         stored.update(result.all())
         return stored
-    instant = _Texts(format_instant)
+    instant = _Memo(format_instant)
     received = instant(received_at)
     for start in range(0, len(ordered), _CHUNK):
         chunk = ordered[start : start + _CHUNK]
@@ -833,20 +838,6 @@ def _insert_events(
         sql = _SQLITE_INSERT_EVENTS.format(values=_placeholders(len(chunk), 9))
         stored.update(connection.exec_driver_sql(sql, tuple(params)).all())
     return stored
-
-
-class _Texts(dict[datetime, str]):
-    """The texts of instants (by ``format``), each formatted once: a batch repeats a few."""
-
-    def __init__(self, format_text: Callable[[datetime], str]) -> None:
-        super().__init__()
-        self._format = format_text
-
-    def __call__(self, instant: datetime) -> str:
-        text = self.get(instant)
-        if text is None:
-            text = self[instant] = self._format(instant)
-        return text
 
 
 def _placeholders(rows: int, columns: int) -> str:
@@ -1036,7 +1027,7 @@ def _apply_deltas(
     else:
         stored = _upsert_buckets_sqlite(connection, namespace, keys, deltas)
     distinct = _add_distinct(connection, namespace, stored, deltas)
-    rfc3339 = _Texts(format_rfc3339)  # a batch's buckets share a few minutes and instants
+    rfc3339 = _Memo(format_rfc3339)  # a batch's buckets share a few minutes and instants
     states = []
     for key in keys:
         meter_id, subject, groups, minute = key
@@ -1071,7 +1062,7 @@ def _upsert_buckets_postgresql(
     connection: Connection, namespace: str, keys: Sequence[_Key], deltas: Mapping[_Key, _Delta]
 ) -> dict[_Key, _Stored]:
     """Add to the buckets in the database itself: concurrent writers serialise on each row."""
-    rfc3339 = _Texts(format_rfc3339)
+    rfc3339 = _Memo(format_rfc3339)
     rows = []
     for key in keys:
         meter_id, subject, groups, minute = key
@@ -1109,7 +1100,7 @@ def _upsert_buckets_sqlite(
 ) -> dict[_Key, _Stored]:
     """Add to the buckets in one upsert per 500 buckets (amounts added exactly, as Decimal)."""
     _register_functions(connection)
-    instant = _Texts(format_instant)
+    instant = _Memo(format_instant)
     stored: dict[_Key, _Stored] = {}
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]

@@ -62,6 +62,18 @@ class OneBatch:
         return None
 
 
+def following(view: View, batch: FeedBatch) -> Follower:
+    """A follower of ``view`` whose ledger's feed holds ``batch`` after the view's position."""
+    follower = Follower(
+        SidecarSettings("sqlite://", NS, probe_port=None),
+        view,
+        lambda: NOW,
+        lambda _settings: OneBatch(batch),
+    )
+    follower.source = OneBatch(batch)
+    return follower
+
+
 def usage(view: View, subject: str) -> object:
     body = view.hot_body(subject, "tokens", NOW, by_subject=True, v2=False)
     assert body is not None
@@ -74,14 +86,7 @@ async def test_a_long_batch_lets_checks_through_and_applies_every_change() -> No
     changes: list[Change] = [bucket("sub-0", m, 1) for m in range(3 * sync.APPLY_SLICE)]
     changes.append(grant)  # a catalogue change in the middle of the usage
     changes += [bucket("sub-2", m, 2) for m in range(2 * sync.APPLY_SLICE)]
-    batch = FeedBatch("epoch", 99, 1, changes)
-    follower = Follower(
-        SidecarSettings("sqlite://", NS, probe_port=None),
-        view,
-        lambda: NOW,
-        lambda _settings: OneBatch(batch),
-    )
-    follower.source = OneBatch(batch)
+    follower = following(view, FeedBatch("epoch", 99, 1, changes))
     seen: list[tuple[int | None, object]] = []
 
     async def check_meanwhile() -> None:
@@ -131,14 +136,7 @@ async def test_answers_usage_dropped_are_recomputed_before_the_next_check() -> N
     usage(view, "sub-0")  # read: its answer is cached
     assert engine.computed == 1  # sub-1 and sub-2 are never read
     changes: list[Change] = [bucket("sub-0", 1, 7), bucket("sub-1", 1, 5)]
-    batch = FeedBatch("epoch", 2, 1, changes)
-    follower = Follower(
-        SidecarSettings("sqlite://", NS, probe_port=None),
-        view,
-        lambda: NOW,
-        lambda _settings: OneBatch(batch),
-    )
-    follower.source = OneBatch(batch)
+    follower = following(view, FeedBatch("epoch", 2, 1, changes))
     await follower.poll_once()
     assert engine.computed == 2  # sub-0 recomputed by the follower, sub-1 left for its reader
     assert usage(view, "sub-0") == 7
