@@ -30,9 +30,12 @@ Layout (one load's ``_State``, replaced wholesale on reload):
 - At 10^6 entitlements of ``bench.seed``'s shape this is about 1 KB each (``bench.view_memory``);
   the load ends by returning the C heap's free pages (``heap.release_free_heap``).
 
-An answer is recomputed by the core lazily, when a query instant leaves its range or after a
-change touched it (a usage bucket of one of its subjects, a grant, the entitlement itself, its
-customer, feature or meter); a change touches only the slots it may change. ``hot_body`` is the
+An answer is recomputed by the core when a query instant leaves its range or after a change
+touched it (a usage bucket of one of its subjects, a grant, the entitlement itself, its
+customer, feature or meter): on the next read, except that answers a usage bucket dropped are
+recomputed by the follower soon after (``refresh_dropped``); a change touches only the slots it
+may change. A metered answer is not cached past its instant while usage stamped after that
+instant is held (it counts once the clock passes it). ``hot_body`` is the
 access check's whole lookup: two dict accesses, a short scan, two instant comparisons.
 
 A load is read and indexed off the event loop (``prepare``, in a worker thread: documents go
