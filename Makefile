@@ -6,14 +6,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test setup contract-deps lint typecheck cluster-up cluster-down clean
+.PHONY: run test setup contract-deps bench-deps lint typecheck cluster-up cluster-down clean
 
 ## Run `allotment dev` over examples/: an embedded SQLite ledger, sidecar on 127.0.0.1:8888.
 run: setup
 	$(BIN)/allotment dev examples/
 
 ## Set up everything and run the whole suite: lint, types, import layers, every test tier.
-test: setup contract-deps lint typecheck
+test: setup contract-deps bench-deps lint typecheck
 	$(BIN)/python -m pytest
 
 setup: $(STAMP)
@@ -30,6 +30,10 @@ contract-deps: tests/contract/node_modules/.installed
 tests/contract/node_modules/.installed: tests/contract/package-lock.json
 	cd tests/contract && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+## wrk (Debian's), the sidecar bench's closed-loop generator, whose script a test runs.
+bench-deps:
+	command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
 lint: setup
 	$(BIN)/ruff check .
