@@ -73,7 +73,7 @@ from allotment.ledger.storage.engine import open_ledger
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.serialize import value_json
-from allotment.sidecar.view import View
+from allotment.sidecar.view import View, micros
 
 from .seed import FEATURE, NS, Seeded
 
@@ -244,7 +244,7 @@ def measure_view(url: str, repeat: int, profile: bool) -> dict[str, object]:
     def cold_pass() -> list[bytes | None]:
         for slot in slots:
             slot.body = None
-        return [hot_body(s, FEATURE, VIEW_NOW, by_subject=True, v2=True) for s in subjects]
+        return [hot_body(s, FEATURE, micros(VIEW_NOW), by_subject=True, v2=True) for s in subjects]
 
     bodies = cold_pass()
     digest = hashlib.sha256()

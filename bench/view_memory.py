@@ -28,7 +28,7 @@ from pathlib import Path
 from allotment.ledger.storage.engine import open_ledger
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.ledger_source import StorageSource
-from allotment.sidecar.view import View
+from allotment.sidecar.view import View, micros
 
 from .seed import FEATURE, NS, Seeded
 
@@ -69,7 +69,7 @@ def measure(url: str) -> dict[str, object]:
     # Subjects made one at a time: a list of 10^6 of them would add ~70 bytes per entitlement
     # to the RSS measured below, which is the view's.
     missing = sum(
-        view.hot_body(Seeded.subject(i), FEATURE, NOW, by_subject=True, v2=False) is None
+        view.hot_body(Seeded.subject(i), FEATURE, micros(NOW), by_subject=True, v2=False) is None
         for i in range(n)
     )
     cold_seconds = time.perf_counter() - started
@@ -79,7 +79,7 @@ def measure(url: str) -> dict[str, object]:
 
     def reads() -> None:
         for subject in sample:
-            hot_body(subject, FEATURE, NOW, by_subject=True, v2=False)
+            hot_body(subject, FEATURE, micros(NOW), by_subject=True, v2=False)
 
     best = min(timeit.repeat(reads, number=20, repeat=7, timer=time.process_time))
     source.close()

@@ -23,13 +23,12 @@ import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
 
 from aiohttp import web
 
 from . import dispatch
 from .ingest import install_ingestion
-from .keys import CLOCK, FOLLOWER, METRICS, SETTINGS, VIEW, Clock
+from .keys import CLOCK, FOLLOWER, METRICS, SETTINGS, VIEW, Clock, wall_clock
 from .metrics import SidecarMetrics
 from .routes import PROBE_ROUTES, ROUTES
 from .settings import SidecarSettings
@@ -45,11 +44,6 @@ SourceOpener = Callable[[SidecarSettings], LedgerSource]
 
 #: How long the event loop waits at most for the GIL held by a worker thread (Python: 5 ms).
 GIL_SWITCH_SECONDS = 0.0002
-
-
-def wall_clock() -> datetime:
-    """Return the current aware UTC instant."""
-    return datetime.now(UTC)
 
 
 def create_app(

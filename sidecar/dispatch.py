@@ -26,6 +26,7 @@ from yarl import URL
 from .compute import EngineUnavailableError
 from .keys import CLOCK, METRICS, VIEW
 from .problems import ProblemError, from_error, problem_response
+from .view import micros
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import _InfoDict
@@ -77,7 +78,7 @@ def guard(app: web.Application, name: str, handler: Handler) -> Handler:
         if (
             fresh_route or (not_served and request.path.startswith(_FRESHNESS_PREFIXES))
         ) and _VERSION not in response.headers:
-            response.headers.update(app[VIEW].freshness_headers(app[CLOCK]()))
+            response.headers.update(app[VIEW].freshness_headers(micros(app[CLOCK]())))
         observe(time.perf_counter() - started)
         return response
 

@@ -44,7 +44,7 @@ from .serialize import (
     value_v2,
 )
 from .source import CONTRACT_VERSIONS, CustomerRecord
-from .view import View
+from .view import MICROSECOND, View, micros
 
 __all__ = ["PROBE_ROUTES", "ROUTES", "json_response", "now_of", "ready_view"]
 
@@ -189,8 +189,8 @@ def _value_reader(variable: str, *, by_subject: bool, v2: bool) -> Handler:
         if not request.query_string:
             cached = cached_value(
                 app[VIEW],
-                app[CLOCK](),
-                app[SETTINGS].staleness_budget,
+                micros(app[CLOCK]()),
+                app[SETTINGS].staleness_budget // MICROSECOND,
                 info[variable],
                 info["entitlement"],
                 by_subject=by_subject,

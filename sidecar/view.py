@@ -36,7 +36,9 @@ customer, feature or meter): on the next read, except that answers a usage bucke
 recomputed by the follower soon after (``refresh_dropped``); a change touches only the slots it
 may change. A metered answer is not cached past its instant while usage stamped after that
 instant is held (it counts once the clock passes it). ``hot_body`` is the
-access check's whole lookup: two dict accesses, a short scan, two instant comparisons.
+access check's whole lookup: two dict accesses, a short scan, two instant comparisons. The
+instants it compares (the query instant, a slot's range, start and end) are whole microseconds
+since the Unix epoch (``micros``): integers, exact, and compared without building a datetime.
 
 A load is read and indexed off the event loop (``prepare``, in a worker thread: documents go
 from JSON to packed form without building records; keys read there are held once) and then
@@ -86,10 +88,9 @@ from .source import (
 )
 from .usage import AnySeries, UsageStore
 
-__all__ = ["Counts", "PreparedLoad", "View", "looks_like_ulid"]
+__all__ = ["MICROSECOND", "Counts", "PreparedLoad", "View", "instant", "looks_like_ulid", "micros"]
 
-MINUTE = timedelta(minutes=1)
-_TICK = timedelta(microseconds=1)
+MICROSECOND = timedelta(microseconds=1)
 ZERO = Decimal(0)
 _CROCKFORD = frozenset("0123456789ABCDEFGHJKMNPQRSTVWXYZabcdefghjkmnpqrstvwxyz")
 _ULID_DIGITS = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's base 32, in ASCII order
@@ -98,11 +99,26 @@ _TO_BASE32 = str.maketrans(_ULID_DIGITS, "0123456789abcdefghijklmnopqrstuv")  # 
 _ULID_SHIFTS = tuple(range(125, -1, -5))
 _GRANTS_SPLIT = b',"grantBalances":'
 _NEVER = datetime.max.replace(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FAR_FUTURE = datetime(2200, 1, 1, tzinfo=UTC)
 _NO_TIME = timedelta(0)
 T = TypeVar("T")
-#: A slot's feature key, start, end (None: open) and whether it is metered.
-_Index = tuple[str, datetime, datetime | None, bool]
+#: A slot's feature key, start, end (None: open; both ``micros``) and whether it is metered.
+_Index = tuple[str, int, int | None, bool]
+
+
+def micros(at: datetime) -> int:
+    """Return an aware instant as whole microseconds since the Unix epoch (exact)."""
+    return (at - _EPOCH) // MICROSECOND
+
+
+def instant(at_micros: int) -> datetime:
+    """Return the aware UTC instant ``at_micros`` microseconds after the Unix epoch."""
+    return _EPOCH + timedelta(microseconds=at_micros)
+
+
+_NEVER_MICROS = micros(_NEVER)
+_MINUTE_MICROS = 60_000_000
 
 
 def looks_like_ulid(text: str) -> bool:
@@ -203,10 +219,10 @@ class _Slot:
         self.packed = b""
         self.packed_grants = ()
         self.grants = grants
-        self.index: _Index = ("", _NEVER, None, False)
+        self.index: _Index = ("", _NEVER_MICROS, None, False)
         self.body: bytes | None = None
-        self.lo: datetime = _NEVER
-        self.hi: datetime | None = None
+        self.lo = _NEVER_MICROS
+        self.hi: int | None = None
         self.tail: bytes | None = None
 
     @property
@@ -240,8 +256,8 @@ class _Slot:
         else:
             self.packed = document
 
-    def answers(self, now: datetime) -> bool:
-        """Tell whether the cached answer holds at the query instant ``now``."""
+    def answers(self, now: int) -> bool:
+        """Tell whether the cached answer holds at the query instant ``now`` (``micros``)."""
         hi = self.hi
         return self.lo < now and (hi is None or now <= hi)
 
@@ -258,17 +274,12 @@ class _Slot:
     @property
     def start(self) -> datetime:
         """Return the instant the entitlement starts (its ``activeFrom``, else creation)."""
-        return self.index[1]
+        return instant(self.index[1])
 
     @property
     def metered(self) -> bool:
         """Tell whether the entitlement is metered."""
         return self.index[3]
-
-    def is_active_at(self, at: datetime) -> bool:
-        """Tell whether ``at`` lies in ``[start, end)`` (as ``Entitlement.is_active_at``)."""
-        _, start, end, _ = self.index
-        return start <= at and (end is None or at < end)
 
 
 class _Pool:
@@ -382,10 +393,12 @@ class View:
         self.loaded_at: datetime | None = None
         #: The wall-clock instant at which the view last knew it had every committed change.
         self.synced_at: datetime | None = None
+        self._synced_micros: int | None = None  # the same instant, as ``micros``
         self.reloads = 0
         self.details: dict[str, str] = {}
         self.degraded: str | None = None
         self._version: tuple[int, str] = (-1, "")
+        self._age: tuple[int, str] = (-1, "")  # the last age header: milliseconds, text
 
     # --- loading and following ----------------------------------------------------------------
 
@@ -459,7 +472,8 @@ class View:
             self.reloads += 1
         self._state = state
         self.details = dict(prepared.details)
-        self.loaded_at = self.synced_at = now
+        self.loaded_at = now
+        self._synced(now)
         if self.freeze_gc:
             # No full collection first: it would stop the loop for a walk of every record. The
             # state holds no reference cycles, so the replaced one is freed by reference counts
@@ -476,7 +490,7 @@ class View:
             _apply_change(state, change)
         state.position = max(state.position, batch.position)
         state.contract_version = batch.contract_version
-        self.synced_at = now
+        self._synced(now)
         return True
 
     def apply_usage(self, buckets: Iterable[UsageBucketState]) -> None:
@@ -495,20 +509,24 @@ class View:
         state = self._state
         if state is None:
             return 0
-        dropped, done = state.dropped, 0
+        dropped, done, at = state.dropped, 0, micros(now)
         while dropped and done < limit:
             slot = dropped.pop()
-            if slot.body is None and state.entitlements.get(slot.id) is slot:
+            if slot.body is None and dict.get(state.entitlements, slot.ident) is slot:
                 done += 1
                 try:
-                    self._refresh(slot, now, False)
+                    self._refresh(slot, at, False)
                 except Exception:  # left to the check, which computes it again and reports it
                     continue
         return len(dropped)
 
     def mark_synced(self, now: datetime) -> None:
         """Record that a poll found nothing new: the view is current as of ``now``."""
+        self._synced(now)
+
+    def _synced(self, now: datetime) -> None:
         self.synced_at = now
+        self._synced_micros = micros(now)
 
     def age(self, now: datetime) -> timedelta | None:
         """Return how long ago the view was last known to be current (None before loading)."""
@@ -517,23 +535,32 @@ class View:
         age = now - self.synced_at
         return age if age > _NO_TIME else _NO_TIME
 
-    def stale(self, now: datetime, budget: timedelta) -> bool:
-        """Tell whether the view is older than ``budget`` at ``now`` (or has never loaded)."""
-        synced_at = self.synced_at
-        return synced_at is None or now - synced_at > budget
+    def stale(self, now: int, budget: int) -> bool:
+        """Tell whether the view is older than ``budget`` at ``now`` (or has never loaded).
 
-    def freshness_headers(self, now: datetime) -> dict[str, str]:
-        """Return the ``Allotment-Ledger-Version`` and ``-Age`` headers (none before loading)."""
+        Both in microseconds (``now`` as ``micros``), as the access check reads its clock.
+        """
+        synced = self._synced_micros
+        return synced is None or now - synced > budget
+
+    def freshness_headers(self, now: int) -> dict[str, str]:
+        """Return the ``Allotment-Ledger-Version`` and ``-Age`` headers (none before loading).
+
+        ``now`` is the query instant as ``micros``; the age is in seconds with three decimals
+        (rounded to the millisecond; each text is made once per version and millisecond).
+        """
         state = self._state
-        synced_at = self.synced_at
-        if state is None or synced_at is None:
+        synced = self._synced_micros
+        if state is None or synced is None:
             return {}
         if state.position != self._version[0]:
             self._version = (state.position, str(state.position))
-        age = (now - synced_at).total_seconds()
+        milliseconds = (now - synced + 500) // 1000 if now > synced else 0
+        if milliseconds != self._age[0]:
+            self._age = (milliseconds, f"{milliseconds // 1000}.{milliseconds % 1000:03d}")
         return {
             "Allotment-Ledger-Version": self._version[1],
-            "Allotment-Ledger-Age": f"{age:.3f}" if age > 0 else "0.000",
+            "Allotment-Ledger-Age": self._age[1],
         }
 
     def _check_contract(self, version: int) -> None:
@@ -622,7 +649,7 @@ class View:
         Should two be active (the ledger prevents it), the newest by (start, id) answers.
         """
         state = self._require()
-        slot = _resolve_slot(state, customer_key, feature_key, at, by_id=False)
+        slot = _resolve_slot(state, customer_key, feature_key, micros(at), by_id=False)
         return state.entitlement(slot) if slot is not None else None
 
     def resolve(
@@ -630,20 +657,21 @@ class View:
     ) -> Entitlement | None:
         """Resolve ``{entitlementIdOrFeatureKey}`` for a customer (spec §4.6): id, then key."""
         state = self._require()
-        slot = _resolve_slot(state, customer_key, id_or_feature_key, at)
+        slot = _resolve_slot(state, customer_key, id_or_feature_key, micros(at))
         return state.entitlement(slot) if slot is not None else None
 
     # --- values -------------------------------------------------------------------------------
 
     def hot_body(
-        self, who: str, entitlement_ref: str, now: datetime, *, by_subject: bool, v2: bool
+        self, who: str, entitlement_ref: str, now: int, *, by_subject: bool, v2: bool
     ) -> bytes | None:
         """Return the current value's JSON body for an access check, or None when not found.
 
         ``who`` is a subject key (``by_subject``: the /subjects routes, resolved as
         ``customer_by_subject``) or a customer key or id (as ``customer``); ``entitlement_ref``
-        an entitlement id or feature key (as ``resolve`` at ``now``). None sends the caller to
-        the slow path, which answers the 404 problem. The HTTP fast lane calls this per request.
+        an entitlement id or feature key (as ``resolve`` at ``now``, here ``micros``). None
+        sends the caller to the slow path, which answers the 404 problem. The HTTP fast lane
+        calls this per request.
         """
         state = self._state
         if state is None:
@@ -656,9 +684,9 @@ class View:
 
     def body(self, entitlement: Entitlement, now: datetime, *, v2: bool) -> bytes:
         """Return the JSON body of the current value (v1 or v2): the hot path, from the cache."""
-        return self._cached_body(self._slot(entitlement), now, v2)
+        return self._cached_body(self._slot(entitlement), micros(now), v2)
 
-    def _cached_body(self, slot: _Slot, now: datetime, v2: bool) -> bytes:
+    def _cached_body(self, slot: _Slot, now: int, v2: bool) -> bytes:
         body = slot.body
         if body is None or not slot.answers(now) or (v2 and slot.tail is None):
             body = self._refresh(slot, now, v2)
@@ -676,12 +704,13 @@ class View:
         """
         slot = self._slot(entitlement)
         body, tail = slot.body, slot.tail
-        if body is None or not slot.answers(now) or (v2 and tail is None):
+        if body is None or not slot.answers(micros(now)) or (v2 and tail is None):
             value = self._compute(slot, now)
             if tail is None:  # held only for slots read through v2 (see ``_refresh``)
                 slot.tail = None
             return value
-        return _decode_value(body[:-1] + tail if v2 and tail else body, slot, _step(entitlement))
+        step = _MINUTE_MICROS if entitlement.type is EntitlementType.METERED else 1
+        return _decode_value(body[:-1] + tail if v2 and tail else body, slot, step)
 
     def _slot(self, entitlement: Entitlement) -> _Slot:
         slot = self._require().entitlements.get(entitlement.id)
@@ -689,11 +718,11 @@ class View:
             raise LookupError(f"entitlement {entitlement.id} is not loaded")
         return slot
 
-    def _refresh(self, slot: _Slot, now: datetime, v2: bool) -> bytes:
+    def _refresh(self, slot: _Slot, now: int, v2: bool) -> bytes:
         # The v2 tail holds the grants' ids and balances: unique per slot (~90 bytes), so it is
         # kept only by slots read through v2 once (most checks are v1); the others drop it.
         keep_tail = v2 or slot.tail is not None
-        self._compute(slot, now)
+        self._compute(slot, instant(now))
         if not keep_tail:
             slot.tail = None
         if slot.body is None:  # pragma: no cover - _compute always fills it
@@ -708,12 +737,13 @@ class View:
         value = _value(self.engine, state, entitlement, grants, now, inputs)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity
         # value read at ``now`` answers [now, valid_until).
-        step = MINUTE if slot.metered else _TICK
+        step = _MINUTE_MICROS if slot.metered else 1
         body = value_json(value, v2=True).encode()
         split = body.find(_GRANTS_SPLIT)
         slot.tail = b"" if split < 0 else body[split:]
-        slot.lo = state.pool(value.at - step)
-        slot.hi = None if value.valid_until is None else state.pool(value.valid_until - step)
+        slot.lo = state.pool(micros(value.at) - step)
+        until = value.valid_until
+        slot.hi = None if until is None else state.pool(micros(until) - step)
         if slot.metered and _usage_from(state, inputs, value.at):
             slot.hi = slot.lo  # usage stamped ahead of ``at`` counts later: answer no other instant
         slot.body = state.pool(body if split < 0 else body[:split] + b"}")  # equal ones shared
@@ -752,19 +782,15 @@ class View:
         return self._require().usage
 
 
-def _step(entitlement: Entitlement) -> timedelta:
-    return MINUTE if entitlement.type is EntitlementType.METERED else _TICK
-
-
-def _decode_value(body: bytes, slot: _Slot, step: timedelta) -> EntitlementValue:
+def _decode_value(body: bytes, slot: _Slot, step: int) -> EntitlementValue:
     """Rebuild the ``EntitlementValue`` a cached body was rendered from (numbers exact)."""
     data = json.loads(body, parse_float=Decimal, parse_int=Decimal)
     lo, hi = slot.lo, slot.hi
     balances = data.get("grantBalances")
     return EntitlementValue(
-        at=lo + step,
+        at=instant(lo + step),
         has_access=data["hasAccess"],
-        valid_until=None if hi is None else hi + step,
+        valid_until=None if hi is None else instant(hi + step),
         balance=data.get("balance"),
         usage=data.get("usage"),
         overage=data.get("overage"),
@@ -775,9 +801,12 @@ def _decode_value(body: bytes, slot: _Slot, step: timedelta) -> EntitlementValue
 
 
 def _resolve_slot(
-    state: _State, customer_key: str, ref: str, at: datetime, *, by_id: bool = True
+    state: _State, customer_key: str, ref: str, at: int, *, by_id: bool = True
 ) -> _Slot | None:
-    """Find a customer's entitlement by id, else by feature key active at ``at`` (newest)."""
+    """Find a customer's entitlement by id, else by feature key active at ``at`` (``micros``).
+
+    Should two be active (the ledger prevents it), the newest by (start, id) answers.
+    """
     held = state.slots_of(customer_key)
     if by_id and looks_like_ulid(ref):
         slot = state.entitlements.get(ref)
@@ -790,7 +819,7 @@ def _resolve_slot(
             key == ref
             and start <= at
             and (end is None or at < end)
-            and (found is None or (start, slot.id) > (found.start, found.id))
+            and (found is None or (start, slot.id) > (found.index[1], found.id))
         ):
             found = slot
     return found
@@ -1015,8 +1044,8 @@ def _put_entitlement(state: _State, document: Mapping[str, Any]) -> None:
     slot.index = pool(
         (
             pool(document["featureKey"]),
-            pool(parse_instant(start)),
-            None if end is None else pool(parse_instant(end)),
+            pool(micros(parse_instant(start))),
+            None if end is None else pool(micros(parse_instant(end))),
             document["type"] == EntitlementType.METERED.value,
         )
     )

@@ -18,7 +18,7 @@ from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.source import Change, FeedBatch, LoadedNamespace, UsageBucketState
 from allotment.sidecar.sync import Follower
-from allotment.sidecar.view import View
+from allotment.sidecar.view import View, micros
 
 from .test_view_changes import NOW, NS, T0, loaded_view, records
 
@@ -75,7 +75,7 @@ def following(view: View, batch: FeedBatch) -> Follower:
 
 
 def usage(view: View, subject: str) -> object:
-    body = view.hot_body(subject, "tokens", NOW, by_subject=True, v2=False)
+    body = view.hot_body(subject, "tokens", micros(NOW), by_subject=True, v2=False)
     assert body is not None
     return json.loads(body)["usage"]
 

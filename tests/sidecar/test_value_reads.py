@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from allotment.sidecar.source import FeedBatch
+from allotment.sidecar.view import micros
 
 from .test_follow_slices import Counting, bucket
 from .test_view_changes import NOW, loaded_view, records
@@ -16,7 +17,7 @@ def test_a_v1_read_caches_what_ofrep_and_v1_reads_need() -> None:
     view = loaded_view()
     engine = view.engine = Counting()
     entitlement, grant = records(1)[1:]
-    assert view.hot_body("sub-1", "tokens", NOW, by_subject=True, v2=False) is not None
+    assert view.hot_body("sub-1", "tokens", micros(NOW), by_subject=True, v2=False) is not None
     assert engine.computed == 1
 
     cached = view.value(entitlement, NOW, v2=False)
@@ -35,7 +36,7 @@ def test_usage_stamped_ahead_of_a_check_counts_once_the_clock_passes_it() -> Non
     assert view.apply(FeedBatch("epoch", 2, 1, [ahead]), NOW)
 
     def usage_at(now: datetime) -> object:
-        body = view.hot_body("sub-0", "tokens", now, by_subject=True, v2=False)
+        body = view.hot_body("sub-0", "tokens", micros(now), by_subject=True, v2=False)
         assert body is not None
         return json.loads(body)["usage"]
 

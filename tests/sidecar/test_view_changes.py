@@ -27,7 +27,7 @@ from allotment.sidecar.source import (
     MeterRecord,
     RecordRemoved,
 )
-from allotment.sidecar.view import View
+from allotment.sidecar.view import View, micros
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 NOW = T0 + timedelta(days=3)
@@ -83,7 +83,7 @@ def loaded_view(n: int = 3) -> View:
 
 
 def balance(view: View, subject: str) -> object:
-    body = view.hot_body(subject, "tokens", NOW, by_subject=True, v2=False)
+    body = view.hot_body(subject, "tokens", micros(NOW), by_subject=True, v2=False)
     assert body is not None
     return json.loads(body)["balance"]
 
@@ -125,8 +125,11 @@ def test_an_ended_entitlement_is_not_found_by_feature_key() -> None:
     entitlement = records(2)[1]
     ended = replace(entitlement, active_to=NOW - timedelta(hours=1))
     assert view.apply(FeedBatch("epoch", 2, 1, [ended]), NOW)
-    assert view.hot_body("sub-2", "tokens", NOW, by_subject=True, v2=False) is None
-    assert view.hot_body("customer-2", entitlement.id, NOW, by_subject=False, v2=True) is not None
+    assert view.hot_body("sub-2", "tokens", micros(NOW), by_subject=True, v2=False) is None
+    assert (
+        view.hot_body("customer-2", entitlement.id, micros(NOW), by_subject=False, v2=True)
+        is not None
+    )
     assert view.entitlement(entitlement.id) == ended
 
 

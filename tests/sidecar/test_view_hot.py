@@ -7,6 +7,7 @@ import json
 import pytest
 
 from allotment.sidecar.keys import CLOCK
+from allotment.sidecar.view import micros
 from tests.sidecar.conftest import StartSidecar
 from tests.sidecar.seed import Seeder
 from tests.sidecar.test_values import seed_catalogue
@@ -72,7 +73,7 @@ async def test_hot_body_matches_the_route(
     status, expected, _ = await sidecar.get(path)
     assert status == 200
     for _ in range(2):  # cold, then from the cache
-        body = sidecar.view.hot_body(who, ref, now, by_subject=by_subject, v2=v2)
+        body = sidecar.view.hot_body(who, ref, micros(now), by_subject=by_subject, v2=v2)
         assert body is not None
         assert json.loads(body) == expected
 
@@ -88,7 +89,7 @@ async def test_hot_body_by_ids(seeder: Seeder, start_sidecar: StartSidecar) -> N
     _, expected, _ = await sidecar.get(
         "/api/v2/customers/customer-1/entitlements/gpt_4_tokens/value"
     )
-    body = view.hot_body(customer.id, entitlement.id, now, by_subject=False, v2=True)
+    body = view.hot_body(customer.id, entitlement.id, micros(now), by_subject=False, v2=True)
     assert body is not None and json.loads(body) == expected
 
 
@@ -109,7 +110,7 @@ async def test_hot_body_not_found_is_none(
     seed_catalogue(seeder)
     sidecar = await start_sidecar()
     now = sidecar.app[CLOCK]()
-    assert sidecar.view.hot_body(who, ref, now, by_subject=by_subject, v2=False) is None
+    assert sidecar.view.hot_body(who, ref, micros(now), by_subject=by_subject, v2=False) is None
 
 
 async def test_hot_body_other_customers_entitlement_id_is_none(
@@ -121,5 +122,6 @@ async def test_hot_body_other_customers_entitlement_id_is_none(
     entitlement = sidecar.view.active_entitlement("customer-1", "gpt_4_tokens", now)
     assert entitlement is not None
     assert (
-        sidecar.view.hot_body("customer-2", entitlement.id, now, by_subject=False, v2=True) is None
+        sidecar.view.hot_body("customer-2", entitlement.id, micros(now), by_subject=False, v2=True)
+        is None
     )

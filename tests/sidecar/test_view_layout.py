@@ -18,7 +18,7 @@ from allotment.sidecar.source import (
     MeterRecord,
     RecordRemoved,
 )
-from allotment.sidecar.view import View, looks_like_ulid
+from allotment.sidecar.view import View, looks_like_ulid, micros
 
 from .test_view_changes import NOW, NS, T0, balance, loaded_view, records
 
@@ -61,11 +61,13 @@ def test_ids_resolve_by_their_exact_text_only(
     assert view.grants_of(entitlement_id) == [grant]
     assert view.entitlement(other_form) is None
     # An entitlement reference is tried as an id where it looks like a ULID (spec 4.6).
-    found_by_ref = view.hot_body("customer-0", entitlement_id, NOW, by_subject=False, v2=False)
+    found_by_ref = view.hot_body(
+        "customer-0", entitlement_id, micros(NOW), by_subject=False, v2=False
+    )
     assert (found_by_ref is not None) == looks_like_ulid(entitlement_id)
-    found_by_id = view.hot_body(customer_id, "tokens", NOW, by_subject=False, v2=False)
+    found_by_id = view.hot_body(customer_id, "tokens", micros(NOW), by_subject=False, v2=False)
     assert (found_by_id is not None) == looks_like_ulid(customer_id)
-    assert view.hot_body("customer-0", other_form, NOW, by_subject=False, v2=False) is None
+    assert view.hot_body("customer-0", other_form, micros(NOW), by_subject=False, v2=False) is None
 
 
 def test_an_entitlement_edit_keeps_its_grants_and_grants_come_and_go() -> None:
@@ -88,8 +90,8 @@ def test_an_entitlement_edit_keeps_its_grants_and_grants_come_and_go() -> None:
 def test_a_v2_read_after_v1_reads_has_the_grant_balances() -> None:
     view = loaded_view()
     _, entitlement, grant = records(2)
-    v1 = view.hot_body("sub-2", "tokens", NOW, by_subject=True, v2=False)
-    v2 = view.hot_body("sub-2", "tokens", NOW, by_subject=True, v2=True)
+    v1 = view.hot_body("sub-2", "tokens", micros(NOW), by_subject=True, v2=False)
+    v2 = view.hot_body("sub-2", "tokens", micros(NOW), by_subject=True, v2=True)
     assert v1 is not None and v2 is not None
     assert "grantBalances" not in json.loads(v1)
     assert json.loads(v2)["grantBalances"] == {grant.id: 300}
