@@ -28,11 +28,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from .keys import CLOCK, METRICS, SETTINGS, VIEW, Clock, wall_clock
 from .view import MICROSECOND, View, micros
 
-__all__ = ["FastLane", "cached_value", "install", "micros_clock", "serve"]
+__all__ = ["FastLane", "JsonHeaders", "cached_value", "install", "micros_clock", "serve"]
 
 #: The value paths: /api/v1/subjects/{subject}/..., /api/v1/customers/{customer}/...,
 #: /api/v2/customers/{customer}/...; a variable is one segment the router would pass unchanged.
@@ -46,6 +47,8 @@ _LANES = {
     "v2/customers": ("/api/v2/customers/{customer}/entitlements/{entitlement}/value", False, True),
 }
 _DOTS = (".", "..")
+#: Exactly this (no charset): the legacy Node SDK compares it.
+_CONTENT_TYPE = {"Content-Type": "application/json"}
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -61,6 +64,28 @@ def _wall_micros() -> int:
     return time.time_ns() // 1000
 
 
+class JsonHeaders:
+    """A cached answer's headers (freshness, ``Content-Type``), made once per version and ms.
+
+    ``web.Response`` copies the headers it is given, so one object serves every answer made
+    while the view's freshness texts (``View.freshness``) stay the same.
+    """
+
+    __slots__ = ("_headers", "_texts")
+
+    def __init__(self) -> None:
+        self._texts: tuple[str, str] | None = None
+        self._headers: CIMultiDict[str] = CIMultiDict(_CONTENT_TYPE)
+
+    def at(self, view: View, now: int) -> CIMultiDict[str]:
+        """Return the headers of an answer read from ``view`` at ``now`` (``micros``)."""
+        texts = view.freshness(now)
+        if texts is not self._texts:
+            self._texts = texts
+            self._headers = CIMultiDict(view.freshness_headers(now), **_CONTENT_TYPE)
+        return self._headers
+
+
 def cached_value(
     view: View,
     now: int,
@@ -70,10 +95,13 @@ def cached_value(
     *,
     by_subject: bool,
     v2: bool,
+    headers: JsonHeaders | None = None,
 ) -> web.Response | None:
     """Answer a current value read from the view's cache, or None when it must be decided in full.
 
-    ``now`` and ``budget`` are microseconds (``now`` as ``micros``). None when the view is stale (or not loaded) at ``now`` or does not find the customer or the
+    ``now`` and ``budget`` are microseconds (``now`` as ``micros``); ``headers`` keeps the
+    headers between calls (the lane's; without it they are made for this answer). None when the
+    view is stale (or not loaded) at ``now`` or does not find the customer or the
     entitlement: the caller then decides it in full (staleness policy, 404, 503).
     """
     if view.stale(now, budget):
@@ -81,9 +109,7 @@ def cached_value(
     body = view.hot_body(who, entitlement_ref, now, by_subject=by_subject, v2=v2)
     if body is None:
         return None
-    headers = view.freshness_headers(now)
-    headers["Content-Type"] = "application/json"  # exactly: the legacy Node SDK compares it
-    return web.Response(body=body, headers=headers)
+    return web.Response(body=body, headers=(headers or JsonHeaders()).at(view, now))
 
 
 class FastLane:
@@ -94,6 +120,7 @@ class FastLane:
         self.view = app[VIEW]
         self.clock = micros_clock(app[CLOCK])
         self.budget = app[SETTINGS].staleness_budget // MICROSECOND
+        self.headers = JsonHeaders()
         self.lanes = {
             key: (app[METRICS].check_seconds.observer(template), by_subject, v2)
             for key, (template, by_subject, v2) in _LANES.items()
@@ -116,6 +143,7 @@ class FastLane:
                         ref,
                         by_subject=by_subject,
                         v2=v2,
+                        headers=self.headers,
                     )
                     if response is not None:
                         observe(time.perf_counter() - started)

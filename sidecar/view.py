@@ -397,8 +397,8 @@ class View:
         self.reloads = 0
         self.details: dict[str, str] = {}
         self.degraded: str | None = None
-        self._version: tuple[int, str] = (-1, "")
-        self._age: tuple[int, str] = (-1, "")  # the last age header: milliseconds, text
+        #: The last freshness texts (``freshness``) with the position and age they are for.
+        self._freshness: tuple[int, int, tuple[str, str]] = (-1, -1, ("", ""))
 
     # --- loading and following ----------------------------------------------------------------
 
@@ -547,21 +547,32 @@ class View:
         """Return the ``Allotment-Ledger-Version`` and ``-Age`` headers (none before loading).
 
         ``now`` is the query instant as ``micros``; the age is in seconds with three decimals
-        (rounded to the millisecond; each text is made once per version and millisecond).
+        (rounded to the millisecond).
+        """
+        texts = self.freshness(now)
+        if texts is None:
+            return {}
+        version, age = texts
+        return {"Allotment-Ledger-Version": version, "Allotment-Ledger-Age": age}
+
+    def freshness(self, now: int) -> tuple[str, str] | None:
+        """Return the ledger version and age texts at ``now`` (``micros``); None before loading.
+
+        The same tuple while the version and the age in milliseconds stay the same (callers may
+        compare it with ``is`` to reuse what they made from it).
         """
         state = self._state
         synced = self._synced_micros
         if state is None or synced is None:
-            return {}
-        if state.position != self._version[0]:
-            self._version = (state.position, str(state.position))
+            return None
         milliseconds = (now - synced + 500) // 1000 if now > synced else 0
-        if milliseconds != self._age[0]:
-            self._age = (milliseconds, f"{milliseconds // 1000}.{milliseconds % 1000:03d}")
-        return {
-            "Allotment-Ledger-Version": self._version[1],
-            "Allotment-Ledger-Age": self._age[1],
-        }
+        position, held_milliseconds, texts = self._freshness
+        if state.position != position or milliseconds != held_milliseconds:
+            version = texts[0] if state.position == position else str(state.position)
+            age = f"{milliseconds // 1000}.{milliseconds % 1000:03d}"
+            texts = (version, age)
+            self._freshness = (state.position, milliseconds, texts)
+        return texts
 
     def _check_contract(self, version: int) -> None:
         if version not in CONTRACT_VERSIONS:
@@ -808,7 +819,7 @@ def _resolve_slot(
     Should two be active (the ledger prevents it), the newest by (start, id) answers.
     """
     held = state.slots_of(customer_key)
-    if by_id and looks_like_ulid(ref):
+    if by_id and len(ref) == 26 and looks_like_ulid(ref):
         slot = state.entitlements.get(ref)
         if slot is not None and slot in held:
             return slot
