@@ -26,9 +26,14 @@ details. What it does, in one run:
   ``usage.ingest`` to the same ledger, for subjects drawn uniformly; the sidecar sees them only
   through the feed. Its rate is reported for each attack (from its progress file), and
   afterwards 20 subjects it used must answer exactly the usage the ledger holds;
-- throughput at saturation (16 connections), bare then value, with wrk (one thread) pinned to
-  core 1; latency at a fixed rate of half the bare saturated rate with vegeta (open loop, 16
-  connections) pinned to core 1: p50/p99/p99.9 and the rate achieved. Subjects go round robin
+- throughput at saturation (16 connections) with wrk (one thread) pinned to core 1, in
+  ``--rounds`` (5) rounds of a bare attack then a value attack of ``--round-seconds`` (4) each:
+  this box's speed drifts by 10-20% from one minute to the next (a VM: a bare endpoint measured
+  11,300 to 13,300 requests/s in one run), so each ratio compares attacks seconds apart, and
+  ``value_over_bare`` is the median of the rounds' ratios (each round and the pooled ratio are
+  in the JSON); latency at a fixed rate of half the bare saturated rate with vegeta (open loop,
+  16 connections; ``VEGETA_GO_ENV``: its Go collector off up to a heap limit) pinned to core 1:
+  p50/p99/p99.9 and the rate achieved. Subjects go round robin
   over every loaded customer. For each attack: the server's CPU per request (``/proc``: the
   number that does not depend on the generator), the server's, the writer's and the
   generator's share of their cores, each core's busy share (everyone's processes: the box is
@@ -85,6 +90,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -258,6 +264,12 @@ def _percentile(ordered: list[int], fraction: float) -> float:
     return round(ordered[index] / 1e6, 3)
 
 
+#: vegeta's Go runtime collects only near this heap size: with Go's default (GOGC=100) its
+#: collections, on the one core it has, held responses for milliseconds and it counted that as
+#: the server's latency (bare aiohttp at 8,000/s: p99 1.7-2.7 ms, 0.6-1.7 ms with this).
+VEGETA_GO_ENV = {"GOGC": "off", "GOMEMLIMIT": "3GiB"}
+
+
 @dataclass(frozen=True)
 class _Result:
     """One vegeta result: when the request started (wall clock, ns), its status and latency."""
@@ -279,6 +291,7 @@ def _vegeta(
     flags = ["-keepalive", f"-output={results}", *args]
     attack = subprocess.Popen(
         [binary, "attack", f"-targets={targets}", f"-duration={seconds:.3f}s", *flags],
+        env={**os.environ, **VEGETA_GO_ENV},
         preexec_fn=lambda: (
             os.sched_setaffinity(0, {cpu}) if hasattr(os, "sched_setaffinity") else None
         ),
@@ -625,6 +638,69 @@ def _stop_background(process: subprocess.Popen[bytes] | None) -> dict[str, Any]:
     return summary
 
 
+def _pooled(runs: Sequence[dict[str, Any]], background_rate: float) -> dict[str, Any]:
+    """Several attacks as one: sums, rates over their seconds, shares averaged, medians.
+
+    Latency percentiles are the median of the attacks' (wrk reports no histogram).
+    """
+    requests = sum(r["requests"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    answered = sum(r["throughput_per_s"] * r["seconds"] for r in runs)
+    pooled: dict[str, Any] = {
+        "attacks": len(runs),
+        "requests": requests,
+        "seconds": round(seconds, 1),
+        "throughput_per_s": round(answered / seconds, 1) if seconds else 0.0,
+        "throughput_per_s_each": [r["throughput_per_s"] for r in runs],
+    }
+    for key in ("p50_ms", "p99_ms", "p99_9_ms"):
+        pooled[key] = statistics.median(r[key] for r in runs)
+    pooled["max_ms"] = max(r["max_ms"] for r in runs)
+    for key in ("non_2xx", "socket_errors", "values_computed_cold"):
+        pooled[key] = sum(r.get(key) or 0 for r in runs)
+    cpu = [r["server_cpu_us_per_request"] for r in runs]
+    if None not in cpu:
+        spent = sum(c * r["requests"] for c, r in zip(cpu, runs, strict=True))
+        pooled["server_cpu_us_per_request"] = round(spent / max(1, requests), 1)
+    else:
+        pooled["server_cpu_us_per_request"] = None
+    pooled["server_cpu_us_per_request_each"] = cpu
+    for key in ("server_core_share", "background_core_share", "generator_core_share"):
+        shares = [r[key] for r in runs if r.get(key) is not None]
+        pooled[key] = round(statistics.fmean(shares), 3) if shares else None
+    events = [r["background_events_per_s"] for r in runs if "background_events_per_s" in r]
+    if events:
+        pooled["background_events_per_s"] = round(statistics.fmean(events), 1)
+    pooled["core_busy"] = {
+        core: round(statistics.fmean(r["core_busy"][core] for r in runs), 3)
+        for core in runs[0]["core_busy"]
+    }
+    pooled["generator"] = runs[0]["generator"]
+    pooled["cold_fraction"] = round(pooled["values_computed_cold"] / max(1, requests), 3)
+    if any("cold_fraction_steady_state_expected" in r for r in runs) and pooled["throughput_per_s"]:
+        expected = 1 - math.exp(-background_rate / pooled["throughput_per_s"])
+        pooled["cold_fraction_steady_state_expected"] = round(expected, 3)
+    return pooled
+
+
+def _rounds(
+    bares: Sequence[dict[str, Any]], values: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Each round's bare and value throughput and their ratio."""
+    return [
+        {
+            "bare_per_s": b["throughput_per_s"],
+            "value_per_s": v["throughput_per_s"],
+            "value_over_bare": round(v["throughput_per_s"] / max(1.0, b["throughput_per_s"]), 3),
+            "server_cpu_us_per_request": {
+                "bare": b["server_cpu_us_per_request"],
+                "value": v["server_cpu_us_per_request"],
+            },
+        }
+        for b, v in zip(bares, values, strict=True)
+    ]
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if not numerator or not denominator else round(numerator / denominator, 3)
 
@@ -827,49 +903,64 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 attacked["measured_after_one_pass"] = len(rows) > skip > 0
                 return finish(attacked, window, requests, ("vegeta", cpu, ran), prime_at)
 
-            def saturate_wrk(
-                wrk: str, url: str, targets: str | None, prime_at: float = 0
-            ) -> dict[str, Any]:
-                """Saturate with wrk; for ``targets``, measure after one pass if asked."""
-                count = args.entitlements if targets else 0
-                first = primed = 0
-                pace = prime_at
-                while count and prime_at and args.steady and primed < count:
-                    # one pass over every target first, in as many runs as it takes
+            def prime_wrk(wrk: str, pace: float) -> tuple[int, int]:
+                """One pass over every target (``--steady``): the next target and requests made."""
+                count, first, primed = args.entitlements, 0, 0
+                while args.steady and primed < count:  # in as many runs as it takes
                     seconds = max(1, math.ceil((count - primed) / max(pace, 1.0)))
                     primer, _ = _wrk(
-                        wrk, script, url, seconds, args.vegeta_cpu, (targets or "", first, count)
+                        wrk, script, base, seconds, args.vegeta_cpu, (form, first, count)
                     )
                     if not primer["requests"]:
                         raise RuntimeError("wrk got no answer while priming")
                     primed += primer["requests"]
                     first = primed % count
                     pace = primer["requests"] / max(primer["seconds"], 0.1)
+                return first, primed
+
+            def saturate_wrk(
+                wrk: str, url: str, targets: tuple[str, int, int], prime_at: float = 0
+            ) -> dict[str, Any]:
+                """Saturate with wrk for ``--round-seconds`` (``targets``: as ``_wrk``)."""
                 with _Sampler(base, pids, progress) as sampler:
                     attacked, cpu = _wrk(
-                        wrk,
-                        script,
-                        url,
-                        args.seconds,
-                        args.vegeta_cpu,
-                        (targets or "", first, count),
+                        wrk, script, url, args.round_seconds, args.vegeta_cpu, targets
                     )
-                attacked["requests_before_measuring"] = primed
-                attacked["measured_after_one_pass"] = bool(count) and primed >= count
                 window = (sampler.samples[0], sampler.samples[-1])
                 generator = ("wrk", cpu, attacked["seconds"])
                 return finish(attacked, window, attacked["requests"], generator, prime_at)
+
+            def saturate_rounds(wrk: str, bare_url: str) -> tuple[dict[str, Any], ...]:
+                """Bare then value, ``--rounds`` times: each pair sees the same box.
+
+                The value attacks continue one round robin over every target, after one pass.
+                """
+                bares: list[dict[str, Any]] = []
+                values: list[dict[str, Any]] = []
+                first = primed = 0
+                for turn in range(args.rounds):
+                    bares.append(saturate_wrk(wrk, bare_url, ("", 0, 0)))
+                    if turn == 0:
+                        first, primed = prime_wrk(wrk, bares[0]["throughput_per_s"] / 2)
+                    targets = (form, first, args.entitlements)
+                    values.append(saturate_wrk(wrk, base, targets, prime_at=1.0))
+                    first = (first + values[-1]["requests"]) % args.entitlements
+                value = _pooled(values, args.background_rate)
+                value["requests_before_measuring"] = primed
+                value["measured_after_one_pass"] = primed >= args.entitlements
+                return _pooled(bares, args.background_rate), value, _rounds(bares, values)
 
             time.sleep(2.0 if background else 0.0)  # the writer's start-up is not its load
             result["idle"] = _idle(pids, args.idle_seconds)
 
             bare_url = f"http://127.0.0.1:{bare_port}/bench/bare"
-            bare_sat = saturate_wrk(wrk, bare_url, None) if wrk else attack(bare, saturate)
-            rate = max(1, int(bare_sat["throughput_per_s"] / 2))
             if wrk:
-                value_sat = saturate_wrk(wrk, base, form, prime_at=rate)
+                bare_sat, value_sat, rounds = saturate_rounds(wrk, bare_url)
             else:
-                value_sat = attack(value, saturate, prime_at=rate)
+                bare_sat = attack(bare, saturate)
+                value_sat = attack(value, saturate, prime_at=bare_sat["throughput_per_s"] / 2)
+                rounds = _rounds([bare_sat], [value_sat])
+            rate = max(1, int(bare_sat["throughput_per_s"] / 2))
             # 16 connections, as at saturation: without a cap vegeta opens a connection per
             # late request and measures its own connection storm.
             fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
@@ -881,9 +972,11 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,
-            "value_over_bare": round(
+            "value_over_bare": round(statistics.median(r["value_over_bare"] for r in rounds), 3),
+            "value_over_bare_pooled": round(
                 value_sat["throughput_per_s"] / max(1.0, bare_sat["throughput_per_s"]), 3
             ),
+            "rounds": rounds,
         }
         result["fixed_rate"] = {"rate_per_s": rate, "bare": bare_fixed, "value": value_fixed}
         if background is not None and hasattr(os, "sched_setscheduler"):
@@ -916,7 +1009,13 @@ def main() -> int:
     """Run the benchmark and print JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entitlements", type=int, default=10_000)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--seconds", type=int, default=10, help="each fixed-rate attack (and vegeta saturating)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="bare-then-value pairs at saturation (wrk)"
+    )
+    parser.add_argument("--round-seconds", type=int, default=4, help="each attack of a round")
     parser.add_argument("--buckets", type=int, default=4, help="usage buckets per entitlement")
     parser.add_argument("--propagations", type=int, default=5)
     parser.add_argument("--db", help="an empty ledger URL (default: a temporary SQLite file)")

@@ -100,3 +100,42 @@ async def test_wrk_goes_round_robin_over_the_subjects_from_the_first_given(
     # every call of wrk's request() takes the next subject; at most one per connection is
     # cut off when the run ends
     assert max(counts.values()) - min(counts.values()) <= 16 + 1
+
+
+def _attack(requests: int, seconds: float, cpu_us: float, cold: int = 0) -> dict[str, object]:
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "throughput_per_s": requests / seconds,
+        "p50_ms": 0.2,
+        "p99_ms": 1.0,
+        "p99_9_ms": 2.0,
+        "max_ms": 3.0,
+        "non_2xx": 0,
+        "socket_errors": 0,
+        "values_computed_cold": cold,
+        "server_cpu_us_per_request": cpu_us,
+        "server_core_share": 1.0,
+        "background_core_share": 0.2,
+        "generator_core_share": 0.4,
+        "core_busy": {"core0": 1.0, "core1": 0.6},
+        "generator": "wrk",
+    }
+
+
+def test_saturation_rounds_pool_by_requests_and_take_the_median_ratio() -> None:
+    bares = [_attack(40_000, 4.0, 60.0), _attack(48_000, 4.0, 55.0), _attack(44_000, 4.0, 58.0)]
+    values = [
+        _attack(36_000, 4.0, 70.0, cold=100),
+        _attack(36_000, 4.0, 72.0),
+        _attack(30_800, 4.0, 80.0),
+    ]
+    rounds = sidecar_bench._rounds(bares, values)
+    assert [r["value_over_bare"] for r in rounds] == [0.9, 0.75, 0.7]
+    pooled = sidecar_bench._pooled(values, 1000.0)
+    assert pooled["throughput_per_s"] == round(102_800 / 12.0, 1)
+    assert pooled["requests"] == 102_800
+    spent = 36_000 * 70.0 + 36_000 * 72.0 + 30_800 * 80.0
+    assert pooled["server_cpu_us_per_request"] == round(spent / 102_800, 1)
+    assert pooled["cold_fraction"] == round(100 / 102_800, 3)
+    assert pooled["core_busy"] == {"core0": 1.0, "core1": 0.6}
