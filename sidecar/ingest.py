@@ -174,14 +174,15 @@ class LedgerWriter:
                 )
                 buckets: tuple[BucketState, ...] = ()
                 if outcome.feed_position is not None:
-                    entries = feed.read_feed(
+                    entries = feed.read_feed_texts(
                         connection, namespace, after=outcome.feed_position - 1, limit=1
                     )
+                    decoder = usage.UsageDecoder()  # as the follower reads the same entries
                     buckets = tuple(
-                        BucketState.from_payload(b)
+                        state
                         for entry in entries
                         if entry.kind == usage.USAGE_CHANGE
-                        for b in entry.payload.get("buckets", ())
+                        for state in decoder.decode(entry.payload)
                     )
         except (DBAPIError, PoolTimeoutError) as error:
             raise LedgerUnavailableError(_describe(error)) from error
