@@ -272,14 +272,14 @@ class _Slot:
         return self.index[0]
 
     @property
-    def start(self) -> datetime:
-        """Return the instant the entitlement starts (its ``activeFrom``, else creation)."""
-        return instant(self.index[1])
-
-    @property
     def metered(self) -> bool:
         """Tell whether the entitlement is metered."""
         return self.index[3]
+
+    @property
+    def step(self) -> int:
+        """Return the microseconds an answer's instant is rounded by: a minute when metered."""
+        return _MINUTE_MICROS if self.index[3] else 1
 
 
 class _Pool:
@@ -720,8 +720,7 @@ class View:
             if tail is None:  # held only for slots read through v2 (see ``_refresh``)
                 slot.tail = None
             return value
-        step = _MINUTE_MICROS if entitlement.type is EntitlementType.METERED else 1
-        return _decode_value(body[:-1] + tail if v2 and tail else body, slot, step)
+        return _decode_value(body[:-1] + tail if v2 and tail else body, slot)
 
     def _slot(self, entitlement: Entitlement) -> _Slot:
         slot = self._require().entitlements.get(entitlement.id)
@@ -748,7 +747,7 @@ class View:
         value = _value(self.engine, state, entitlement, grants, now, inputs)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity
         # value read at ``now`` answers [now, valid_until).
-        step = _MINUTE_MICROS if slot.metered else 1
+        step = slot.step
         body = value_json(value, v2=True).encode()
         split = body.find(_GRANTS_SPLIT)
         slot.tail = b"" if split < 0 else body[split:]
@@ -793,10 +792,10 @@ class View:
         return self._require().usage
 
 
-def _decode_value(body: bytes, slot: _Slot, step: int) -> EntitlementValue:
+def _decode_value(body: bytes, slot: _Slot) -> EntitlementValue:
     """Rebuild the ``EntitlementValue`` a cached body was rendered from (numbers exact)."""
     data = json.loads(body, parse_float=Decimal, parse_int=Decimal)
-    lo, hi = slot.lo, slot.hi
+    lo, hi, step = slot.lo, slot.hi, slot.step
     balances = data.get("grantBalances")
     return EntitlementValue(
         at=instant(lo + step),
