@@ -132,6 +132,7 @@ def test_saturation_rounds_pool_by_requests_and_take_the_median_ratio() -> None:
     ]
     rounds = sidecar_bench._rounds(bares, values)
     assert [r["value_over_bare"] for r in rounds] == [0.9, 0.75, 0.7]
+    assert sidecar_bench._median_ratio(rounds) == 0.75
     pooled = sidecar_bench._pooled(values, 1000.0)
     assert pooled["throughput_per_s"] == round(102_800 / 12.0, 1)
     assert pooled["requests"] == 102_800
