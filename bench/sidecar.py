@@ -119,7 +119,7 @@ from allotment.ledger.core.model import (
 from allotment.ledger.storage import catalogue, records
 from allotment.ledger.storage.engine import open_ledger
 from allotment.ledger.storage.schema import UsageBucketRow
-from allotment.sidecar import fastlane
+from allotment.sidecar import wire
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import METRICS
@@ -230,7 +230,7 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
 
     async def run() -> None:
         # The sidecar as `allotment sidecar` serves it (with the fast lane); the bare app plain.
-        runners = [await fastlane.serve(app, "127.0.0.1", port)]
+        runners = [await wire.serve(app, "127.0.0.1", port)]
         runners.append(web.AppRunner(bare, access_log=None))
         await runners[1].setup()
         await web.TCPSite(runners[1], "127.0.0.1", bare_port).start()

@@ -43,7 +43,7 @@ from allotment.ledger.core.resources import ParseError, parse_resource
 from allotment.ledger.core.timeutil import format_rfc3339, parse_rfc3339
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
-from allotment.sidecar import fastlane
+from allotment.sidecar import wire
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.ledger_source import StorageSource
@@ -296,7 +296,7 @@ async def _serve(loop_state: DevLoop, settings: SidecarSettings, clock: Clock) -
     await loop.run_in_executor(None, loop_state.sync)
     view = View(settings.namespace, CoreValueEngine())
     app = create_app(settings, view, open_source=StorageSource.open, clock=clock.now)
-    runner = await fastlane.serve(app, settings.listen_host, settings.listen_port)
+    runner = await wire.serve(app, settings.listen_host, settings.listen_port)
     # Say "Serving" only once the first load is done (what /readyz says); the view has no
     # readiness event, and this polls once, at start-up.
     while not view.ready:  # noqa: ASYNC110

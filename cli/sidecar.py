@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
-from allotment.sidecar import fastlane
+from allotment.sidecar import wire
 from allotment.sidecar.app import create_app, create_probe_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.ledger_source import StorageSource
@@ -62,7 +62,7 @@ async def serve(settings: SidecarSettings) -> None:
     """Run the API and probe servers until SIGTERM or SIGINT."""
     view = View(settings.namespace, CoreValueEngine())
     app = create_app(settings, view, open_source=StorageSource.open)
-    runners = [await fastlane.serve(app, settings.listen_host, settings.listen_port)]
+    runners = [await wire.serve(app, settings.listen_host, settings.listen_port)]
     if settings.probe_port is not None:
         probe = web.AppRunner(create_probe_app(app), access_log=None)
         await probe.setup()

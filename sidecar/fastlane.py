@@ -1,8 +1,10 @@
 """The access check's fast lane: a cached value read answered before aiohttp's router.
 
-Role: ``serve(app, host, port)`` starts an app the way the CLI, ``allotment dev`` and the bench
-do, with the lane in front of the application's own request handler (``install``: the public
-``request_handler`` of the runner's ``web.Server``, read by each connection it accepts). A ``GET`` of one of OpenMeter's three value paths, without a query, whose
+Role: ``install(runner)`` puts the lane in front of the application's own request handler (the
+public ``request_handler`` of the runner's ``web.Server``, read by each connection it accepts);
+``wire.serve`` does it for every app it serves. It answers the plain value reads the wire lane in
+front of it leaves to aiohttp (``wire``: a connection aiohttp has already handled a request on, a
+request that came in pieces). A ``GET`` of one of OpenMeter's three value paths, without a query, whose
 segments need no decoding, on a fresh view that finds the customer and the entitlement, is
 answered at once from the cached body (``cached_value``), with the freshness headers, and its
 latency is observed under the route's template. Nothing else is decided here: any other request,
@@ -33,7 +35,7 @@ from multidict import CIMultiDict
 from .keys import CLOCK, METRICS, SETTINGS, VIEW, Clock, wall_clock
 from .view import MICROSECOND, View, micros
 
-__all__ = ["FastLane", "JsonHeaders", "cached_value", "install", "micros_clock", "serve"]
+__all__ = ["VALUE_ROUTES", "FastLane", "JsonHeaders", "cached_value", "install", "micros_clock"]
 
 #: The value paths: /api/v1/subjects/{subject}/..., /api/v1/customers/{customer}/...,
 #: /api/v2/customers/{customer}/...; a variable is one segment the router would pass unchanged.
@@ -41,7 +43,7 @@ _VALUE_PATH = re.compile(
     r"/api/(v1/subjects|v1/customers|v2/customers)/([^/%{}?#]+)/entitlements/([^/%{}?#]+)/value"
 )
 #: The route templates (latency labels) and how each resolves its first variable.
-_LANES = {
+VALUE_ROUTES = {
     "v1/subjects": ("/api/v1/subjects/{subject}/entitlements/{entitlement}/value", True, False),
     "v1/customers": ("/api/v1/customers/{customer}/entitlements/{entitlement}/value", False, False),
     "v2/customers": ("/api/v2/customers/{customer}/entitlements/{entitlement}/value", False, True),
@@ -123,7 +125,7 @@ class FastLane:
         self.headers = JsonHeaders()
         self.lanes = {
             key: (app[METRICS].check_seconds.observer(template), by_subject, v2)
-            for key, (template, by_subject, v2) in _LANES.items()
+            for key, (template, by_subject, v2) in VALUE_ROUTES.items()
         }
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -157,12 +159,3 @@ def install(runner: web.AppRunner) -> None:
     if server is None:
         raise RuntimeError("set the app runner up before installing the fast lane")
     server.request_handler = FastLane(runner.app, server.request_handler)
-
-
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Start ``app`` on ``host:port`` with the fast lane; the caller cleans the runner up."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    install(runner)
-    await web.TCPSite(runner, host, port).start()
-    return runner

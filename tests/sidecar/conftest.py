@@ -1,22 +1,25 @@
 """Fixtures of the sidecar tier: a migrated ledger on SQLite and PostgreSQL, a seeder, a clock
-the test moves, and a running sidecar app reached over real HTTP with ``aiohttp_client``, its value reads
-through the fast lane as ``allotment sidecar`` serves them."""
+the test moves, and a running sidecar app reached over real HTTP, served as ``allotment sidecar``
+serves it: ``Sidecar.get``/``post``/``request`` reach it through the wire lane's site (a plain
+value read answered by its connection), ``Sidecar.client`` (``aiohttp_client``) through aiohttp's
+own site, where value reads take the fast lane."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
-from allotment.sidecar import fastlane
+from allotment.sidecar import fastlane, wire
 from allotment.sidecar.app import create_app
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import CLOCK, FOLLOWER, VIEW
@@ -79,6 +82,9 @@ class Sidecar:
 
     client: TestClient[Any, Any]
     app: web.Application
+    #: A client session and the root URL of the app's wire-lane site.
+    session: aiohttp.ClientSession
+    root: str
 
     @property
     def view(self) -> View:
@@ -118,15 +124,19 @@ class Sidecar:
                 raise AssertionError(f"not ready: {self.app[FOLLOWER].last_error}")
             await asyncio.sleep(0.01)
 
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        """Send a request to the wire-lane site, as an application in the pod would."""
+        return await self.session.request(method, self.root + path, **kwargs)
+
     async def get(self, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
         """GET ``path`` and return (status, JSON body, headers)."""
-        response = await self.client.get(path, **kwargs)
+        response = await self.request("GET", path, **kwargs)
         body = await response.json(content_type=None) if await response.read() else None
         return response.status, body, response.headers
 
     async def post(self, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
         """POST ``path`` and return (status, JSON body or None, headers)."""
-        response = await self.client.post(path, **kwargs)
+        response = await self.request("POST", path, **kwargs)
         raw = await response.read()
         body = await response.json(content_type=None) if raw else None
         return response.status, body, response.headers
@@ -136,13 +146,14 @@ StartSidecar = Callable[..., Awaitable[Sidecar]]
 
 
 @pytest.fixture
-def start_sidecar(
+async def start_sidecar(
     ledger_url: str,
     ledger: Ledger,
     clock: Clock,
     aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
-) -> StartSidecar:
-    """Return a function starting a sidecar for ``team-a`` on this ledger (ready by default)."""
+) -> AsyncIterator[StartSidecar]:
+    """Yield a function starting a sidecar for ``team-a`` on this ledger (ready by default)."""
+    sessions: list[aiohttp.ClientSession] = []
 
     async def start(*, wait_ready: bool = True, **overrides: Any) -> Sidecar:
         settings = replace(
@@ -157,10 +168,17 @@ def start_sidecar(
         view = View(NS, CoreValueEngine(), freeze_gc=False)
         app = create_app(settings, view, open_source=StorageSource.open, clock=clock)
         client = await aiohttp_client(app)
-        fastlane.install(client.server.runner)  # as served: value reads through the fast lane
-        sidecar = Sidecar(client, app)
+        runner = client.server.runner
+        assert isinstance(runner, web.AppRunner)
+        fastlane.install(runner)  # as served (``wire.serve``): both lanes
+        site = wire.LaneSite(runner, "127.0.0.1", 0)
+        await site.start()
+        sessions.append(aiohttp.ClientSession())
+        sidecar = Sidecar(client, app, sessions[-1], f"http://127.0.0.1:{site.port}")
         if wait_ready:
             await sidecar.ready()
         return sidecar
 
-    return start
+    yield start
+    for session in sessions:
+        await session.close()

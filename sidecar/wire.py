@@ -1,0 +1,212 @@
+"""The access check on the wire: a plain value read answered by its connection, before aiohttp.
+
+Role: ``serve(app, host, port)`` starts an app the way the CLI, ``allotment dev`` and the bench
+do: on a ``LaneSite``, an aiohttp site whose connections are ``WireProtocol`` objects, with the
+``FastLane`` in front of the application's handler (``fastlane.install``). A connection hands
+every byte it receives to aiohttp's own request handler, made for it and told of it when it is
+accepted, except while aiohttp has seen nothing on it: then a received chunk that is exactly one
+plain value read (``WireLane.answer``) is answered at once with a whole HTTP response, the same
+status, headers and body the application gives (``Date`` aside, to the second). The first chunk
+that is anything else, and everything after it, goes to aiohttp: responses can never leave out of
+order, and aiohttp's keep-alive, limits, errors and shutdown apply as they always do.
+
+A plain value read here: ``GET`` of one of OpenMeter's three value paths in origin form, HTTP/1.1,
+no query, segments of unreserved characters (no percent-encoding, no dot segment), well-formed
+header fields within aiohttp's size limit, none of which frames a body or changes the connection
+(``Content-Length``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``, a ``Connection`` other
+than ``keep-alive``); a fresh view that finds the customer and the entitlement (``cached_value``'s
+rules). The lane decides nothing else: whatever it does not answer, aiohttp and the application do.
+
+Why: aiohttp's request parsing, request and response objects and writer cost a value read about
+three quarters of its server time; a keep-alive client's checks arrive one request per chunk
+(measured: see the README, "The sidecar API").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from email.utils import formatdate
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+
+from . import fastlane
+from .keys import CLOCK, METRICS, SETTINGS, VIEW
+from .view import MICROSECOND
+
+__all__ = ["LaneSite", "WireLane", "WireProtocol", "serve"]
+
+#: aiohttp's default limit for a request line or a header field; a longer request is its to judge.
+MAX_REQUEST_BYTES = 8190
+
+_SEGMENT = rb"([-!$&'()*+,.0-9:;=@A-Z_a-z~]+)"
+#: One whole plain request: the request line, header fields (token, colon, a value of visible
+#: characters, spaces and tabs), the empty line, nothing after it.
+_REQUEST = re.compile(
+    rb"GET /api/(v1/subjects|v1/customers|v2/customers)/"
+    + _SEGMENT
+    + rb"/entitlements/"
+    + _SEGMENT
+    + rb"/value HTTP/1\.1\r\n"
+    + rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[\t ]*(?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?\r\n)*)"
+    + rb"\r\n"
+)
+#: Fields that frame a body or change the connection: such a request is aiohttp's.
+_FRAMING = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|expect|upgrade):", re.I)
+_CONNECTION = re.compile(rb"(?:^|\n)connection:[\t ]*([^\r]*?)[\t ]*\r", re.I)
+_KEEP_ALIVE = b"keep-alive"
+_DOTS = (b".", b"..")
+_LANES = {lane.encode(): route for lane, route in fastlane.VALUE_ROUTES.items()}
+
+
+def _plain(fields: bytes) -> bool:
+    """Tell whether header ``fields`` leave the request without a body and the connection as is."""
+    if _FRAMING.search(fields) is not None:
+        return False
+    return all(value.lower() == _KEEP_ALIVE for value in _CONNECTION.findall(fields))
+
+
+class WireLane:
+    """Turns the bytes of one plain value read into the whole HTTP response, or None."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.view = app[VIEW]
+        self.clock = fastlane.micros_clock(app[CLOCK])
+        self.budget = app[SETTINGS].staleness_budget // MICROSECOND
+        self.lanes = {
+            key: (app[METRICS].check_seconds.observer(template), by_subject, v2)
+            for key, (template, by_subject, v2) in _LANES.items()
+        }
+        self._texts: tuple[str, str] | None = None
+        self._second = -1
+        self._head = b""
+
+    def answer(self, data: bytes) -> bytes | None:
+        """Return the response to ``data`` when it is one plain value read the view answers."""
+        started = time.perf_counter()
+        if len(data) > MAX_REQUEST_BYTES:
+            return None
+        matched = _REQUEST.fullmatch(data)
+        if matched is None:
+            return None
+        lane, who, ref, fields = matched.groups()
+        if who in _DOTS or ref in _DOTS or not _plain(fields):
+            return None
+        view, now = self.view, self.clock()
+        if view.stale(now, self.budget):
+            return None
+        observe, by_subject, v2 = self.lanes[lane]
+        body = view.hot_body(who.decode(), ref.decode(), now, by_subject=by_subject, v2=v2)
+        if body is None:
+            return None
+        response = b"%b%d\r\n\r\n%b" % (self._status_and_headers(now), len(body), body)
+        observe(time.perf_counter() - started)
+        return response
+
+    def _status_and_headers(self, now: int) -> bytes:
+        """The response up to the ``Content-Length`` value: made again per version, ms and s."""
+        texts = self.view.freshness(now)
+        second = int(time.time())
+        if texts is not self._texts or second != self._second:
+            self._texts, self._second = texts, second
+            freshness = "".join(
+                f"{name}: {value}\r\n" for name, value in self.view.freshness_headers(now).items()
+            )
+            self._head = (
+                f"HTTP/1.1 200 OK\r\n{freshness}Content-Type: application/json\r\n"
+                f"Date: {formatdate(second, usegmt=True)}\r\nServer: {SERVER_SOFTWARE}\r\n"
+                "Content-Length: "
+            ).encode()
+        return self._head
+
+
+class WireProtocol(asyncio.Protocol):
+    """One accepted connection: the lane answers while aiohttp's ``handler`` has seen nothing."""
+
+    __slots__ = ("_handler", "_lane", "_reading_paused", "_transport")
+
+    def __init__(self, lane: WireLane, handler: asyncio.Protocol) -> None:
+        self._lane: WireLane | None = lane
+        self._handler = handler
+        self._transport: Any = None
+        self._reading_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        lane = self._lane
+        if lane is not None:
+            response = lane.answer(data)
+            if response is not None:
+                self._transport.write(response)
+                return
+            self._lane = None  # aiohttp's connection from now on
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        # A client not reading its answers: read no more requests until it does (the lane's
+        # part; aiohttp's handler keeps its own).
+        if self._lane is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        self._handler.resume_writing()
+
+
+class LaneSite(web.BaseSite):
+    """A TCP site of an ``AppRunner`` whose connections answer plain value reads themselves."""
+
+    __slots__ = ("_bound_port", "_host", "_port")
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._bound_port = port
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one bound, once started, when 0 was asked for)."""
+        return self._bound_port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._bound_port}"
+
+    async def start(self) -> None:
+        await super().start()
+        runner = self._runner
+        server = runner.server
+        if server is None or not isinstance(runner, web.AppRunner):
+            raise RuntimeError("set an app runner up before starting its lane site")
+        lane = WireLane(runner.app)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: WireProtocol(lane, server()), self._host, self._port
+        )
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Start ``app`` on ``host:port`` with both lanes; the caller cleans the runner up."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    fastlane.install(runner)
+    await LaneSite(runner, host, port).start()
+    return runner
