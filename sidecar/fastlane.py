@@ -35,7 +35,15 @@ from multidict import CIMultiDict
 from .keys import CLOCK, METRICS, SETTINGS, VIEW, Clock, wall_clock
 from .view import MICROSECOND, View, micros
 
-__all__ = ["VALUE_ROUTES", "FastLane", "JsonHeaders", "cached_value", "install", "micros_clock"]
+__all__ = [
+    "VALUE_ROUTES",
+    "FastLane",
+    "JsonHeaders",
+    "cached_value",
+    "install",
+    "micros_clock",
+    "value_lanes",
+]
 
 #: The value paths: /api/v1/subjects/{subject}/..., /api/v1/customers/{customer}/...,
 #: /api/v2/customers/{customer}/...; a variable is one segment the router would pass unchanged.
@@ -53,6 +61,15 @@ _DOTS = (".", "..")
 _CONTENT_TYPE = {"Content-Type": "application/json"}
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def value_lanes(app: web.Application) -> dict[str, tuple[Callable[[float], None], bool, bool]]:
+    """Return each value lane's latency observer, whether it reads a subject, and whether v2."""
+    latency = app[METRICS].check_seconds
+    return {
+        key: (latency.observer(template), by_subject, v2)
+        for key, (template, by_subject, v2) in VALUE_ROUTES.items()
+    }
 
 
 def micros_clock(clock: Clock) -> Callable[[], int]:
@@ -123,10 +140,7 @@ class FastLane:
         self.clock = micros_clock(app[CLOCK])
         self.budget = app[SETTINGS].staleness_budget // MICROSECOND
         self.headers = JsonHeaders()
-        self.lanes = {
-            key: (app[METRICS].check_seconds.observer(template), by_subject, v2)
-            for key, (template, by_subject, v2) in VALUE_ROUTES.items()
-        }
+        self.lanes = value_lanes(app)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Answer ``request`` from the cache when it is a plain value read, else fall back."""

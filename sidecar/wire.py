@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from . import fastlane
-from .keys import CLOCK, METRICS, SETTINGS, VIEW
+from .keys import CLOCK, SETTINGS, VIEW
 from .view import MICROSECOND
 
 __all__ = ["LaneSite", "WireLane", "WireProtocol", "serve"]
@@ -59,7 +59,6 @@ _FRAMING = re.compile(rb"(?:^|\n)(?:content-length|transfer-encoding|expect|upgr
 _CONNECTION = re.compile(rb"(?:^|\n)connection:[\t ]*([^\r]*?)[\t ]*\r", re.I)
 _KEEP_ALIVE = b"keep-alive"
 _DOTS = (b".", b"..")
-_LANES = {lane.encode(): route for lane, route in fastlane.VALUE_ROUTES.items()}
 
 
 def _plain(fields: bytes) -> bool:
@@ -76,10 +75,7 @@ class WireLane:
         self.view = app[VIEW]
         self.clock = fastlane.micros_clock(app[CLOCK])
         self.budget = app[SETTINGS].staleness_budget // MICROSECOND
-        self.lanes = {
-            key: (app[METRICS].check_seconds.observer(template), by_subject, v2)
-            for key, (template, by_subject, v2) in _LANES.items()
-        }
+        self.lanes = {lane.encode(): found for lane, found in fastlane.value_lanes(app).items()}
         self._texts: tuple[str, str] | None = None
         self._second = -1
         self._head = b""

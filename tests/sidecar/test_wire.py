@@ -23,6 +23,13 @@ VALUE = "/api/v1/subjects/sub-a/entitlements/gpt_4_tokens/value"
 ROUTE = "/api/v1/subjects/{subject}/entitlements/{entitlement}/value"
 
 
+@pytest.fixture
+async def served(seeder: Seeder, start_sidecar: StartSidecar) -> Sidecar:
+    """A seeded sidecar, once for every example of a property."""
+    seed(seeder)
+    return await start_sidecar()
+
+
 def request(path: str = VALUE, *fields: str, line: str | None = None) -> bytes:
     """The bytes of a request: ``line`` (default a GET of ``path``), Host, ``fields``."""
     head = [line or f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *fields]
@@ -145,12 +152,8 @@ DECLINED = [
 
 
 @pytest.mark.parametrize("data", DECLINED)
-async def test_what_the_wire_declines_aiohttp_answers(
-    seeder: Seeder, start_sidecar: StartSidecar, data: bytes
-) -> None:
+async def test_what_the_wire_declines_aiohttp_answers(served: Sidecar, data: bytes) -> None:
     """Framing, connection and syntax the lane does not judge: aiohttp's answer, whatever it is."""
-    seed(seeder)
-    served = await start_sidecar()
     assert wire.WireLane(served.app).answer(data) is None
     await same_answer(served, data)
 
@@ -167,11 +170,9 @@ async def test_what_the_wire_declines_aiohttp_answers(
     ],
 )
 async def test_the_wire_answers_a_plain_read_with_any_plain_fields(
-    seeder: Seeder, start_sidecar: StartSidecar, fields: tuple[str, ...]
+    served: Sidecar, fields: tuple[str, ...]
 ) -> None:
     """Header fields that change nothing about framing or the connection: the wire answers."""
-    seed(seeder)
-    served = await start_sidecar()
     data = request(VALUE, *fields)
     data = data.decode().encode("latin-1")
     assert wire.WireLane(served.app).answer(data) is not None
@@ -180,11 +181,9 @@ async def test_the_wire_answers_a_plain_read_with_any_plain_fields(
 
 
 async def test_one_connection_keeps_its_order_from_the_wire_to_aiohttp(
-    seeder: Seeder, start_sidecar: StartSidecar
+    served: Sidecar,
 ) -> None:
     """Reads, a write, reads again on one connection: each answered, in order, none lost."""
-    seed(seeder)
-    served = await start_sidecar()
     connection = await Connection.open(wire_port(served))
     before = answered_on_the_wire(served)
     for _ in range(3):
@@ -206,11 +205,9 @@ async def test_one_connection_keeps_its_order_from_the_wire_to_aiohttp(
 
 
 async def test_pipelined_and_split_requests_are_answered_in_order(
-    seeder: Seeder, start_sidecar: StartSidecar
+    served: Sidecar,
 ) -> None:
     """Two requests in one chunk, one request in two chunks: aiohttp's framing, in order."""
-    seed(seeder)
-    served = await start_sidecar()
     sso = request("/api/v1/subjects/sub-a/entitlements/sso/value")
     connection = await Connection.open(wire_port(served))
     await connection.send(request() + sso)
@@ -228,11 +225,9 @@ async def test_pipelined_and_split_requests_are_answered_in_order(
 
 
 async def test_connection_close_is_answered_then_closed(
-    seeder: Seeder, start_sidecar: StartSidecar
+    served: Sidecar,
 ) -> None:
     """A read asking to close after its answer: answered (by aiohttp), then closed."""
-    seed(seeder)
-    served = await start_sidecar()
     connection = await Connection.open(wire_port(served))
     await connection.send(request(VALUE, "Connection: close"))
     status, headers, _ = await connection.response()
@@ -241,11 +236,9 @@ async def test_connection_close_is_answered_then_closed(
 
 
 async def test_shutting_down_closes_connections_only_the_wire_served(
-    seeder: Seeder, start_sidecar: StartSidecar
+    served: Sidecar,
 ) -> None:
     """Cleaning the runner up closes an idle keep-alive connection aiohttp never read from."""
-    seed(seeder)
-    served = await start_sidecar()
     connection = await Connection.open(wire_port(served))
     await connection.send(request())
     assert (await connection.response())[0] == 200
@@ -254,11 +247,9 @@ async def test_shutting_down_closes_connections_only_the_wire_served(
 
 
 async def test_a_stale_view_leaves_reads_to_the_application(
-    seeder: Seeder, start_sidecar: StartSidecar
+    served: Sidecar,
 ) -> None:
     """Past the staleness budget the lane answers nothing; the app applies whenStale."""
-    seed(seeder)
-    served = await start_sidecar()
     lane = wire.WireLane(served.app)
     assert lane.answer(request()) is not None
     lane.budget = -1  # any age is past it
@@ -303,13 +294,6 @@ def test_a_client_not_reading_its_answers_is_not_read_from() -> None:
 
 _NAME = st.text("abcdefghijklmnopqrstuvwxyz-ABCXYZ019_ !:@\t", min_size=1, max_size=12)
 _VALUE_TEXT = st.text("abc xyz019-.,;=/\t:\x01\x7f\xe9", max_size=12)
-
-
-@pytest.fixture
-async def served(seeder: Seeder, start_sidecar: StartSidecar) -> Sidecar:
-    """A seeded sidecar, once for every example of a property."""
-    seed(seeder)
-    return await start_sidecar()
 
 
 @settings(
