@@ -3,14 +3,17 @@
 Role: one asyncio task per sidecar. It opens the ledger (retrying while it is unreachable or
 at a schema this sidecar does not read, reported in /status, never crashing the app), loads the namespace in pages and builds the view's indexes
 (in a worker thread: the ledger driver is blocking, and the loop keeps answering), then polls ``changes_since(position)`` every ``poll_interval`` and
-applies each batch to the view on the event loop, so lookups need no lock. A long batch is applied
-in slices of about ``APPLY_SLICE`` changes with the loop free between them (an access check
-waits for one slice, not for thousands of changes); a slice ends only between two usage bucket
-states, so a lookup never sees part of a catalogue change (an entitlement edited but not its
-grants), only usage that has reached some buckets and not yet others for a moment (each bucket
-state is absolute: it is counted once either way). Then the answers the batch's usage dropped
-are recomputed, ``REFRESH_SLICE`` at a time between turns of the loop, so the checks that follow
-find them cached instead of computing them (``View.refresh_dropped``). A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
+applies each batch to the view on the event loop, so lookups need no lock. The loop is never
+held for more than a turn's budget (``TURN_BUDGET_NS``, 0.2 ms) at a time: a batch is applied
+change by change with the loop free whenever a turn's budget is spent (an access check waits for
+one turn, not for thousands of changes); a turn ends only between two usage bucket states, so a
+lookup never sees part of a catalogue change (an entitlement edited but not its grants), only
+usage that has reached some buckets and not yet others for a moment (each bucket state is
+absolute: it is counted once either way). Between polls, the answers the batches' usage dropped
+are recomputed, a turn at a time, so the checks that follow find them cached instead of
+computing them (``View.refresh_dropped``); a check that comes first computes its own. The
+recomputation never delays the next poll: how fresh the view is depends only on polling.
+A NOTIFY (or local ingestion) only sets ``wake`` to poll sooner; polling alone is
 correct (DESIGN D10). A batch from another ``ledger_epoch`` (a restore) triggers a full reload.
 A failing poll keeps the last state and lets its age grow: staleness is handled by policy, never
 by crashing the app (D7, D11).
@@ -24,6 +27,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -36,10 +40,9 @@ __all__ = ["Follower"]
 log = logging.getLogger("allotment.sidecar.sync")
 
 FEED_BATCH_LIMIT = 5000
-#: Changes applied between two turns of the event loop (a usage change takes ~5-15 us to apply).
-APPLY_SLICE = 16
-#: Dropped answers recomputed between two turns of the loop (one takes ~50-150 us).
-REFRESH_SLICE = 4
+#: The follower's work between two turns of the event loop, in nanoseconds: at most one usage
+#: change (~10-45 us) or recomputed answer (~100-250 us) past it.
+TURN_BUDGET_NS = 200_000
 MAX_BACKOFF_SECONDS = 5.0
 
 
@@ -66,6 +69,8 @@ class Follower:
         self._stop_listening: Callable[[], None] | None = None
         self._on_reload = on_reload
         self._on_error = on_error
+        #: Nanoseconds of work between two turns of the loop (tests set 0: a turn per step).
+        self.turn_budget_ns = TURN_BUDGET_NS
 
     async def run(self) -> None:
         """Load, then follow until cancelled."""
@@ -169,32 +174,53 @@ class Follower:
             log.info("Ledger epoch changed from %s to %s: reloading", self.view.epoch, batch.epoch)
             await self.reload()
             return False
-        left = self.view.refresh_dropped(self.clock(), REFRESH_SLICE)
-        while left:
-            await asyncio.sleep(0)  # a turn of the loop for the checks waiting
-            left = self.view.refresh_dropped(self.clock(), REFRESH_SLICE)
         return len(batch.changes) >= FEED_BATCH_LIMIT
 
     async def _apply(self, batch: FeedBatch, now: datetime) -> bool:
-        """Apply ``batch`` slice by slice (see the module docstring); False: reload instead."""
+        """Apply ``batch`` a turn at a time (see the module docstring); False: reload instead."""
         view = self.view
-        slices = _slices(batch.changes, APPLY_SLICE)
-        held = view.position or 0  # the position moves with the last slice only
-        for number, changes in enumerate(slices, start=1):
-            if number > 1:
+        units = _slices(batch.changes, 1)  # the shortest runs a turn may end after
+        held = view.position or 0  # the position moves with the last change only
+        last = len(units) - 1
+        deadline = time.perf_counter_ns() + self.turn_budget_ns
+        for number, changes in enumerate(units):
+            if number and time.perf_counter_ns() >= deadline:
                 await asyncio.sleep(0)
-            last = number == len(slices)
+                deadline = time.perf_counter_ns() + self.turn_budget_ns
             part = FeedBatch(
                 epoch=batch.epoch,
-                position=batch.position if last else held,
+                position=batch.position if number == last else held,
                 contract_version=batch.contract_version,
                 changes=changes,
             )
             if not view.apply(part, now):
-                return False  # only the first slice can meet a new epoch: nothing applied
+                return False  # only the first change can meet a new epoch: nothing applied
         return True
 
+    async def catch_up(self, until: float | None = None) -> None:
+        """Recompute the answers usage dropped, a turn at a time, until none is left.
+
+        Stops early when woken (a poll is due) or at the loop time ``until``: what is left
+        waits for the next pause between polls, or for a check to compute it.
+        """
+        loop = asyncio.get_running_loop()
+        view = self.view
+        while not self.wake.is_set() and (until is None or loop.time() < until):
+            now = self.clock()
+            deadline = time.perf_counter_ns() + self.turn_budget_ns
+            while view.refresh_dropped(now, 1):
+                if time.perf_counter_ns() >= deadline:
+                    break
+            else:
+                return
+            await asyncio.sleep(0)  # a turn of the loop for the checks waiting
+
     async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until woken, recomputing dropped answers meanwhile."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        await self.catch_up(until)
+        seconds = until - loop.time()
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
         # that arrives as the wake-up does (gh-86296), and shutdown then waits forever.
         with contextlib.suppress(TimeoutError):

@@ -1,5 +1,6 @@
-"""The follower applies a long feed batch in slices: the loop answers between them, and no
-slice ends inside a catalogue change."""
+"""The follower holds the loop for a turn's budget at most: it applies a long feed batch a turn
+at a time (the loop answers between turns, and no turn ends inside a catalogue change), and
+recomputes the answers usage dropped between polls, never delaying the next poll."""
 
 from __future__ import annotations
 
@@ -48,11 +49,15 @@ class OneBatch:
 
     def __init__(self, batch: FeedBatch) -> None:
         self.batch = batch
+        self.polls = 0
 
     def load(self, namespace: str) -> LoadedNamespace:  # pragma: no cover - never reloads
         raise AssertionError("no reload expected")
 
     def changes_since(self, namespace: str, position: int, limit: int) -> FeedBatch:
+        self.polls += 1
+        if position >= self.batch.position:
+            return replace(self.batch, changes=[])
         return self.batch
 
     def listen(self, namespace: str, wake: object) -> None:
@@ -62,15 +67,20 @@ class OneBatch:
         return None
 
 
-def following(view: View, batch: FeedBatch) -> Follower:
-    """A follower of ``view`` whose ledger's feed holds ``batch`` after the view's position."""
+def following(view: View, batch: FeedBatch, *, turn_budget_ns: int = 0) -> Follower:
+    """A follower of ``view`` whose ledger's feed holds ``batch`` after the view's position.
+
+    Its turns end after each step (``turn_budget_ns`` 0) unless told otherwise: what a busy
+    or slow machine does, made certain.
+    """
     follower = Follower(
-        SidecarSettings("sqlite://", NS, probe_port=None),
+        SidecarSettings("sqlite://", NS, probe_port=None, poll_interval=timedelta(seconds=30)),
         view,
         lambda: NOW,
         lambda _settings: OneBatch(batch),
     )
     follower.source = OneBatch(batch)
+    follower.turn_budget_ns = turn_budget_ns
     return follower
 
 
@@ -83,9 +93,9 @@ def usage(view: View, subject: str) -> object:
 async def test_a_long_batch_lets_checks_through_and_applies_every_change() -> None:
     view = loaded_view()
     grant = replace(records(1)[2], amount=Decimal(5000))
-    changes: list[Change] = [bucket("sub-0", m, 1) for m in range(3 * sync.APPLY_SLICE)]
+    changes: list[Change] = [bucket("sub-0", m, 1) for m in range(48)]
     changes.append(grant)  # a catalogue change in the middle of the usage
-    changes += [bucket("sub-2", m, 2) for m in range(2 * sync.APPLY_SLICE)]
+    changes += [bucket("sub-2", m, 2) for m in range(32)]
     follower = following(view, FeedBatch("epoch", 99, 1, changes))
     seen: list[tuple[int | None, object]] = []
 
@@ -100,11 +110,11 @@ async def test_a_long_batch_lets_checks_through_and_applies_every_change() -> No
     checking.cancel()
 
     assert view.position == 99
-    assert usage(view, "sub-0") == 3 * sync.APPLY_SLICE
-    assert usage(view, "sub-2") == 4 * sync.APPLY_SLICE
+    assert usage(view, "sub-0") == 48
+    assert usage(view, "sub-2") == 64
     assert view.grants_of(grant.entitlement_id) == [grant]
     # Checks were answered while the batch was being applied, before the position moved.
-    partial = [u for position, u in seen if position == 1 and u not in (0, 3 * sync.APPLY_SLICE)]
+    partial = [u for position, u in seen if position == 1 and u not in (0, 48)]
     assert partial, seen[:5]
 
 
@@ -138,8 +148,73 @@ async def test_answers_usage_dropped_are_recomputed_before_the_next_check() -> N
     changes: list[Change] = [bucket("sub-0", 1, 7), bucket("sub-1", 1, 5)]
     follower = following(view, FeedBatch("epoch", 2, 1, changes))
     await follower.poll_once()
+    assert view.position == 2
+    assert engine.computed == 1  # the poll applies; it does not wait for recomputation
+    await follower.catch_up()
     assert engine.computed == 2  # sub-0 recomputed by the follower, sub-1 left for its reader
     assert usage(view, "sub-0") == 7
     assert engine.computed == 2  # the check found it cached
     assert usage(view, "sub-1") == 5
     assert engine.computed == 3
+
+
+def three_read_then_used() -> tuple[View, Counting, Follower]:
+    """A view whose three subjects' answers are cached, and a follower of usage for each."""
+    view = loaded_view()
+    engine = view.engine = Counting()
+    for n in range(3):
+        usage(view, f"sub-{n}")
+    assert engine.computed == 3
+    changes: list[Change] = [bucket(f"sub-{n}", 1, n + 1) for n in range(3)]
+    return view, engine, following(view, FeedBatch("epoch", 2, 1, changes))
+
+
+async def test_recomputation_goes_a_turn_at_a_time_and_yields_to_a_due_poll() -> None:
+    view, engine, follower = three_read_then_used()
+    await follower.poll_once()
+    computed: list[int] = []
+
+    async def check_meanwhile() -> None:
+        while True:
+            computed.append(engine.computed)
+            await asyncio.sleep(0)
+
+    checking = asyncio.create_task(check_meanwhile())
+    await asyncio.sleep(0)
+    await follower.catch_up()
+    checking.cancel()
+    assert engine.computed == 6
+    assert {3, 4, 5} <= set(computed)  # the loop turned between two recomputations
+
+    follower.wake.set()  # a poll is due: recomputation waits for the pause after it
+    await follower.poll_once()  # nothing new (the source's feed is at its end)
+    view.apply(FeedBatch("epoch", 2, 1, [bucket("sub-0", 2, 9)]), NOW)
+    await follower.catch_up()
+    assert engine.computed == 6
+    assert usage(view, "sub-0") == 10  # its reader computes it
+    assert engine.computed == 7
+
+
+async def test_the_follower_recomputes_dropped_answers_while_it_waits_to_poll() -> None:
+    view, engine, follower = three_read_then_used()
+    done = asyncio.Event()
+    compute = engine.value
+
+    def value(*args: Any, **kwargs: Any) -> Any:
+        found = compute(*args, **kwargs)
+        if engine.computed == 6:
+            done.set()
+        return found
+
+    engine.value = value  # type: ignore[method-assign]
+    running = asyncio.create_task(follower.run())
+    try:
+        async with asyncio.timeout(10):
+            await done.wait()
+    finally:
+        running.cancel()
+    assert view.position == 2
+    assert isinstance(follower.source, OneBatch)
+    assert follower.source.polls == 1  # all three recomputed in the pause after one poll
+    assert [usage(view, f"sub-{n}") for n in range(3)] == [1, 2, 3]
+    assert engine.computed == 6
