@@ -247,6 +247,24 @@ def put_packed(series: Packed, bucket: UsageBucketState) -> Packed | Literal[Fal
                 minute.to_bytes(_MINUTE, sys.byteorder, signed=True),
             )
         )
+    if minute == minutes[n - 1]:  # the last minute again (a live one): only its totals change
+        if bucket.event_count <= totals[n] - totals[n - 1]:
+            return False
+        count = totals[n - 1] + bucket.event_count
+        total = totals[2 * n] + whole
+        width = series[0]
+        limit = _INT32_MAX if width == 4 else _FITS_MAX
+        if -limit - 1 <= count <= limit and -limit - 1 <= total <= limit:
+            last_count, last_sum = 1 + width * n, 1 + width * (2 * n + 1)
+            return b"".join(
+                (
+                    series[:last_count],
+                    count.to_bytes(width, sys.byteorder, signed=True),
+                    series[last_count + width : last_sum],
+                    total.to_bytes(width, sys.byteorder, signed=True),
+                    series[last_sum + width :],
+                )
+            )
     held, counts, sums = packed_columns(series)
     i = bisect_left(held, minute)
     exists = i < n and held[i] == minute

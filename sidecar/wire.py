@@ -78,6 +78,7 @@ class WireLane:
         self.lanes = {lane.encode(): found for lane, found in fastlane.value_lanes(app).items()}
         self._texts: tuple[str, str] | None = None
         self._second = -1
+        self._date = ""
         self._head = b""
 
     def answer(self, data: bytes) -> bytes | None:
@@ -106,14 +107,18 @@ class WireLane:
         """The response up to the ``Content-Length`` value: made again per version, ms and s."""
         texts = self.view.freshness(now)
         second = int(time.time())
-        if texts is not self._texts or second != self._second:
-            self._texts, self._second = texts, second
+        if second != self._second:
+            self._second = second
+            self._date = formatdate(second, usegmt=True)
+            self._texts = None
+        if texts is not self._texts:
+            self._texts = texts
             freshness = "".join(
                 f"{name}: {value}\r\n" for name, value in self.view.freshness_headers(now).items()
             )
             self._head = (
                 f"HTTP/1.1 200 OK\r\n{freshness}Content-Type: application/json\r\n"
-                f"Date: {formatdate(second, usegmt=True)}\r\nServer: {SERVER_SOFTWARE}\r\n"
+                f"Date: {self._date}\r\nServer: {SERVER_SOFTWARE}\r\n"
                 "Content-Length: "
             ).encode()
         return self._head

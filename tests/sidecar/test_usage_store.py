@@ -69,6 +69,12 @@ def total(held: UsageStore, start: int, end: int, subject: str = "sub-a") -> Dec
             str(2**31 - 3),
             id="past-32-bits",
         ),
+        pytest.param(
+            [bucket(0, 1, "5"), bucket(1, 1, "1"), bucket(1, 2, str(2**31 + 5))],
+            (0, 2),
+            str(2**31 + 10),
+            id="last-minute-past-32-bits",
+        ),
     ],
 )
 def test_sums_are_exact_whatever_the_order_and_size(
@@ -83,6 +89,16 @@ def test_a_bucket_state_applied_twice_counts_once() -> None:
     assert held.put(bucket(0, 1, "4")) is False
     assert total(held, 0, 1) == Decimal(10)
     assert held.bucket_count == 1
+
+
+def test_the_live_minute_updated_in_place_holds_its_newest_count_and_sum() -> None:
+    held = store(bucket(0, 4, "40"), bucket(2, 1, "5"), bucket(2, 3, "9"), bucket(2, 2, "7"))
+    assert total(held, 0, 3) == Decimal(49)
+    assert total(held, 2, 3) == Decimal(9)
+    window = (T0 + timedelta(minutes=2), T0 + timedelta(minutes=3))
+    count = held.aggregate(Aggregation.COUNT, held.matching("tokens", ["sub-a"], {}), *window)
+    assert count == 3
+    assert held.bucket_count == 2
 
 
 def test_group_by_series_of_one_subject_are_kept_apart() -> None:
@@ -115,6 +131,12 @@ def test_packed_series_answers_what_the_general_series_does(
         assert (stored is not False) == general.put(state, False)
         compact = compact if stored is False else stored
     lo, hi = BASE + min(start, end), BASE + max(start, end)
+    # the same bytes as packing the general series' buckets at once, whichever way each came in
+    minutes, counts, sums = general.minutes, [0], [0]
+    for count, value in zip(general.counts, general.sums, strict=True):
+        counts.append(counts[-1] + count)
+        sums.append(sums[-1] + int(value))
+    assert compact == packed(minutes, counts, sums)
     assert packed_total(compact, lo, hi) == general.total(lo, hi)
     assert packed_count(compact, lo, hi) == general.count(lo, hi)
     assert packed_length(compact) == len(general)
