@@ -107,12 +107,10 @@ class WireLane:
         """The response up to the ``Content-Length`` value: made again per version, ms and s."""
         texts = self.view.freshness(now)
         second = int(time.time())
-        if second != self._second:
-            self._second = second
-            self._date = formatdate(second, usegmt=True)
-            self._texts = None
-        if texts is not self._texts:
-            self._texts = texts
+        if texts is not self._texts or second != self._second:
+            if second != self._second:
+                self._date = formatdate(second, usegmt=True)
+            self._texts, self._second = texts, second
             freshness = "".join(
                 f"{name}: {value}\r\n" for name, value in self.view.freshness_headers(now).items()
             )
