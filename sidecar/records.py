@@ -126,15 +126,22 @@ class Records:
     def __len__(self) -> int:
         return len(self._held)
 
-    def record(self, shapes: Shapes, packed: bytes, fills: _Fills) -> Any:
-        """Return the record ``packed`` holds, its ``fills`` (field, value) put back."""
+    def record(self, shapes: Shapes, packed: bytes, fills: _Fills, *, keep: bool = True) -> Any:
+        """Return the record ``packed`` holds, its ``fills`` (field, value) put back.
+
+        ``keep=False`` takes a record already kept but keeps none it rebuilds: for a caller
+        that reads each record once (recomputing answers), whose records kept would only churn
+        the few held and keep garbage alive into the cyclic collector's young generation.
+        """
         key = (packed, fills)
         held = self._held
         found = held.get(key)
         if found is None:
-            if len(held) >= self.limit:
-                held.clear()
-            found = held[key] = self.rebuild(shapes, packed, fills)
+            found = self.rebuild(shapes, packed, fills)
+            if keep:
+                if len(held) >= self.limit:
+                    held.clear()
+                held[key] = found
         return found
 
     def rebuild(self, shapes: Shapes, packed: bytes, fills: _Fills) -> Any:
@@ -190,14 +197,19 @@ class Records:
         templates[number] = template
         return template
 
-    def entitlement(self, shapes: Shapes, packed: bytes, entitlement_id: str) -> Entitlement:
-        """Return the entitlement packed without its id."""
-        found: Entitlement = self.record(shapes, packed, (("id", entitlement_id),))
+    def entitlement(
+        self, shapes: Shapes, packed: bytes, entitlement_id: str, *, keep: bool = True
+    ) -> Entitlement:
+        """Return the entitlement packed without its id (``keep``: as ``record``)."""
+        found: Entitlement = self.record(shapes, packed, (("id", entitlement_id),), keep=keep)
         return found
 
-    def grant(self, shapes: Shapes, packed: bytes, entitlement_id: str) -> Grant:
-        """Return the grant packed without its entitlement's id."""
-        found: Grant = self.record(shapes, packed, (("entitlementId", entitlement_id),))
+    def grant(
+        self, shapes: Shapes, packed: bytes, entitlement_id: str, *, keep: bool = True
+    ) -> Grant:
+        """Return the grant packed without its entitlement's id (``keep``: as ``record``)."""
+        fills = (("entitlementId", entitlement_id),)
+        found: Grant = self.record(shapes, packed, fills, keep=keep)
         return found
 
     def customer(self, shapes: Shapes, packed: bytes, record_id: str, key: str) -> CustomerRecord:

@@ -347,17 +347,17 @@ class _State:
         """Return the record a packed document holds, its ``fills`` (field, value) put back."""
         return self.decoded.record(self.shapes, packed, fills)
 
-    def entitlement(self, slot: _Slot) -> Entitlement:
-        """Return a slot's entitlement."""
-        return self.decoded.entitlement(self.shapes, slot.packed, slot.id)
+    def entitlement(self, slot: _Slot, *, keep: bool = True) -> Entitlement:
+        """Return a slot's entitlement (``keep``: as ``Records.record``)."""
+        return self.decoded.entitlement(self.shapes, slot.packed, slot.id, keep=keep)
 
     def grants(self, slot: _Slot) -> tuple[Grant, ...]:
         """Return a slot's grants, in the order recorded."""
         return tuple(self.grant(g, slot.id) for g in slot.grants)
 
-    def grant(self, packed: bytes, entitlement_id: str) -> Grant:
-        """Return a grant of the entitlement ``entitlement_id``."""
-        return self.decoded.grant(self.shapes, packed, entitlement_id)
+    def grant(self, packed: bytes, entitlement_id: str, *, keep: bool = True) -> Grant:
+        """Return a grant of the entitlement ``entitlement_id`` (``keep``: as ``Records.record``)."""
+        return self.decoded.grant(self.shapes, packed, entitlement_id, keep=keep)
 
     def customer(self, customer: _Customer) -> CustomerRecord:
         """Return a customer's record."""
@@ -741,8 +741,10 @@ class View:
 
     def _compute(self, slot: _Slot, now: datetime) -> EntitlementValue:
         state = self._require()
-        entitlement = state.entitlement(slot)
-        grants = tuple(state.grant(g, entitlement.id) for g in slot.grants)
+        # Each answer is computed once per change: records rebuilt for it are not kept (a check
+        # that looked the entitlement up first still finds its record kept).
+        entitlement = state.entitlement(slot, keep=False)
+        grants = tuple(state.grant(g, entitlement.id, keep=False) for g in slot.grants)
         inputs = _usage_inputs(state, entitlement)
         value = _value(self.engine, state, entitlement, grants, now, inputs)
         # A metered value read at minute m answers every ``now`` in (m - 1min, m]; an activity

@@ -218,3 +218,14 @@ async def test_the_follower_recomputes_dropped_answers_while_it_waits_to_poll() 
     assert follower.source.polls == 1  # all three recomputed in the pause after one poll
     assert [usage(view, f"sub-{n}") for n in range(3)] == [1, 2, 3]
     assert engine.computed == 6
+
+
+async def test_recomputed_answers_keep_no_rebuilt_record() -> None:
+    view, engine, follower = three_read_then_used()
+    state = view._state
+    assert state is not None
+    assert len(state.decoded) == 0  # the first reads computed their answers: nothing kept
+    await follower.poll_once()
+    await follower.catch_up()
+    assert engine.computed == 6
+    assert len(state.decoded) == 0  # each answer's records were rebuilt, used, let go

@@ -232,3 +232,14 @@ def test_rebuilt_records_are_kept_up_to_the_limit() -> None:
     records.record(shapes, *packed[1])
     records.record(shapes, *packed[2])
     assert len(records) <= 2
+
+
+def test_a_record_not_kept_is_rebuilt_unkept_or_taken_from_those_kept() -> None:
+    shapes, records = Shapes(), Records()
+    (grant, fills), (other, other_fills) = (_pack(shapes, encode_record(g)) for g in GRANTS[:2])
+    unkept = records.record(shapes, grant, fills, keep=False)
+    assert unkept == decode_record(encode_record(GRANTS[0]))
+    assert len(records) == 0
+    kept = records.record(shapes, other, other_fills)
+    assert records.record(shapes, other, other_fills, keep=False) is kept
+    assert len(records) == 1
