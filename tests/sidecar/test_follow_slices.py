@@ -67,11 +67,11 @@ class OneBatch:
         return None
 
 
-def following(view: View, batch: FeedBatch, *, turn_budget_ns: int = 0) -> Follower:
+def following(view: View, batch: FeedBatch) -> Follower:
     """A follower of ``view`` whose ledger's feed holds ``batch`` after the view's position.
 
-    Its turns end after each step (``turn_budget_ns`` 0) unless told otherwise: what a busy
-    or slow machine does, made certain.
+    Its turns end after each step (a budget of 0): what a busy or slow machine does, made
+    certain.
     """
     follower = Follower(
         SidecarSettings("sqlite://", NS, probe_port=None, poll_interval=timedelta(seconds=30)),
@@ -80,7 +80,7 @@ def following(view: View, batch: FeedBatch, *, turn_budget_ns: int = 0) -> Follo
         lambda _settings: OneBatch(batch),
     )
     follower.source = OneBatch(batch)
-    follower.turn_budget_ns = turn_budget_ns
+    follower.turn_budget_ns = 0
     return follower
 
 

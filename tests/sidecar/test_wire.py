@@ -25,7 +25,7 @@ ROUTE = "/api/v1/subjects/{subject}/entitlements/{entitlement}/value"
 
 @pytest.fixture
 async def served(seeder: Seeder, start_sidecar: StartSidecar) -> Sidecar:
-    """A seeded sidecar, once for every example of a property."""
+    """A sidecar over test_operations' seed (a property's examples share one)."""
     seed(seeder)
     return await start_sidecar()
 
