@@ -17,7 +17,10 @@ details. What it does, in one run:
   generator's core and seeds it with ``COPY``;
 - starts the production sidecar app (``StorageSource``: the normal paged load, then the feed,
   polled) in a server process pinned to core 0, alone, with a bare aiohttp app returning a
-  constant on another port of the same event loop (no middleware: the strict baseline);
+  constant on another port of the same event loop (no middleware: the strict baseline) and,
+  on a third port, the floor: an asyncio protocol writing a constant answer for each request
+  it sees end, with no HTTP parsing (what the loop, the kernel and the generator cost: no
+  server on this machine answers faster);
   reports the load time, one seeded customer's answer, memory per entitlement (RSS; up to
   2x10^4 also tracemalloc), a cold value's cost (a warm pass computing every value), the worst
   cyclic-GC pause;
@@ -33,7 +36,9 @@ details. What it does, in one run:
   run), so each ratio compares attacks seconds apart, and ``value_over_bare`` is the median of
   the rounds' ratios (each round and the pooled ratio are in the JSON); latency at a fixed rate of half the bare saturated rate with vegeta (open loop,
   16 connections; ``VEGETA_GO_ENV``: its Go collector off up to a heap limit) pinned to core 1:
-  p50/p99/p99.9 and the rate achieved. Subjects go round robin
+  p50/p99/p99.9 and the rate achieved, for the bare endpoint, the floor and then the value
+  reads (``value_p99_over_floor_ms`` in the summary: what the sidecar adds to the machine's
+  tail). Subjects go round robin
   over every loaded customer. For each attack: the server's CPU per request (``/proc``: the
   number that does not depend on the generator), the server's, the writer's and the
   generator's share of their cores, each core's busy share (everyone's processes: the box is
@@ -104,7 +109,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from sqlalchemy import Table, select
@@ -171,16 +176,75 @@ class _CountingEngine(CoreValueEngine):
         return super().value(entitlement, grants, aggregation, usage, at)
 
 
-def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> None:
-    """Run the sidecar app and a bare app on one event loop (the server process)."""
-    if profile:
-        _profile_until_terminated(profile)
+_FLOOR_BODY = b'{"hasAccess":true}'
+_FLOOR_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(_FLOOR_BODY), _FLOOR_BODY)
+)
+
+
+class _FloorProtocol(asyncio.Protocol):
+    """The machine's floor: a constant answer to each request, no HTTP parsing, no framework.
+
+    It counts the blank lines that end requests (the generators send bodiless GETs) and writes
+    as many answers: what the loop, the kernel and the generator cost, and nothing of ours.
+    """
+
+    def __init__(self) -> None:
+        self._transport: asyncio.WriteTransport | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.WriteTransport, transport)  # uvloop's: no subclass
+
+    def data_received(self, data: bytes) -> None:
+        data = self._tail + data
+        ended = data.count(b"\r\n\r\n")
+        self._tail = data[data.rfind(b"\r\n\r\n") + 4 :] if ended else data
+        if ended and self._transport is not None:
+            self._transport.write(_FLOOR_RESPONSE * ended)
+
+
+async def _until_orphaned() -> None:
+    """Return once this process's parent has gone: a killed bench leaves no server behind."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(1.0)
+        if os.getppid() != parent:
+            return
+
+
+def floor(port: int) -> None:
+    """Serve the floor alone (its own process on the server's core, the server paused)."""
+    _on_core_zero()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_FloorProtocol, "127.0.0.1", port)
+        try:
+            await _until_orphaned()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(run())
+
+
+def _on_core_zero() -> None:
+    """Pin this process to core 0 and run asyncio on uvloop (as ``allotment sidecar`` does)."""
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {0})
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
+
+
+def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> None:
+    """Run the sidecar app and a bare app on one event loop (the server process)."""
+    if profile:
+        _profile_until_terminated(profile)
+    _on_core_zero()
     gc.collect()
     rss_before = _rss_bytes()
     view = View(NS, _CountingEngine())
@@ -235,11 +299,7 @@ def serve(port: int, bare_port: int, url: str, profile: str | None = None) -> No
         await runners[1].setup()
         await web.TCPSite(runners[1], "127.0.0.1", bare_port).start()
         try:
-            parent = os.getppid()
-            while True:
-                await asyncio.sleep(1.0)
-                if os.getppid() != parent:  # a killed bench leaves no server behind
-                    break
+            await _until_orphaned()
         finally:
             for runner in runners:
                 await runner.cleanup()
@@ -257,6 +317,18 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """Return once ``127.0.0.1:port`` accepts connections; raise if ``process`` exits first."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process for port {port} exited with {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {seconds} s")
 
 
 def _percentile(ordered: list[int], fraction: float) -> float:
@@ -350,12 +422,13 @@ class _Sampler:
 
     def __init__(
         self,
-        base: str,
+        base: str | None,
         pids: dict[str, int | None],
         progress: Path | None,
         period: float = 0.25,
     ) -> None:
-        """Sample ``pids``, ``base``'s ``/bench/status`` and the writer's ``progress`` file."""
+        """Sample ``pids``, ``base``'s ``/bench/status`` (None: no server) and the writer's
+        ``progress`` file."""
         self._base, self._pids, self._progress, self._period = base, pids, progress, period
         self.samples: list[_Sample] = []
         self._stop = threading.Event()
@@ -369,7 +442,9 @@ class _Sampler:
         return None
 
     def _sample(self) -> None:
-        computed: int = _get_json(f"{self._base}/bench/status")["values_computed"]
+        computed: int = (
+            _get_json(f"{self._base}/bench/status")["values_computed"] if self._base else 0
+        )
         self.samples.append(_Sample(Snapshot.take(self._pids), computed, self._events()))
 
     def _run(self) -> None:
@@ -725,6 +800,10 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "bare_p50_ms": fixed["bare"]["p50_ms"],
         "bare_p99_ms": fixed["bare"]["p99_ms"],
         "bare_p99_9_ms": fixed["bare"]["p99_9_ms"],
+        "floor_p50_ms": fixed["floor"]["p50_ms"],
+        "floor_p99_ms": fixed["floor"]["p99_ms"],
+        "floor_p99_9_ms": fixed["floor"]["p99_9_ms"],
+        "value_p99_over_floor_ms": round(fixed["value"]["p99_ms"] - fixed["floor"]["p99_ms"], 3),
         "goal_value_p99_ms": 1.0,
         "value_fixed_achieved_per_s": fixed["value"]["throughput_per_s"],
         "value_fixed_cold_fraction": fixed["value"]["cold_fraction"],
@@ -811,7 +890,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
         },
         "steady": args.steady,
     }
-    port, bare_port = _free_port(), _free_port()
+    port, bare_port, floor_port = _free_port(), _free_port(), _free_port()
     command = [sys.executable, "-m", "bench.sidecar", "--serve", str(port)]
     command += ["--bare-port", str(bare_port), "--db", url]
     if args.profile_server:
@@ -852,6 +931,8 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
             background = _background(url, args, progress)
             bare = Path(tmp) / "bare.txt"
             bare.write_text(f"GET http://127.0.0.1:{bare_port}/bench/bare\n")
+            floor = Path(tmp) / "floor.txt"
+            floor.write_text(f"GET http://127.0.0.1:{floor_port}/bench/floor\n")
             value = Path(tmp) / "value.txt"
             value.write_text(
                 "".join(
@@ -893,11 +974,20 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                     attacked["cold_fraction_steady_state_expected"] = round(expected, 3)
                 return attacked
 
-            def attack(targets: Path, flags: list[str], prime_at: float = 0) -> dict[str, Any]:
-                """Attack; measure after one pass over every target (at ``prime_at``/s) if asked."""
+            def attack(
+                targets: Path,
+                flags: list[str],
+                prime_at: float = 0,
+                sampled: tuple[str | None, dict[str, int | None]] = (base, pids),
+            ) -> dict[str, Any]:
+                """Attack; measure after one pass over every target (at ``prime_at``/s) if asked.
+
+                ``sampled``: the server's base URL (None: not the sidecar) and the processes
+                whose CPU is read.
+                """
                 skip = args.entitlements if prime_at and args.steady else 0
                 ran = args.seconds + (skip / prime_at if skip else 0.0)
-                with _Sampler(base, pids, progress) as sampler:
+                with _Sampler(*sampled, progress) as sampler:
                     rows, cpu = _vegeta(vegeta, targets, flags, ran, args.vegeta_cpu)
                 measured = rows[skip:] or rows
                 window = sampler.window(measured[0].start_ns, measured[-1].start_ns)
@@ -959,6 +1049,26 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 value["measured_after_one_pass"] = primed >= args.entitlements
                 return bare, value, _rounds(bares, values)
 
+            def attack_floor(targets: Path, flags: list[str]) -> dict[str, Any]:
+                """Attack the floor in its own process on the server's core, the server paused.
+
+                Nothing of the sidecar runs meanwhile (SIGSTOP): the writer, the generator and
+                the machine are as for the other attacks. The server then catches up on the
+                feed before the next attack.
+                """
+                command = [sys.executable, "-m", "bench.sidecar", "--floor", str(floor_port)]
+                os.kill(server.pid, signal.SIGSTOP)
+                alone = subprocess.Popen(command)
+                try:
+                    _wait_for_port(floor_port, alone)
+                    measured = {"server": alone.pid, "background": pids["background"]}
+                    return attack(targets, flags, sampled=(None, measured))
+                finally:
+                    alone.terminate()
+                    alone.wait(timeout=30)
+                    os.kill(server.pid, signal.SIGCONT)
+                    time.sleep(5.0)
+
             time.sleep(2.0 if background else 0.0)  # the writer's start-up is not its load
             result["idle"] = _idle(pids, args.idle_seconds)
 
@@ -974,6 +1084,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
             # late request and measures its own connection storm.
             fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
             fixed += ["-connections=16", "-max-connections=16"]
+            floor_fixed = attack_floor(floor, fixed)
             bare_fixed = attack(bare, fixed)
             # the pass before measuring goes at the rate the server can answer, if lower
             capacity = 0.9 * value_sat["throughput_per_s"]
@@ -987,7 +1098,12 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
             ),
             "rounds": rounds,
         }
-        result["fixed_rate"] = {"rate_per_s": rate, "bare": bare_fixed, "value": value_fixed}
+        result["fixed_rate"] = {
+            "rate_per_s": rate,
+            "bare": bare_fixed,
+            "floor": floor_fixed,
+            "value": value_fixed,
+        }
         if background is not None and hasattr(os, "sched_setscheduler"):
             # no generator from here on: an idle-scheduled writer would only lag behind other
             # processes on a shared box, then catch up in a burst that holds the ledger's lock
@@ -1069,9 +1185,13 @@ def main() -> int:
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--bare-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve, args.bare_port, args.db, args.profile_server)
+        return 0
+    if args.floor:
+        floor(args.floor)
         return 0
     vegeta = shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta")
     if not Path(vegeta).exists():
