@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["PROBLEM_JSON", "ProblemError", "problem_response"]
+__all__ = ["PROBLEM_JSON", "ProblemError", "problem_body", "problem_response"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -42,14 +42,8 @@ class ProblemError(Exception):
         self.headers = dict(headers or {})
 
 
-def problem_response(
-    status: int,
-    detail: str,
-    *,
-    extensions: Mapping[str, Any] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    """Return a problem+json response with OpenMeter's fields."""
+def problem_body(status: int, detail: str, extensions: Mapping[str, Any] | None = None) -> bytes:
+    """Return a problem's JSON with OpenMeter's fields (a new ``instance`` each time)."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
@@ -59,10 +53,21 @@ def problem_response(
     }
     if extensions:
         body["extensions"] = dict(extensions)
+    return json.dumps(body).encode()
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    extensions: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """Return a problem+json response with OpenMeter's fields."""
     return web.Response(
         status=status,
-        body=json.dumps(body).encode(),  # no charset: the legacy Node SDK compares the type
-        content_type=PROBLEM_JSON,
+        body=problem_body(status, detail, extensions),
+        content_type=PROBLEM_JSON,  # no charset: the legacy Node SDK compares the type
         headers=dict(headers or {}),
     )
 

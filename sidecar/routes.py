@@ -46,7 +46,7 @@ from .serialize import (
 from .source import CONTRACT_VERSIONS, CustomerRecord
 from .view import MICROSECOND, View, micros
 
-__all__ = ["PROBE_ROUTES", "ROUTES", "json_response", "now_of", "ready_view"]
+__all__ = ["PROBE_ROUTES", "ROUTES", "json_response", "now_of", "ready_view", "value_not_found"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _NO_QUERY: Mapping[str, str] = {}
@@ -116,6 +116,22 @@ def _entitlement(view: View, customer: CustomerRecord, id_or_key: str, at: datet
             "with that key active at the requested time",
         )
     return entitlement
+
+
+def value_not_found(
+    view: View, who: str, id_or_key: str, at: datetime, *, by_subject: bool
+) -> ProblemError | None:
+    """Return the problem a value read of ``who`` and ``id_or_key`` at ``at`` answers when the
+    view finds no such customer (a subject with ``by_subject``) or entitlement; None if found.
+
+    The wire lane answers such reads itself with this (``wire.WireLane``), as the routes do.
+    """
+    try:
+        customer = _customer_by_subject(view, who) if by_subject else _customer(view, who)
+        _entitlement(view, customer, id_or_key, at)
+    except ProblemError as error:
+        return error
+    return None
 
 
 async def _value(

@@ -14,8 +14,11 @@ A plain value read here: ``GET`` of one of OpenMeter's three value paths in orig
 no query, segments of unreserved characters (no percent-encoding, no dot segment), well-formed
 header fields within aiohttp's size limit, none of which frames a body or changes the connection
 (``Content-Length``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``, a ``Connection`` other
-than ``keep-alive``); a fresh view that finds the customer and the entitlement (``cached_value``'s
-rules). The lane decides nothing else: whatever it does not answer, aiohttp and the application do.
+than ``keep-alive``); a fresh view. What the view finds is answered from its cache
+(``cached_value``'s rules); a customer or an entitlement it does not find, with the routes' own
+404 problem (``routes.value_not_found``), so a client asking about customers not yet provisioned
+keeps its connection on the lane. The lane decides nothing else: whatever it does not answer,
+aiohttp and the application do.
 
 Why: aiohttp's request parsing, request and response objects and writer cost a value read about
 three quarters of its server time; a keep-alive client's checks arrive one request per chunk
@@ -28,6 +31,7 @@ import asyncio
 import re
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +39,9 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from . import fastlane
 from .keys import CLOCK, SETTINGS, VIEW
-from .view import MICROSECOND
+from .problems import PROBLEM_JSON, problem_body
+from .routes import value_not_found
+from .view import MICROSECOND, instant
 
 __all__ = ["LaneSite", "WireLane", "WireProtocol", "serve"]
 
@@ -77,9 +83,10 @@ class WireLane:
         self.budget = app[SETTINGS].staleness_budget // MICROSECOND
         self.lanes = {lane.encode(): found for lane, found in fastlane.value_lanes(app).items()}
         self._texts: tuple[str, str] | None = None
-        self._second = -1
-        self._date = ""
+        self._head_second = -1  # the second of ``_head``'s Date
         self._head = b""
+        self._date_second = -1
+        self._date = ""
 
     def answer(self, data: bytes) -> bytes | None:
         """Return the response to ``data`` when it is one plain value read the view answers."""
@@ -96,30 +103,43 @@ class WireLane:
         if view.stale(now, self.budget):
             return None
         observe, by_subject, v2 = self.lanes[lane]
-        body = view.hot_body(who.decode(), ref.decode(), now, by_subject=by_subject, v2=v2)
-        if body is None:
-            return None
-        response = b"%b%d\r\n\r\n%b" % (self._status_and_headers(now), len(body), body)
+        subject, feature = who.decode(), ref.decode()
+        body = view.hot_body(subject, feature, now, by_subject=by_subject, v2=v2)
+        if body is not None:
+            head = self._status_and_headers(now)
+        else:  # the customer or the entitlement is unknown: the routes' 404 problem
+            problem = value_not_found(view, subject, feature, instant(now), by_subject=by_subject)
+            if problem is None or problem.headers:
+                return None
+            body = problem_body(problem.status, problem.detail, problem.extensions)
+            status = HTTPStatus(problem.status)
+            head = self._head_of(now, int(time.time()), status, PROBLEM_JSON)
+        response = b"%b%d\r\n\r\n%b" % (head, len(body), body)
         observe(time.perf_counter() - started)
         return response
 
     def _status_and_headers(self, now: int) -> bytes:
-        """The response up to the ``Content-Length`` value: made again per version, ms and s."""
+        """A found value's response up to the ``Content-Length`` value: made again per version,
+        ms and s."""
         texts = self.view.freshness(now)
         second = int(time.time())
-        if texts is not self._texts or second != self._second:
-            if second != self._second:
-                self._date = formatdate(second, usegmt=True)
-            self._texts, self._second = texts, second
-            freshness = "".join(
-                f"{name}: {value}\r\n" for name, value in self.view.freshness_headers(now).items()
-            )
-            self._head = (
-                f"HTTP/1.1 200 OK\r\n{freshness}Content-Type: application/json\r\n"
-                f"Date: {self._date}\r\nServer: {SERVER_SOFTWARE}\r\n"
-                "Content-Length: "
-            ).encode()
+        if texts is not self._texts or second != self._head_second:
+            self._texts, self._head_second = texts, second
+            self._head = self._head_of(now, second, HTTPStatus.OK, "application/json")
         return self._head
+
+    def _head_of(self, now: int, second: int, status: HTTPStatus, content_type: str) -> bytes:
+        """A response up to the ``Content-Length`` value, as aiohttp writes the app's."""
+        if second != self._date_second:
+            self._date, self._date_second = formatdate(second, usegmt=True), second
+        freshness = "".join(
+            f"{name}: {value}\r\n" for name, value in self.view.freshness_headers(now).items()
+        )
+        return (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\n{freshness}"
+            f"Content-Type: {content_type}\r\nDate: {self._date}\r\n"
+            f"Server: {SERVER_SOFTWARE}\r\nContent-Length: "
+        ).encode()
 
 
 class WireProtocol(asyncio.Protocol):

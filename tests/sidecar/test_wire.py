@@ -115,8 +115,14 @@ async def same_answer(served: Sidecar, data: bytes) -> tuple[int, dict[str, str]
     return status, headers, body
 
 
-@pytest.mark.parametrize(("path", "answered"), READS)
-async def test_the_wire_answers_plain_reads_of_what_it_finds(
+#: Plain reads of a customer or an entitlement the view does not find: the fast lane leaves them
+#: to the app, the wire answers them with the app's 404 problem.
+NOT_FOUND = ("unknown-subject", "unknown-feature", "subject-as-customer")
+WIRE_READS = [pytest.param(*p.values[:1], p.values[1] or p.id in NOT_FOUND, id=p.id) for p in READS]
+
+
+@pytest.mark.parametrize(("path", "answered"), WIRE_READS)
+async def test_the_wire_answers_plain_reads_of_what_it_finds_or_not(
     seeder: Seeder, start_sidecar: StartSidecar, path: str, answered: bool
 ) -> None:
     """Each read: the wire lane's answer or none; the same answer as aiohttp's either way."""
@@ -126,6 +132,22 @@ async def test_the_wire_answers_plain_reads_of_what_it_finds(
     lane = wire.WireLane(served.app)
     assert (lane.answer(request(path)) is not None) is answered
     await same_answer(served, request(path))
+
+
+async def test_a_read_of_an_unknown_customer_keeps_the_connection_on_the_wire(
+    served: Sidecar,
+) -> None:
+    """A 404 problem, then a found value: both from the lane, aiohttp's handler never reads."""
+    transport, handler = _Transport(), _Handler()
+    protocol = wire.WireProtocol(wire.WireLane(served.app), handler)  # type: ignore[arg-type]
+    protocol._transport = transport
+    protocol.data_received(request("/api/v1/subjects/nobody/entitlements/gpt_4_tokens/value"))
+    protocol.data_received(request())
+    assert handler.calls == []
+    (missing, found) = [answer.split(b"\r\n", 1)[0] for answer in transport.written]
+    assert (missing, found) == (b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK")
+    problem = json.loads(transport.written[0].split(b"\r\n\r\n", 1)[1])
+    assert problem["status"] == 404 and "'nobody'" in problem["detail"]
 
 
 #: Requests the wire lane leaves to aiohttp, though their path is a plain value read.
@@ -257,10 +279,14 @@ async def test_a_stale_view_leaves_reads_to_the_application(
 
 
 class _Transport:
-    """Records what flow control asks of a transport."""
+    """Records what flow control asks of a transport, and what is written to it."""
 
     def __init__(self) -> None:
         self.reading = True
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -270,8 +296,13 @@ class _Transport:
 
 
 class _Handler:
+    """aiohttp's request handler as the lane sees it: what it is told."""
+
     def __init__(self) -> None:
         self.calls: list[str] = []
+
+    def data_received(self, data: bytes) -> None:
+        self.calls.append("data")
 
     def pause_writing(self) -> None:
         self.calls.append("pause")
