@@ -30,12 +30,12 @@ def stale_at(request: web.Request, now: datetime) -> bool:
 
 
 def apply_stale_policy(
-    request: web.Request, view: View, entitlement: Entitlement, value: EntitlementValue
+    app: web.Application, view: View, entitlement: Entitlement, value: EntitlementValue
 ) -> tuple[EntitlementValue, WhenStale]:
     """Apply the feature's ``whenStale`` to a current value read past the staleness budget."""
     feature = view.feature(entitlement.feature_key)
     policy = feature.feature.when_stale if feature else WhenStale.LAST_KNOWN
-    request.app[METRICS].count_stale_answer(policy.value)
+    app[METRICS].count_stale_answer(policy.value)
     if policy is WhenStale.ALLOW and not value.has_access:
         value = dataclasses.replace(value, has_access=True)
     elif policy is WhenStale.DENY and value.has_access:

@@ -65,7 +65,7 @@ def _evaluate(
         }
     value = view.value(entitlement, now, v2=False)  # no grant balances in OFREP's metadata
     if stale:
-        value, _ = apply_stale_policy(request, view, entitlement, value)
+        value, _ = apply_stale_policy(request.app, view, entitlement, value)
     value = apply_requested_usage(entitlement, value, requested)
     metadata: dict[str, Any] = {
         "entitled": True,

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from allotment.ledger.core.history import HistoryError
-from allotment.ledger.core.model import Entitlement, EntitlementType
+from allotment.ledger.core.model import Entitlement, EntitlementType, EntitlementValue
 from allotment.ledger.core.periods import last_reset
 
 from . import ingest, leases, ofrep
@@ -46,7 +46,15 @@ from .serialize import (
 from .source import CONTRACT_VERSIONS, CustomerRecord
 from .view import MICROSECOND, View, micros
 
-__all__ = ["PROBE_ROUTES", "ROUTES", "json_response", "now_of", "ready_view", "value_not_found"]
+__all__ = [
+    "PROBE_ROUTES",
+    "ROUTES",
+    "current_value",
+    "json_response",
+    "now_of",
+    "ready_view",
+    "value_entitlement",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _NO_QUERY: Mapping[str, str] = {}
@@ -118,20 +126,35 @@ def _entitlement(view: View, customer: CustomerRecord, id_or_key: str, at: datet
     return entitlement
 
 
-def value_not_found(
+def value_entitlement(
     view: View, who: str, id_or_key: str, at: datetime, *, by_subject: bool
-) -> ProblemError | None:
-    """Return the problem a value read of ``who`` and ``id_or_key`` at ``at`` answers when the
-    view finds no such customer (a subject with ``by_subject``) or entitlement; None if found.
+) -> Entitlement:
+    """Return the entitlement a value read of ``who`` (a subject with ``by_subject``, else a
+    customer) and ``id_or_key`` reads at ``at``; raise the 404 problem when either is unknown.
 
-    The wire lane answers such reads itself with this (``wire.WireLane``), as the routes do.
+    The value routes and the wire lane (``wire.WireLane``) both find it so.
     """
-    try:
-        customer = _customer_by_subject(view, who) if by_subject else _customer(view, who)
-        _entitlement(view, customer, id_or_key, at)
-    except ProblemError as error:
-        return error
-    return None
+    customer = _customer_by_subject(view, who) if by_subject else _customer(view, who)
+    return _entitlement(view, customer, id_or_key, at)
+
+
+def current_value(
+    app: web.Application,
+    view: View,
+    entitlement: Entitlement,
+    now: datetime,
+    *,
+    v2: bool,
+    stale: bool,
+) -> tuple[EntitlementValue, dict[str, str] | None]:
+    """Return the value a current read answers, and its extra headers: past the staleness
+    budget (``stale``) the feature's ``whenStale`` decides and ``Allotment-Stale-Policy`` says so.
+    """
+    value = view.value(entitlement, now, v2=v2)
+    if not stale:
+        return value, None
+    value, policy = apply_stale_policy(app, view, entitlement, value)
+    return value, {"Allotment-Stale-Policy": policy.value}
 
 
 async def _value(
@@ -148,10 +171,8 @@ async def _value(
     entitlement = _entitlement(view, customer, id_or_key, at or now)
     headers: dict[str, str] | None = None
     if at is None:
-        value = view.value(entitlement, now, v2=v2)
-        if stale_at(request, now):
-            value, policy = apply_stale_policy(request, view, entitlement, value)
-            headers = {"Allotment-Stale-Policy": policy.value}
+        stale = stale_at(request, now)
+        value, headers = current_value(request.app, view, entitlement, now, v2=v2, stale=stale)
     else:
         value = view.value_at(entitlement, at)
     requested = parse_requested_usage(query)
@@ -217,7 +238,7 @@ def _value_reader(variable: str, *, by_subject: bool, v2: bool) -> Handler:
         view = ready_view(request)
         who = request.match_info[variable]
         customer = _customer_by_subject(view, who) if by_subject else _customer(view, who)
-        return await _value(request, view, customer, request.match_info["entitlement"], v2=v2)
+        return await _value(request, view, customer, info["entitlement"], v2=v2)
 
     return read
 
@@ -298,7 +319,7 @@ async def get_customer_access(request: web.Request) -> web.Response:
             continue
         value = view.value(entitlement, now)
         if stale:
-            value, _ = apply_stale_policy(request, view, entitlement, value)
+            value, _ = apply_stale_policy(request.app, view, entitlement, value)
         access[entitlement.feature_key] = value_v2(value)
     return json_response({"entitlements": access})
 

@@ -14,11 +14,13 @@ A plain value read here: ``GET`` of one of OpenMeter's three value paths in orig
 no query, segments of unreserved characters (no percent-encoding, no dot segment), well-formed
 header fields within aiohttp's size limit, none of which frames a body or changes the connection
 (``Content-Length``, ``Transfer-Encoding``, ``Expect``, ``Upgrade``, a ``Connection`` other
-than ``keep-alive``); a fresh view. What the view finds is answered from its cache
-(``cached_value``'s rules); a customer or an entitlement it does not find, with the routes' own
-404 problem (``routes.value_not_found``), so a client asking about customers not yet provisioned
-keeps its connection on the lane. The lane decides nothing else: whatever it does not answer,
-aiohttp and the application do.
+than ``keep-alive``); a loaded view. What a fresh view finds is answered from its cache
+(``cached_value``'s rules); past the staleness budget, with what the routes answer (the
+feature's ``whenStale``, ``routes.current_value``); a customer or an entitlement the view does
+not find, with the routes' own 404 problem (``routes.value_entitlement``). So a client asking
+about customers not provisioned yet, or reading through a ledger outage, keeps its connection on
+the lane. The lane decides nothing else: whatever it does not answer, aiohttp and the
+application do.
 
 Why: aiohttp's request parsing, request and response objects and writer cost a value read about
 three quarters of its server time; a keep-alive client's checks arrive one request per chunk
@@ -39,8 +41,9 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from . import fastlane
 from .keys import CLOCK, SETTINGS, VIEW
-from .problems import PROBLEM_JSON, problem_body
-from .routes import value_not_found
+from .problems import PROBLEM_JSON, ProblemError, problem_body
+from .routes import current_value, value_entitlement
+from .serialize import value_json
 from .view import MICROSECOND, instant
 
 __all__ = ["LaneSite", "WireLane", "WireProtocol", "serve"]
@@ -78,6 +81,7 @@ class WireLane:
     """Turns the bytes of one plain value read into the whole HTTP response, or None."""
 
     def __init__(self, app: web.Application) -> None:
+        self.app = app
         self.view = app[VIEW]
         self.clock = fastlane.micros_clock(app[CLOCK])
         self.budget = app[SETTINGS].staleness_budget // MICROSECOND
@@ -100,23 +104,42 @@ class WireLane:
         if who in _DOTS or ref in _DOTS or not _plain(fields):
             return None
         view, now = self.view, self.clock()
-        if view.stale(now, self.budget):
-            return None
+        if not view.ready:
+            return None  # the app's 503
         observe, by_subject, v2 = self.lanes[lane]
         subject, feature = who.decode(), ref.decode()
-        body = view.hot_body(subject, feature, now, by_subject=by_subject, v2=v2)
+        stale = view.stale(now, self.budget)
+        body = None if stale else view.hot_body(subject, feature, now, by_subject=by_subject, v2=v2)
         if body is not None:
             head = self._status_and_headers(now)
-        else:  # the customer or the entitlement is unknown: the routes' 404 problem
-            problem = value_not_found(view, subject, feature, instant(now), by_subject=by_subject)
-            if problem is None or problem.headers:
+        else:
+            decided = self._decided(subject, feature, now, stale, by_subject=by_subject, v2=v2)
+            if decided is None:
                 return None
-            body = problem_body(problem.status, problem.detail, problem.extensions)
-            status = HTTPStatus(problem.status)
-            head = self._head_of(now, int(time.time()), status, PROBLEM_JSON)
+            head, body = decided
         response = b"%b%d\r\n\r\n%b" % (head, len(body), body)
         observe(time.perf_counter() - started)
         return response
+
+    def _decided(
+        self, who: str, ref: str, now: int, stale: bool, *, by_subject: bool, v2: bool
+    ) -> tuple[bytes, bytes] | None:
+        """What the routes answer a read the cache does not: a customer or an entitlement not
+        found (404), or a view past its staleness budget (the feature's ``whenStale``)."""
+        view, at = self.view, instant(now)
+        try:
+            entitlement = value_entitlement(view, who, ref, at, by_subject=by_subject)
+        except ProblemError as problem:
+            if problem.headers:
+                return None
+            status = HTTPStatus(problem.status)
+            body = problem_body(problem.status, problem.detail, problem.extensions)
+            return self._head_of(now, int(time.time()), status, PROBLEM_JSON), body
+        if not stale:
+            return None  # found, yet not cached: the app's to decide
+        value, headers = current_value(self.app, view, entitlement, at, v2=v2, stale=True)
+        head = self._head_of(now, int(time.time()), HTTPStatus.OK, "application/json", headers)
+        return head, value_json(value, v2=v2).encode()
 
     def _status_and_headers(self, now: int) -> bytes:
         """A found value's response up to the ``Content-Length`` value: made again per version,
@@ -128,13 +151,19 @@ class WireLane:
             self._head = self._head_of(now, second, HTTPStatus.OK, "application/json")
         return self._head
 
-    def _head_of(self, now: int, second: int, status: HTTPStatus, content_type: str) -> bytes:
+    def _head_of(
+        self,
+        now: int,
+        second: int,
+        status: HTTPStatus,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
         """A response up to the ``Content-Length`` value, as aiohttp writes the app's."""
         if second != self._date_second:
             self._date, self._date_second = formatdate(second, usegmt=True), second
-        freshness = "".join(
-            f"{name}: {value}\r\n" for name, value in self.view.freshness_headers(now).items()
-        )
+        fields = {**(headers or {}), **self.view.freshness_headers(now)}
+        freshness = "".join(f"{name}: {value}\r\n" for name, value in fields.items())
         return (
             f"HTTP/1.1 {status.value} {status.phrase}\r\n{freshness}"
             f"Content-Type: {content_type}\r\nDate: {self._date}\r\n"

@@ -25,10 +25,22 @@ from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import CLOCK, FOLLOWER, VIEW
 from allotment.sidecar.ledger_source import StorageSource
 from allotment.sidecar.settings import SidecarSettings
+from allotment.sidecar.source import FeedBatch
 from allotment.sidecar.view import View
 from tests.sidecar.seed import NS, T0, Seeder
 
 WAIT_LIMIT_SECONDS = 20.0
+
+
+def ledger_outage(sidecar: Sidecar, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every poll of ``sidecar``'s follower fail from now on, as with the ledger unreachable
+    (``monkeypatch.undo()`` ends it): its view's age then grows with the clock whatever wakes it
+    (a notification listener's first wake, on PostgreSQL, comes at a time of its own)."""
+
+    def unreachable(*_args: object) -> FeedBatch:
+        raise OSError("the ledger is unreachable (a test's outage)")
+
+    monkeypatch.setattr(sidecar.app[FOLLOWER].source, "changes_since", unreachable)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from allotment.ledger.core.model import EntitlementType, WhenStale
-from tests.sidecar.conftest import Clock, StartSidecar
+from tests.sidecar.conftest import Clock, StartSidecar, ledger_outage
 from tests.sidecar.seed import T0, Seeder
 
 
@@ -169,13 +169,11 @@ async def test_bulk_without_targeting_key_is_refused(
 
 
 async def test_past_the_staleness_budget_each_feature_decides(
-    seeder: Seeder, start_sidecar: StartSidecar, clock: Clock
+    seeder: Seeder, start_sidecar: StartSidecar, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed(seeder)
-    # Polls only once an hour: after the load nothing refreshes the view unless the test wakes it.
-    sidecar = await start_sidecar(
-        poll_interval=timedelta(hours=1), staleness_budget=timedelta(seconds=5)
-    )
+    sidecar = await start_sidecar(staleness_budget=timedelta(seconds=5))
+    ledger_outage(sidecar, monkeypatch)
     clock.advance(timedelta(seconds=6))
     evaluations = {}
     for flag, key in (("gpt_4_tokens", "customer-2"), ("integrations", "sub-a"), ("sso", "sub-a")):
@@ -196,6 +194,7 @@ async def test_past_the_staleness_budget_each_feature_decides(
     _, body, headers = await sidecar.get("/api/v1/subjects/sub-a/entitlements/integrations/value")
     assert (body["hasAccess"], headers["Allotment-Stale-Policy"]) == (False, "Deny")
 
+    monkeypatch.undo()  # the ledger is back
     await sidecar.polled()  # a successful poll brings the view back within the budget
     status, body, _ = await sidecar.post("/ofrep/v1/evaluate/flags/integrations", json=ctx("sub-a"))
     assert (body["value"], body["reason"]) == (True, "TARGETING_MATCH")

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from allotment.sidecar import wire
+from allotment.sidecar.app import create_app
+from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import METRICS
-from tests.sidecar.conftest import Sidecar, StartSidecar
-from tests.sidecar.seed import Seeder
+from allotment.sidecar.settings import SidecarSettings
+from allotment.sidecar.view import View
+from tests.sidecar import test_ofrep as ofrep
+from tests.sidecar.conftest import Clock, Sidecar, StartSidecar, ledger_outage
+from tests.sidecar.seed import NS, Seeder
 from tests.sidecar.test_fastlane import READS, seed
 
 VALUE = "/api/v1/subjects/sub-a/entitlements/gpt_4_tokens/value"
@@ -268,14 +274,38 @@ async def test_shutting_down_closes_connections_only_the_wire_served(
     assert await connection.closed()
 
 
-async def test_a_stale_view_leaves_reads_to_the_application(
-    served: Sidecar,
+async def test_past_the_staleness_budget_the_wire_answers_what_each_feature_decides(
+    seeder: Seeder, start_sidecar: StartSidecar, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past the staleness budget the lane answers nothing; the app applies whenStale."""
+    """A stale view: each read answered on the wire as aiohttp answers it (``whenStale``)."""
+    ofrep.seed(seeder)  # gpt_4_tokens: Allow, integrations: Deny
+    served = await start_sidecar(staleness_budget=timedelta(seconds=5))
+    ledger_outage(served, monkeypatch)
     lane = wire.WireLane(served.app)
-    assert lane.answer(request()) is not None
-    lane.budget = -1  # any age is past it
-    assert lane.answer(request()) is None
+    clock.advance(timedelta(seconds=6))
+    answers = {}
+    for path in (
+        "/api/v1/customers/customer-2/entitlements/gpt_4_tokens/value",
+        "/api/v1/subjects/sub-a/entitlements/integrations/value",
+        "/api/v2/customers/customer-1/entitlements/integrations/value",
+    ):
+        assert lane.answer(request(path)) is not None
+        status, headers, body = await same_answer(served, request(path))
+        answers[path] = (status, json.loads(body)["hasAccess"], headers["allotment-stale-policy"])
+    assert list(answers.values()) == [
+        (200, True, "Allow"),  # access although the balance is spent
+        (200, False, "Deny"),  # no access although entitled
+        (200, False, "Deny"),  # v2 too
+    ]
+    missing = request("/api/v1/subjects/nobody/entitlements/sso/value")
+    assert lane.answer(missing) is not None
+    assert (await same_answer(served, missing))[0] == 404
+
+
+async def test_a_view_not_loaded_leaves_reads_to_the_application(ledger_url: str) -> None:
+    """Before the first load the lane answers nothing: the app's 503."""
+    app = create_app(SidecarSettings(ledger_url, NS), View(NS, CoreValueEngine(), freeze_gc=False))
+    assert wire.WireLane(app).answer(request()) is None
 
 
 class _Transport:
