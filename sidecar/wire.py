@@ -189,7 +189,10 @@ class WireProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         lane = self._lane
         if lane is not None:
-            response = lane.answer(data)
+            try:
+                response = lane.answer(data)
+            except Exception:  # aiohttp's to answer: the application reports it (500, 503)
+                response = None
             if response is not None:
                 self._transport.write(response)
                 return

@@ -308,6 +308,21 @@ async def test_a_view_not_loaded_leaves_reads_to_the_application(ledger_url: str
     assert wire.WireLane(app).answer(request()) is None
 
 
+async def test_a_read_the_lane_fails_on_is_answered_by_aiohttp(
+    served: Sidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error computing a read on the wire leaves it to aiohttp: answered, not dropped."""
+
+    def broken(*_args: object, **_kwargs: object) -> bytes:
+        raise RuntimeError("a value that cannot be computed")
+
+    monkeypatch.setattr(served.view, "hot_body", broken)
+    connection = await Connection.open(wire_port(served))
+    await connection.send(request())
+    assert (await connection.response())[0] == 500
+    await connection.close()
+
+
 class _Transport:
     """Records what flow control asks of a transport, and what is written to it."""
 
