@@ -132,7 +132,7 @@ def value_entitlement(
     """Return the entitlement a value read of ``who`` (a subject with ``by_subject``, else a
     customer) and ``id_or_key`` reads at ``at``; raise the 404 problem when either is unknown.
 
-    The value routes and the wire lane (``wire.WireLane``) both find it so.
+    The value routes' own lookups, for the wire lane (``wire.WireLane``): the same problems.
     """
     customer = _customer_by_subject(view, who) if by_subject else _customer(view, who)
     return _entitlement(view, customer, id_or_key, at)
