@@ -17,10 +17,7 @@ details. What it does, in one run:
   generator's core and seeds it with ``COPY``;
 - starts the production sidecar app (``StorageSource``: the normal paged load, then the feed,
   polled) in a server process pinned to core 0, alone, with a bare aiohttp app returning a
-  constant on another port of the same event loop (no middleware: the strict baseline) and,
-  on a third port, the floor: an asyncio protocol writing a constant answer for each request
-  it sees end, with no HTTP parsing (what the loop, the kernel and the generator cost: no
-  server on this machine answers faster);
+  constant on another port of the same event loop (no middleware: the strict baseline);
   reports the load time, one seeded customer's answer, memory per entitlement (RSS; up to
   2x10^4 also tracemalloc), a cold value's cost (a warm pass computing every value), the worst
   cyclic-GC pause;
@@ -36,9 +33,13 @@ details. What it does, in one run:
   run), so each ratio compares attacks seconds apart, and ``value_over_bare`` is the median of
   the rounds' ratios (each round and the pooled ratio are in the JSON); latency at a fixed rate of half the bare saturated rate with vegeta (open loop,
   16 connections; ``VEGETA_GO_ENV``: its Go collector off up to a heap limit) pinned to core 1:
-  p50/p99/p99.9 and the rate achieved, for the bare endpoint, the floor and then the value
-  reads (``value_p99_over_floor_ms`` in the summary: what the sidecar adds to the machine's
-  tail). Subjects go round robin
+  p50/p99/p99.9 and the rate achieved, for the floor, the bare endpoint and then the value
+  reads. The floor is what no server on this machine answers faster: an asyncio protocol
+  writing a constant answer for each request it sees end (no HTTP parsing), in its own process
+  on core 0 while the server process is paused (``SIGSTOP``; its ``server_*`` numbers are that
+  process's), the writer and the generator running as for the other attacks;
+  ``value_p99_over_floor_ms`` in the summary is what the sidecar adds to the machine's tail.
+  Subjects go round robin
   over every loaded customer. For each attack: the server's CPU per request (``/proc``: the
   number that does not depend on the generator), the server's, the writer's and the
   generator's share of their cores, each core's busy share (everyone's processes: the box is
