@@ -30,6 +30,7 @@ three quarters of its server time; a keep-alive client's checks arrive one reque
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from email.utils import formatdate
@@ -47,6 +48,8 @@ from .serialize import value_json
 from .view import MICROSECOND, instant
 
 __all__ = ["LaneSite", "WireLane", "WireProtocol", "serve"]
+
+log = logging.getLogger("allotment.sidecar.wire")
 
 #: aiohttp's default limit for a request line or a header field; a longer request is its to judge.
 MAX_REQUEST_BYTES = 8190
@@ -134,11 +137,11 @@ class WireLane:
                 return None
             status = HTTPStatus(problem.status)
             body = problem_body(problem.status, problem.detail, problem.extensions)
-            return self._head_of(now, int(time.time()), status, PROBLEM_JSON), body
+            return self._head_of(now, status, PROBLEM_JSON), body
         if not stale:
             return None  # found, yet not cached: the app's to decide
         value, headers = current_value(self.app, view, entitlement, at, v2=v2, stale=True)
-        head = self._head_of(now, int(time.time()), HTTPStatus.OK, "application/json", headers)
+        head = self._head_of(now, HTTPStatus.OK, "application/json", headers)
         return head, value_json(value, v2=v2).encode()
 
     def _status_and_headers(self, now: int) -> bytes:
@@ -148,18 +151,14 @@ class WireLane:
         second = int(time.time())
         if texts is not self._texts or second != self._head_second:
             self._texts, self._head_second = texts, second
-            self._head = self._head_of(now, second, HTTPStatus.OK, "application/json")
+            self._head = self._head_of(now, HTTPStatus.OK, "application/json")
         return self._head
 
     def _head_of(
-        self,
-        now: int,
-        second: int,
-        status: HTTPStatus,
-        content_type: str,
-        headers: dict[str, str] | None = None,
+        self, now: int, status: HTTPStatus, content_type: str, headers: dict[str, str] | None = None
     ) -> bytes:
         """A response up to the ``Content-Length`` value, as aiohttp writes the app's."""
+        second = int(time.time())
         if second != self._date_second:
             self._date, self._date_second = formatdate(second, usegmt=True), second
         fields = {**(headers or {}), **self.view.freshness_headers(now)}
@@ -192,6 +191,7 @@ class WireProtocol(asyncio.Protocol):
             try:
                 response = lane.answer(data)
             except Exception:  # aiohttp's to answer: the application reports it (500, 503)
+                log.exception("The wire lane could not answer a read; aiohttp answers it")
                 response = None
             if response is not None:
                 self._transport.write(response)

@@ -309,9 +309,10 @@ async def test_a_view_not_loaded_leaves_reads_to_the_application(ledger_url: str
 
 
 async def test_a_read_the_lane_fails_on_is_answered_by_aiohttp(
-    served: Sidecar, monkeypatch: pytest.MonkeyPatch
+    served: Sidecar, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An error computing a read on the wire leaves it to aiohttp: answered, not dropped."""
+    """An error computing a read on the wire leaves it to aiohttp: answered, not dropped, and
+    the lane's failure is logged (a lane that always failed would otherwise go unnoticed)."""
 
     def broken(*_args: object, **_kwargs: object) -> bytes:
         raise RuntimeError("a value that cannot be computed")
@@ -321,6 +322,7 @@ async def test_a_read_the_lane_fails_on_is_answered_by_aiohttp(
     await connection.send(request())
     assert (await connection.response())[0] == 500
     await connection.close()
+    assert any(r.name == "allotment.sidecar.wire" for r in caplog.records)
 
 
 class _Transport:
