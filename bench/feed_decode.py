@@ -1,6 +1,6 @@
 """Benchmark: what following the change feed costs the sidecar per bucket state (issue #6).
 
-Role: measure ``StorageSource.changes_since`` (read the feed entries, decode each entry's
+Role: measure ``StorageSource.changes_since`` and ``source.decoded`` (read the feed entries, decode each entry's
 payload into ``BucketState``s and other changes) in the sidecar's pages
 (``sync.FEED_BATCH_LIMIT`` = 5,000 entries per call), as process CPU time per bucket state:
 the best and the median of ``--repeat`` passes over the same feed. The feed is real: the last
@@ -43,7 +43,7 @@ from allotment.ledger.storage.engine import open_ledger
 from allotment.ledger.storage.schema import FeedEntryRow, LedgerStateRow
 from allotment.ledger.storage.usage import BucketState
 from allotment.sidecar.ledger_source import StorageSource
-from allotment.sidecar.source import Change, FeedBatch
+from allotment.sidecar.source import Change, FeedBatch, decoded
 from allotment.sidecar.sync import FEED_BATCH_LIMIT
 
 _FEED: Table = FeedEntryRow.__table__  # type: ignore[assignment]
@@ -122,8 +122,9 @@ def one_pass(read: Callable[[str, int, int], FeedBatch], namespace: str, after: 
     while True:
         batch = read(namespace, position, FEED_BATCH_LIMIT)
         calls += 1
-        changes += len(batch.changes)
-        states += sum(isinstance(change, BucketState) for change in batch.changes)
+        decoded_changes = list(decoded(batch.changes))  # usage entries decode here
+        changes += len(decoded_changes)
+        states += sum(isinstance(change, BucketState) for change in decoded_changes)
         if batch.position == position:
             return Pass(time.process_time() - started, calls, changes, states)
         position = batch.position

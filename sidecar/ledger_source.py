@@ -43,7 +43,7 @@ from allotment.ledger.storage.schema import (
 from allotment.ledger.storage.usage import BucketState
 
 from .settings import SidecarSettings
-from .source import Change, FeedBatch, LoadedNamespace, RecordRemoved
+from .source import Change, FeedBatch, FeedItem, LoadedNamespace, RecordRemoved, UsageEntry
 
 __all__ = ["StorageSource"]
 
@@ -120,13 +120,13 @@ class StorageSource:
             epoch = feed.ledger_epoch(connection)
             head = feed.feed_head(connection)
             entries = feed.read_feed_texts(connection, namespace, after=position, limit=limit)
-        changes: list[Change] = []
+        changes: list[FeedItem] = []
         version = feed.CONTRACT_VERSION
-        buckets = usage.UsageDecoder()  # decoded after the read transaction, out of its time
+        buckets = usage.UsageDecoder()  # usage: decoded where applied, an entry at a time
         for entry in entries:
             version = entry.contract_version
             if entry.kind == usage.USAGE_CHANGE:
-                changes.extend(buckets.decode(entry.payload))
+                changes.append(UsageEntry(entry.payload, buckets))
             else:
                 changes.extend(_decode(entry.decoded()))
         last = entries[-1].position if len(entries) >= limit else max(head, position)

@@ -6,20 +6,23 @@ returns the changes committed after a feed position (``changes_since``). Records
 contract's (``allotment.ledger.storage.codec``: the core's domain objects with the ledger ids the
 OpenMeter shapes need). Usage arrives as ``UsageBucketState`` (storage's ``BucketState``): the
 *absolute* contents of one per-minute bucket, whose event count only grows, so applying it
-twice, or once from local ingestion and once from the feed, never counts twice.
+twice, or once from local ingestion and once from the feed, never counts twice. A feed batch
+carries each usage entry undecoded (``UsageEntry``): its states are decoded where they are
+applied, one entry at a time (``decoded``).
 
 It must not compute balances (the core does) nor hold a database connection itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
 from allotment.ledger.core.model import Entitlement, Grant
 from allotment.ledger.storage.codec import CustomerRecord, FeatureRecord, MeterRecord
 from allotment.ledger.storage.usage import BucketState as UsageBucketState
+from allotment.ledger.storage.usage import UsageDecoder
 
 __all__ = [
     "CONTRACT_VERSIONS",
@@ -27,11 +30,14 @@ __all__ = [
     "CustomerRecord",
     "FeatureRecord",
     "FeedBatch",
+    "FeedItem",
     "LedgerSource",
     "LoadedNamespace",
     "MeterRecord",
     "RecordRemoved",
     "UsageBucketState",
+    "UsageEntry",
+    "decoded",
 ]
 
 #: Read-contract versions this sidecar understands: the current and the previous (DESIGN D11).
@@ -59,6 +65,37 @@ Change: TypeAlias = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One usage feed entry whose bucket states are decoded only where they are applied.
+
+    A batch read after a backlog holds up to 5,000 entries (250,000 states at 50 per commit):
+    decoded at once, they were young objects that a cyclic collection walked while the batch
+    was applied (13 to 18 ms at 10^5 entitlements, 71 ms at 10^6, the loop stopped); decoded
+    an entry at a time, a batch holds the states of the entry applied and of the next at most.
+    """
+
+    text: str
+    #: Shared by a batch's entries: instants, amounts and groups they repeat parse once.
+    decoder: UsageDecoder
+
+    def states(self) -> list[UsageBucketState]:
+        """Decode the entry's bucket states."""
+        return self.decoder.decode(self.text)
+
+
+FeedItem: TypeAlias = Change | UsageEntry
+
+
+def decoded(items: Iterable[FeedItem]) -> Iterator[Change]:
+    """Yield ``items``' changes in order, each usage entry's states decoded as it is reached."""
+    for item in items:
+        if isinstance(item, UsageEntry):
+            yield from item.states()
+        else:
+            yield item
+
+
 @dataclass(frozen=True)
 class LoadedNamespace:
     """Everything the sidecar serves for one namespace, read in one consistent snapshot."""
@@ -84,7 +121,7 @@ class LoadedNamespace:
 
 @dataclass(frozen=True)
 class FeedBatch:
-    """The changes after a position, up to ``position``, in commit order.
+    """The changes after a position, up to ``position``, in commit order (``decoded``).
 
     A different ``epoch`` than the one loaded means the ledger was restored: reload.
     """
@@ -92,7 +129,7 @@ class FeedBatch:
     epoch: str
     position: int
     contract_version: int
-    changes: Sequence[Change] = ()
+    changes: Sequence[FeedItem] = ()
 
 
 class LedgerSource(Protocol):
@@ -103,7 +140,7 @@ class LedgerSource(Protocol):
         ...
 
     def changes_since(self, namespace: str, position: int, limit: int) -> FeedBatch:
-        """Return at most ``limit`` changes after ``position`` in the namespace."""
+        """Return the changes of at most ``limit`` feed entries after ``position``."""
         ...
 
     def listen(self, namespace: str, wake: Callable[[], None]) -> Callable[[], None] | None:

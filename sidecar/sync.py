@@ -28,11 +28,18 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
 from .settings import SidecarSettings
-from .source import Change, FeedBatch, LedgerSource, LoadedNamespace, UsageBucketState
+from .source import (
+    Change,
+    FeedBatch,
+    LedgerSource,
+    LoadedNamespace,
+    UsageBucketState,
+    decoded,
+)
 from .view import PreparedLoad, View
 
 __all__ = ["Follower"]
@@ -177,25 +184,24 @@ class Follower:
         return len(batch.changes) >= FEED_BATCH_LIMIT
 
     async def _apply(self, batch: FeedBatch, now: datetime) -> bool:
-        """Apply ``batch`` a turn at a time (see the module docstring); False: reload instead."""
+        """Apply ``batch`` a turn at a time (see the module docstring); False: reload instead.
+
+        Usage entries are decoded as they are reached (``decoded``), so the batch never holds
+        the bucket states of more than two entries.
+        """
         view = self.view
-        units = _slices(batch.changes, 1)  # the shortest runs a turn may end after
-        held = view.position or 0  # the position moves with the last change only
-        last = len(units) - 1
+        held = view.position or 0  # the position moves after the last change only
         deadline = time.perf_counter_ns() + self.turn_budget_ns
-        for number, changes in enumerate(units):
+        # the shortest runs a turn may end after
+        for number, changes in enumerate(_slices(decoded(batch.changes), 1)):
             if number and time.perf_counter_ns() >= deadline:
                 await asyncio.sleep(0)
                 deadline = time.perf_counter_ns() + self.turn_budget_ns
-            part = FeedBatch(
-                epoch=batch.epoch,
-                position=batch.position if number == last else held,
-                contract_version=batch.contract_version,
-                changes=changes,
-            )
-            if not view.apply(part, now):
+            part = FeedBatch(batch.epoch, held, batch.contract_version, changes)
+            if not view.apply(part, now, whole=False):
                 return False  # only the first change can meet a new epoch: nothing applied
-        return True
+        # in the turn of the last change: no check sees the position before its change
+        return view.apply(FeedBatch(batch.epoch, batch.position, batch.contract_version), now)
 
     async def catch_up(self, until: float | None = None) -> None:
         """Recompute the answers usage dropped, a turn at a time, until none is left.
@@ -229,19 +235,19 @@ class Follower:
         self.wake.clear()
 
 
-def _slices(changes: Sequence[Change], size: int) -> list[Sequence[Change]]:
+def _slices(changes: Iterable[Change], size: int) -> Iterator[list[Change]]:
     """Cut ``changes`` into runs of about ``size``, only between two usage bucket states."""
-    if len(changes) <= size:
-        return [changes]
-    slices: list[Sequence[Change]] = []
-    start = 0
-    for i in range(size, len(changes)):
+    run: list[Change] = []
+    previous: Change | None = None
+    for change in changes:
         if (
-            i - start >= size
-            and isinstance(changes[i], UsageBucketState)
-            and isinstance(changes[i - 1], UsageBucketState)
+            len(run) >= size
+            and isinstance(change, UsageBucketState)
+            and isinstance(previous, UsageBucketState)
         ):
-            slices.append(changes[start:i])
-            start = i
-    slices.append(changes[start:])
-    return slices
+            yield run
+            run = []
+        run.append(change)
+        previous = change
+    if run:
+        yield run

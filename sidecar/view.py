@@ -85,6 +85,7 @@ from .source import (
     MeterRecord,
     RecordRemoved,
     UsageBucketState,
+    decoded,
 )
 from .usage import AnySeries, UsageStore
 
@@ -480,17 +481,23 @@ class View:
             # even where an earlier freeze left it.
             gc.freeze()
 
-    def apply(self, batch: FeedBatch, now: datetime) -> bool:
-        """Apply a feed batch; return False (applying nothing) when its epoch needs a reload."""
+    def apply(self, batch: FeedBatch, now: datetime, *, whole: bool = True) -> bool:
+        """Apply a feed batch; return False (applying nothing) when its epoch needs a reload.
+
+        ``whole=False``: a part of a batch, not its end; the view is current as of ``now`` only
+        once the part carrying the batch's position is applied (a batch that fails half way,
+        an entry that cannot be decoded, leaves the view's age growing).
+        """
         state = self._require()
         if batch.epoch != state.epoch:
             return False
         self._check_contract(batch.contract_version)
-        for change in batch.changes:
+        for change in decoded(batch.changes):
             _apply_change(state, change)
         state.position = max(state.position, batch.position)
         state.contract_version = batch.contract_version
-        self._synced(now)
+        if whole:
+            self._synced(now)
         return True
 
     def apply_usage(self, buckets: Iterable[UsageBucketState]) -> None:

@@ -19,7 +19,7 @@ from allotment.ledger.storage.codec import MeterRecord, Removed
 from allotment.ledger.storage.engine import Ledger
 from allotment.ledger.storage.usage import BucketState
 from allotment.sidecar.ledger_source import StorageSource, _decode
-from allotment.sidecar.source import Change, RecordRemoved
+from allotment.sidecar.source import Change, RecordRemoved, UsageEntry, decoded
 from tests.sidecar.seed import NS, T0, Seeder
 
 
@@ -78,8 +78,8 @@ def test_changes_since_equals_the_plain_decoding(
     while True:
         batch = source.changes_since(NS, position, limit)
         expected_position, expected = plain_changes(ledger, position, limit)
-        assert (batch.position, batch.changes) == (expected_position, expected)
-        kinds.update(type(change) for change in batch.changes)
+        assert (batch.position, list(decoded(batch.changes))) == (expected_position, expected)
+        kinds.update(type(change) for change in decoded(batch.changes))
         if batch.position == position:
             break
         position = batch.position
@@ -90,3 +90,32 @@ def test_changes_since_equals_the_plain_decoding(
     assert {Decimal("0.000001"), Decimal("12345678901234567890"), Decimal("2.5")} <= amounts
     assert {s.groups for s in states} >= {(("model", "gpt-4"), ("region", "eu"))}
     assert frozenset({"alice", "bob"}) in {s.distinct for s in states}
+
+
+def test_usage_entries_are_decoded_only_when_reached(
+    ledger: Ledger, seeder: Seeder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The follower applies a batch as ``decoded`` yields it: decoded all at once, a backlog's
+    # batch (10^5 states) was walked by a cyclic collection for tens of ms (README).
+    seed_every_kind(seeder)
+    decodes: list[str] = []
+    decode = usage.UsageDecoder.decode
+
+    def counted(decoder: usage.UsageDecoder, text: str) -> list[BucketState]:
+        decodes.append(text)
+        return decode(decoder, text)
+
+    monkeypatch.setattr(usage.UsageDecoder, "decode", counted)
+    batch = StorageSource(ledger).changes_since(NS, 0, 5000)
+    entries = [item for item in batch.changes if isinstance(item, UsageEntry)]
+
+    assert len(entries) == 4 and decodes == []  # the four event writes: read, not decoded
+    changes = decoded(batch.changes)
+    first_usage = next(c for c in changes if isinstance(c, BucketState))
+    assert decodes == [entries[0].text]
+    assert first_usage in entries[0].states()
+    rest = list(changes)
+    assert len(decodes) == 4 + 1  # each entry once more, plus the check above
+    assert (
+        sum(isinstance(c, BucketState) for c in rest) == sum(len(e.states()) for e in entries) - 1
+    )

@@ -11,13 +11,23 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from allotment.ledger.storage.usage import UsageDecoder
 from allotment.sidecar import sync
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.settings import SidecarSettings
-from allotment.sidecar.source import Change, FeedBatch, LoadedNamespace, UsageBucketState
+from allotment.sidecar.source import (
+    Change,
+    FeedBatch,
+    FeedItem,
+    LoadedNamespace,
+    UsageBucketState,
+    UsageEntry,
+    decoded,
+)
 from allotment.sidecar.sync import Follower
 from allotment.sidecar.view import View, micros
 
@@ -120,7 +130,7 @@ async def test_a_long_batch_lets_checks_through_and_applies_every_change() -> No
 
 def test_slices_of_a_short_batch_are_the_batch() -> None:
     changes: list[Change] = [bucket("s", m, 1) for m in range(3)]
-    assert sync._slices(changes, 64) == [changes]
+    assert list(sync._slices(changes, 64)) == [changes]
 
 
 @given(st.lists(st.booleans(), max_size=300), st.integers(min_value=1, max_value=40))
@@ -129,7 +139,7 @@ def test_slices_keep_order_and_cut_only_between_usage(kinds: list[bool], size: i
     changes: list[Change] = [
         bucket("s", i, 1) if is_usage else grant for i, is_usage in enumerate(kinds)
     ]
-    slices = sync._slices(changes, size)
+    slices = list(sync._slices(iter(changes), size))
     assert [c for part in slices for c in part] == changes
     assert all(slices) or changes == []
     cut = 0
@@ -229,3 +239,76 @@ async def test_recomputed_answers_keep_no_rebuilt_record() -> None:
     await follower.catch_up()
     assert engine.computed == 6
     assert len(state.decoded) == 0  # each answer's records were rebuilt, used, let go
+
+
+class Recording(UsageDecoder):
+    """A decoder whose entries are made-up texts naming their states; it logs each decode."""
+
+    def __init__(self, states: dict[str, list[UsageBucketState]], log: list[str]) -> None:
+        super().__init__()
+        self.states, self.log = states, log
+
+    def decode(self, text: str) -> list[UsageBucketState]:
+        self.log.append(f"decode {text}")
+        return self.states[text]
+
+
+async def test_usage_entries_are_decoded_one_at_a_time_as_they_are_applied(
+    monkeypatch: Any,
+) -> None:
+    view = loaded_view()
+    log: list[str] = []
+    states = {
+        "e1": [bucket("sub-0", m, 1) for m in range(3)],
+        "e2": [bucket("sub-2", m, 2) for m in range(3)],
+    }
+    decoder = Recording(states, log)
+    grant = replace(records(1)[2], amount=Decimal(5000))
+    items: list[FeedItem] = [UsageEntry("e1", decoder), grant, UsageEntry("e2", decoder)]
+    follower = following(view, FeedBatch("epoch", 99, 1, items))
+    apply = view.apply
+
+    def logged(batch: FeedBatch, now: Any, **kwargs: Any) -> bool:
+        log.extend(
+            f"apply {change.subject}"
+            for change in decoded(batch.changes)
+            if isinstance(change, UsageBucketState)
+        )
+        return apply(batch, now, **kwargs)
+
+    monkeypatch.setattr(view, "apply", logged)
+    await follower.poll_once()
+
+    # An entry is decoded when the run before it needs its first change (a turn may not end
+    # between the grant and the usage after it): at most the states of two entries are held.
+    assert log == [
+        "decode e1",
+        "apply sub-0",
+        "apply sub-0",
+        "decode e2",
+        "apply sub-0",  # with the grant and sub-2's first state, in one turn
+        "apply sub-2",
+        "apply sub-2",
+        "apply sub-2",
+    ]
+    assert (usage(view, "sub-0"), usage(view, "sub-2")) == (3, 6)
+    assert view.grants_of(grant.entitlement_id) == [grant]
+    assert view.position == 99
+
+
+async def test_a_batch_that_fails_half_way_leaves_the_view_as_old_as_it_was() -> None:
+    # An entry that cannot be decoded fails the poll after the entries before it were applied
+    # (bucket states are absolute: the next poll applies them again, counting nothing twice);
+    # the view is not current as of that poll, so its age grows towards the staleness budget.
+    view = loaded_view()
+    synced_at, position = view.synced_at, view.position
+    decoder = Recording({"e1": [bucket("sub-0", 0, 4), bucket("sub-0", 1, 3)]}, [])
+    items: list[FeedItem] = [UsageEntry("e1", decoder), UsageEntry("broken", decoder)]
+    follower = following(view, FeedBatch("epoch", 99, 1, items))
+    follower.clock = lambda: NOW + timedelta(minutes=1)
+
+    with pytest.raises(KeyError):
+        await follower.poll_once()
+
+    assert usage(view, "sub-0") == 4  # its first state applied (the second waited for the next)
+    assert (view.synced_at, view.position) == (synced_at, position)
