@@ -72,16 +72,17 @@ class UsageEntry:
     A batch read after a backlog holds up to 5,000 entries (250,000 states at 50 per commit):
     decoded at once, they were young objects that a cyclic collection walked while the batch
     was applied (13 to 18 ms at 10^5 entitlements, 71 ms at 10^6, the loop stopped); decoded
-    an entry at a time, a batch holds the states of the entry applied and of the next at most.
+    as they are applied, a batch holds a state or two at a time, and an entry of thousands of
+    states (a group commit) is decoded across turns of the loop.
     """
 
     text: str
     #: Shared by a batch's entries: instants, amounts and groups they repeat parse once.
     decoder: UsageDecoder
 
-    def states(self) -> list[UsageBucketState]:
-        """Decode the entry's bucket states."""
-        return self.decoder.decode(self.text)
+    def states(self) -> Iterator[UsageBucketState]:
+        """Yield the entry's bucket states, each decoded when asked (a turn may end between)."""
+        return self.decoder.states(self.text)
 
 
 FeedItem: TypeAlias = Change | UsageEntry

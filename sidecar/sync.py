@@ -186,8 +186,8 @@ class Follower:
     async def _apply(self, batch: FeedBatch, now: datetime) -> bool:
         """Apply ``batch`` a turn at a time (see the module docstring); False: reload instead.
 
-        Usage entries are decoded as they are reached (``decoded``), so the batch never holds
-        the bucket states of more than two entries.
+        Usage entries are decoded a state at a time as they are reached (``decoded``), so the
+        batch never holds more than a few decoded states, and a turn may end inside an entry.
         """
         view = self.view
         held = view.position or 0  # the position moves after the last change only

@@ -22,7 +22,7 @@ import contextlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -231,28 +231,46 @@ class UsageDecoder:
 
     def decode(self, text: str) -> list[BucketState]:
         """Return the bucket states of one usage entry's payload text."""
-        states = self._decode_canonical(text)
-        if states is None:
-            payload = json.loads(text)
-            return [BucketState.from_payload(b) for b in payload.get("buckets", ())]
-        return states
+        return list(self.states(text))
 
-    def _decode_canonical(self, text: str) -> list[BucketState] | None:
-        """Return the states of a payload in the canonical form; None for any other text."""
+    def states(self, text: str) -> Iterator[BucketState]:
+        """Yield the bucket states of one usage entry's payload text, each decoded when asked.
+
+        A payload in the canonical form is read a bucket per state; one that turns out not to
+        be, part way, is decoded by ``json.loads`` and yields its states from there on (the
+        ones read already are the same either way).
+        """
+        read = 0
+        for state in self._canonical(text):
+            if state is None:
+                break
+            read += 1
+            yield state
+        else:
+            return
+        payload = json.loads(text)
+        for bucket in payload.get("buckets", ())[read:]:
+            yield BucketState.from_payload(bucket)
+
+    def _canonical(self, text: str) -> Iterator[BucketState | None]:
+        """Yield the states of a payload in the canonical form, then None if it is not one."""
         if not text.startswith(_ENTRY_START):
-            return None
+            yield None
+            return
         end = len(text) - len(_ENTRY_END)
         position = len(_ENTRY_START)
-        states: list[BucketState] = []
         if position == end:
-            return states if text.endswith(_ENTRY_END) else None
+            if not text.endswith(_ENTRY_END):
+                yield None
+            return
         match = _CANONICAL_BUCKET.match
         instants, amounts, groups = self._instants, self._amounts, self._groups
         new, empty = object.__new__, frozenset[str]()
         while True:
             found = match(text, position)
             if found is None:
-                return None
+                yield None
+                return
             distinct, count, group, at, latest, slug, meter_id, minute, subject, total = (
                 found.groups()
             )
@@ -278,12 +296,15 @@ class UsageDecoder:
                     "distinct": frozenset(_STRINGS(distinct)) if distinct else empty,
                 }
             )
-            states.append(state)
+            yield state
             position = found.end()
             if position == end:
-                return states if text.endswith(_ENTRY_END) else None
+                if not text.endswith(_ENTRY_END):
+                    yield None
+                return
             if not text.startswith(",", position):
-                return None
+                yield None
+                return
             position += 1
 
 

@@ -8,6 +8,7 @@ other forms (which take the JSON path), and generated bucket states.
 
 from __future__ import annotations
 
+import decimal
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -127,6 +128,10 @@ OTHER_FORMS = [
         '{"buckets":[' + BUCKET.replace('"groups":{}', '"groups":{"a":"1","a":"2"}') + "]}",
         id="repeated-group-key",
     ),
+    pytest.param(
+        '{"buckets":[' + BUCKET + "," + BUCKET.replace('"s"', '"\\u0073"') + "]}",
+        id="canonical-then-escaped",
+    ),
     pytest.param('{"buckets":[' + BUCKET + "]} ", id="trailing-space"),
     pytest.param('{"buckets":[' + BUCKET + '],"x":1}', id="extra-key"),
 ]
@@ -156,6 +161,16 @@ def test_malformed_texts_fail_as_plain_json_fails(text: str) -> None:
         plain(text)
     with pytest.raises(type(plain_error.value)):
         UsageDecoder().decode(text)
+
+
+def test_states_are_decoded_one_at_a_time() -> None:
+    # The sidecar applies an entry's states as they are decoded: a group commit of thousands
+    # of states is decoded across turns of its event loop, not in one.
+    text = '{"buckets":[' + BUCKET + "," + BUCKET.replace('"1"}', '"x"}') + "]}"
+    states = UsageDecoder().states(text)
+    assert next(states) == plain('{"buckets":[' + BUCKET + "]}")[0]
+    with pytest.raises(decimal.InvalidOperation):
+        next(states)
 
 
 def test_a_decoder_reused_across_entries_gives_each_its_own_states() -> None:

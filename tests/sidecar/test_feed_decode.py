@@ -8,6 +8,7 @@ large amounts) is read both ways, in pages of several sizes, on each database.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 
@@ -99,13 +100,13 @@ def test_usage_entries_are_decoded_only_when_reached(
     # batch (10^5 states) was walked by a cyclic collection for tens of ms (README).
     seed_every_kind(seeder)
     decodes: list[str] = []
-    decode = usage.UsageDecoder.decode
+    states = usage.UsageDecoder.states
 
-    def counted(decoder: usage.UsageDecoder, text: str) -> list[BucketState]:
+    def counted(decoder: usage.UsageDecoder, text: str) -> Iterator[BucketState]:
         decodes.append(text)
-        return decode(decoder, text)
+        return states(decoder, text)
 
-    monkeypatch.setattr(usage.UsageDecoder, "decode", counted)
+    monkeypatch.setattr(usage.UsageDecoder, "states", counted)
     batch = StorageSource(ledger).changes_since(NS, 0, 5000)
     entries = [item for item in batch.changes if isinstance(item, UsageEntry)]
 
@@ -113,9 +114,10 @@ def test_usage_entries_are_decoded_only_when_reached(
     changes = decoded(batch.changes)
     first_usage = next(c for c in changes if isinstance(c, BucketState))
     assert decodes == [entries[0].text]
-    assert first_usage in entries[0].states()
+    assert first_usage in list(entries[0].states())
     rest = list(changes)
     assert len(decodes) == 4 + 1  # each entry once more, plus the check above
     assert (
-        sum(isinstance(c, BucketState) for c in rest) == sum(len(e.states()) for e in entries) - 1
+        sum(isinstance(c, BucketState) for c in rest)
+        == sum(len(list(e.states())) for e in entries) - 1
     )

@@ -5,7 +5,9 @@ recomputes the answers usage dropped between polls, never delaying the next poll
 from __future__ import annotations
 
 import asyncio
+import decimal
 import json
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
@@ -246,11 +248,11 @@ class Recording(UsageDecoder):
 
     def __init__(self, states: dict[str, list[UsageBucketState]], log: list[str]) -> None:
         super().__init__()
-        self.states, self.log = states, log
+        self.made, self.log = states, log
 
-    def decode(self, text: str) -> list[UsageBucketState]:
+    def states(self, text: str) -> Iterator[UsageBucketState]:
         self.log.append(f"decode {text}")
-        return self.states[text]
+        yield from self.made[text]
 
 
 async def test_usage_entries_are_decoded_one_at_a_time_as_they_are_applied(
@@ -312,3 +314,43 @@ async def test_a_batch_that_fails_half_way_leaves_the_view_as_old_as_it_was() ->
 
     assert usage(view, "sub-0") == 4  # its first state applied (the second waited for the next)
     assert (view.synced_at, view.position) == (synced_at, position)
+
+
+async def test_one_large_usage_entry_is_applied_across_turns() -> None:
+    # A group commit of thousands of events is one feed entry: decoded and applied a state at
+    # a time, checks are answered between its states (the budget is 0: a turn per state).
+    view = loaded_view()
+    states = [bucket("sub-0", m, 1) for m in range(48)]
+    text = json.dumps(
+        {"buckets": [s.to_payload() for s in states]}, separators=(",", ":"), sort_keys=True
+    )
+    follower = following(view, FeedBatch("epoch", 99, 1, [UsageEntry(text, UsageDecoder())]))
+    seen: list[object] = []
+
+    async def check_meanwhile() -> None:
+        while True:
+            seen.append(usage(view, "sub-0"))
+            await asyncio.sleep(0)
+
+    checking = asyncio.create_task(check_meanwhile())
+    await asyncio.sleep(0)
+    await follower.poll_once()
+    checking.cancel()
+
+    assert usage(view, "sub-0") == 48
+    assert [u for u in seen if u not in (0, 48)], seen[:5]  # usage of part of the entry
+
+
+async def test_an_entry_is_decoded_a_state_at_a_time_as_it_is_applied() -> None:
+    view = loaded_view()
+    good = [bucket("sub-0", m, 1).to_payload() for m in range(2)]
+    text = json.dumps(
+        {"buckets": [*good, {**good[0], "valueSum": "x"}]}, separators=(",", ":"), sort_keys=True
+    )
+    follower = following(view, FeedBatch("epoch", 99, 1, [UsageEntry(text, UsageDecoder())]))
+
+    with pytest.raises(decimal.InvalidOperation):
+        await follower.poll_once()
+
+    # the first state was applied before the third was decoded (the second waited with it)
+    assert usage(view, "sub-0") == 1
