@@ -1,7 +1,7 @@
 """Benchmark: what following the change feed costs the sidecar per bucket state (issue #6).
 
-Role: measure ``StorageSource.changes_since`` and ``source.decoded`` (read the feed entries, decode each entry's
-payload into ``BucketState``s and other changes) in the sidecar's pages
+Role: measure ``StorageSource.changes_since`` and ``source.decoded`` (read the feed entries,
+decode each entry's payload into ``BucketState``s and other changes) in the sidecar's pages
 (``sync.FEED_BATCH_LIMIT`` = 5,000 entries per call), as process CPU time per bucket state:
 the best and the median of ``--repeat`` passes over the same feed. The feed is real: the last
 ``--entries`` entries of a ledger that has background usage in its feed (``bench.background``

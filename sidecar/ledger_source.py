@@ -122,7 +122,7 @@ class StorageSource:
             entries = feed.read_feed_texts(connection, namespace, after=position, limit=limit)
         changes: list[FeedItem] = []
         version = feed.CONTRACT_VERSION
-        buckets = usage.UsageDecoder()  # usage: decoded where applied, an entry at a time
+        buckets = usage.UsageDecoder()  # usage: decoded where applied, a state at a time
         for entry in entries:
             version = entry.contract_version
             if entry.kind == usage.USAGE_CHANGE:

@@ -8,7 +8,7 @@ OpenMeter shapes need). Usage arrives as ``UsageBucketState`` (storage's ``Bucke
 *absolute* contents of one per-minute bucket, whose event count only grows, so applying it
 twice, or once from local ingestion and once from the feed, never counts twice. A feed batch
 carries each usage entry undecoded (``UsageEntry``): its states are decoded where they are
-applied, one entry at a time (``decoded``).
+applied, a state at a time (``decoded``).
 
 It must not compute balances (the core does) nor hold a database connection itself.
 """
@@ -122,7 +122,9 @@ class LoadedNamespace:
 
 @dataclass(frozen=True)
 class FeedBatch:
-    """The changes after a position, up to ``position``, in commit order (``decoded``).
+    """The changes after a position, up to ``position``, in commit order.
+
+    Usage entries come undecoded (``UsageEntry``): read the changes through ``decoded``.
 
     A different ``epoch`` than the one loaded means the ledger was restored: reload.
     """

@@ -317,8 +317,9 @@ async def test_a_batch_that_fails_half_way_leaves_the_view_as_old_as_it_was() ->
 
 
 async def test_one_large_usage_entry_is_applied_across_turns() -> None:
-    # A group commit of thousands of events is one feed entry: decoded and applied a state at
-    # a time, checks are answered between its states (the budget is 0: a turn per state).
+    # A group commit of thousands of events is one feed entry: applied a state at a time,
+    # checks are answered between its states (the budget is 0: a turn per state). That it is
+    # also decoded a state at a time: the next test.
     view = loaded_view()
     states = [bucket("sub-0", m, 1) for m in range(48)]
     text = json.dumps(
