@@ -2,10 +2,11 @@
 
 One command per load point (``--entitlements``: 10^4, 10^5, 10^6) and database::
 
-    PATH=$PATH:~/go/bin python -m bench.sidecar --entitlements 10000 \\
+    python -m bench.sidecar --entitlements 10000 \\
         [--db sqlite:////tmp/bench-1e4.db --reuse | --postgres] [--background-rate 1000]
 
-(vegeta: ``go install github.com/tsenart/vegeta/v12@latest``; wrk: Debian's ``wrk``.) The
+(Go on PATH: the bench builds its generator, ``bench/attack``, vegeta's attacker with its own
+pacer; wrk: Debian's ``wrk``.) The
 ``summary`` block holds the headline numbers, each next to DESIGN's goal; the other blocks the
 details. What it does, in one run:
 
@@ -31,17 +32,18 @@ details. What it does, in one run:
   bare attack then a value attack of ``--round-seconds`` (4) each: this box's speed drifts by
   10-40% within a minute (a VM: a bare endpoint measured 6,700 to 11,300 requests/s in one
   run), so each ratio compares attacks seconds apart, and ``value_over_bare`` is the median of
-  the rounds' ratios (each round and the pooled ratio are in the JSON); latency at a fixed rate of half the bare saturated rate with vegeta (open loop,
-  16 connections; ``VEGETA_GO_ENV``: its Go collector off up to a heap limit) pinned to core 1:
-  p50/p99/p99.9 and the rate achieved, for the floor, the bare endpoint and then the value
-  reads. The floor is what no server on this machine answers faster: an asyncio protocol
+  the rounds' ratios (each round and the pooled ratio are in the JSON); latency at a fixed
+  rate of half the bare saturated rate with ``bench/attack`` (open loop, 16 connections, what
+  is due sent at multiples of ``--pace-quantum-us``, 500 us; see its ``main.go``) pinned to
+  core 1: p50/p99/p99.9, the rate achieved and the generator's pacing (``start_gap_p99_ms``),
+  for the floor, the bare endpoint and then the value reads. The floor is what no server on this machine answers faster: an asyncio protocol
   writing a constant answer for each request it sees end (no HTTP parsing), in its own process
   on core 0 while the server process is paused (``SIGSTOP``; its ``server_*`` numbers are that
   process's; the server then catches up on the feed, ``server_caught_up_seconds``), the writer
   running as for the other attacks. The generator does the value attack's work: the floor gets
   the same requests for as long, measured after the same pass, and answers each with a value
-  read's whole answer recorded from the server (a single URL answered in 85 bytes cost vegeta
-  less per request, and at 10^6 hid its own p99.9 of ~10 ms after the 75 s pass over 10^6
+  read's whole answer recorded from the server (a single URL answered in 85 bytes cost the
+  generator less per request, and at 10^6 hid its own p99.9 of ~10 ms after the 75 s pass over 10^6
   targets); ``value_p99_over_floor_ms`` in the summary is what the sidecar adds to the
   machine's tail.
   Subjects go round robin
@@ -56,17 +58,22 @@ details. What it does, in one run:
 Why this setup (measured on the 2-core box, 2026-11-24; details in the JSON of each run):
 
 - vegeta costs its core about as much CPU per request (~58 us at saturation, 70-100 us at a
-  fixed rate) as the bare aiohttp endpoint costs the server (~60 us), and the writer takes 13-25% of a core at 1,000 events/s (130-250
-  us per event: Python and SQLite, 50 per commit). With both on core 1 the generator's core saturated before the
-  server's: bare "saturated" at 9,483 req/s with background and 17,400 without, i.e. the bare
-  rate, the ratio and the fixed rate (half of it) measured the generator. wrk costs ~22 us per
-  request at low rates and less when busy, so at saturation the server's core is the limit.
-  ``--saturate-with vegeta`` restores the old generator. At the fixed rate (half the bare
-  rate wrk finds) vegeta needs most of core 1: its share is in the JSON, and the rate it
-  achieved next to the rate asked.
+  fixed rate) as the bare aiohttp endpoint costs the server (~60 us), and the writer takes
+  13-25% of a core at 1,000 events/s (130-250 us per event: Python and SQLite, 50 per commit).
+  With both on core 1 the generator's core saturated before the server's: bare "saturated" at
+  9,483 req/s with background and 17,400 without, i.e. the bare rate, the ratio and the fixed
+  rate (half of it) measured the generator. wrk costs ~22 us per request at low rates and less
+  when busy, so at saturation the server's core is the limit. ``--saturate-with attack``
+  saturates with ``bench/attack`` instead. At the fixed rate (half the bare rate wrk finds) the
+  generator needs half of core 1 or more: its share is in the JSON, and the rate it achieved
+  next to the rate asked.
+- ``vegeta attack`` itself paced in bursts (2026-11-25): Go's runtime rounds a sleep under
+  1 ms up to 1 ms when the process is idle, so at 13,600/s it sent a dozen requests at once
+  every 1.1 ms (start gaps p99 1.15 ms) and the floor's own p99 was 1.05-1.37 ms; paced by
+  ``bench/attack`` at 500 us quanta, 0.29-0.88 ms at the same CPU (47-57% of core 1).
 - The writer runs under ``SCHED_IDLE`` on core 1 (``--background-sched``): it commits in
   bursts of 7-12 ms of CPU every 50 ms, and at normal priority a woken commit can hold the
-  generator off its core for milliseconds, which vegeta would count as server latency (on the
+  generator off its core for milliseconds, which it would count as server latency (on the
   shared box of 2026-11-24, load 6-8, the difference could not be separated from the other
   load: compare ``--background-sched normal`` on an idle box). Idle-scheduled, it yields at
   once and still committed 980-1,230 events/s per attack there (the rate per attack is in the
@@ -94,7 +101,7 @@ import contextlib
 import cProfile
 import csv
 import gc
-import io
+import itertools
 import json
 import math
 import os
@@ -336,57 +343,67 @@ def _percentile(ordered: list[int], fraction: float) -> float:
     return round(ordered[index] / 1e6, 3)
 
 
-#: vegeta's Go runtime collects only near this heap size: with Go's default (GOGC=100) its
-#: collections, on the one core it has, held responses for milliseconds and it counted that as
-#: the server's latency (bare aiohttp at 8,000/s: p99 1.7-2.7 ms, 0.6-1.7 ms with this).
-VEGETA_GO_ENV = {"GOGC": "off", "GOMEMLIMIT": "3GiB"}
-
-
 @dataclass(frozen=True)
 class _Result:
-    """One vegeta result: when the request started (wall clock, ns), its status and latency."""
+    """One request of an attack: when it started (wall clock, ns), its status and latency."""
 
     start_ns: int
     code: str
     latency_ns: int
 
 
-def _vegeta(
-    binary: str, targets: Path, args: list[str], seconds: float, cpu: int
-) -> tuple[list[_Result], float]:
-    """Attack with vegeta pinned to core ``cpu``; return its results in start order and its CPU.
+#: vegeta's attacker with a pacer of our own, its results written after the attack (its main.go).
+ATTACK_SOURCE = Path(__file__).resolve().parent / "attack"
 
-    The results go to a file and are encoded only after the attack, so decoding them costs
-    no core time during it; the attack's own CPU seconds come from ``os.wait4``.
+
+def build_attack(folder: Path) -> str:
+    """Build bench/attack into ``folder`` with the Go toolchain on PATH; return the binary.
+
+    Go's build cache makes this a second or so after the first build (which fetches vegeta's
+    module from the Go proxy).
     """
-    results = targets.with_suffix(".bin")
-    flags = ["-keepalive", f"-output={results}", *args]
+    go = shutil.which("go")
+    if go is None:
+        raise RuntimeError("`go` is not on PATH: the bench builds its generator, bench/attack")
+    binary = folder / "attack"
+    env = {**os.environ, "GOFLAGS": "-buildvcs=false", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=ATTACK_SOURCE, env=env, check=True)
+    return str(binary)
+
+
+def _attack(
+    binary: str, targets: Path, pace: tuple[int, int], seconds: float, cpu: int
+) -> tuple[list[_Result], float]:
+    """Attack with bench/attack pinned to core ``cpu``, 16 connections, at ``pace``: a rate
+    per second (0: as fast as they go) and a quantum in us; return its results in start order
+    and its CPU seconds (``os.wait4``)."""
+    results = targets.with_suffix(".csv")
+    rate, quantum_us = pace
+    flags = [f"-targets={targets}", f"-rate={rate}", f"-quantum={quantum_us}us"]
+    flags += [f"-duration={seconds:.3f}s"]
+    flags += ["-connections=16", f"-output={results}"]
     attack = subprocess.Popen(
-        [binary, "attack", f"-targets={targets}", f"-duration={seconds:.3f}s", *flags],
-        env={**os.environ, **VEGETA_GO_ENV},
+        [binary, *flags],
         preexec_fn=lambda: (
             os.sched_setaffinity(0, {cpu}) if hasattr(os, "sched_setaffinity") else None
         ),
     )
     _, status, rusage = os.wait4(attack.pid, 0)
-    attack.returncode = os.waitstatus_to_exitcode(status)
-    encoded = subprocess.run(
-        [binary, "encode", "-to=csv", str(results)], capture_output=True, check=True
-    )
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"bench/attack failed on {targets}")
+    with results.open() as lines:  # start (ns), status code, latency (ns)
+        rows = [_Result(int(r[0]), r[1], int(r[2])) for r in csv.reader(lines)]
     results.unlink()
-    # csv columns: timestamp (ns), status code, latency (ns), bytes out, bytes in, error, ...
-    rows = [
-        _Result(int(r[0]), r[1], int(r[2]))
-        for r in csv.reader(io.StringIO(encoded.stdout.decode()))
-    ]
     rows.sort(key=lambda r: r.start_ns)
     return rows, cpu_seconds_of(rusage)
 
 
 def _latencies(rows: Sequence[_Result]) -> dict[str, Any]:
-    """Throughput (200s over the span of starts) and latency percentiles of ``rows``."""
-    starts = [r.start_ns for r in rows]
+    """Throughput (200s over the span of starts), latency percentiles of ``rows`` and the
+    generator's pacing (``start_gap_p99_ms``: 1/rate when paced evenly)."""
+    starts = [r.start_ns for r in rows]  # in start order
     latencies = sorted(r.latency_ns for r in rows)
+    gaps = sorted(later - earlier for earlier, later in itertools.pairwise(starts))
     codes: dict[str, int] = {}
     for r in rows:
         codes[r.code] = codes.get(r.code, 0) + 1
@@ -399,6 +416,7 @@ def _latencies(rows: Sequence[_Result]) -> dict[str, Any]:
         "p99_ms": _percentile(latencies, 0.99),
         "p99_9_ms": _percentile(latencies, 0.999),
         "max_ms": _percentile(latencies, 1.0),
+        "start_gap_p99_ms": _percentile(gaps, 0.99) if gaps else None,
         "status_codes": codes,
     }
 
@@ -909,7 +927,7 @@ def _subject_path_format() -> str:
     return path.replace(str(mark), "%d")
 
 
-def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dict[str, Any]:
+def run(args: argparse.Namespace, url: str, generator: str, wrk: str | None) -> dict[str, Any]:
     """Seed, serve, attack and measure; return the JSON result."""
     load_before = os.getloadavg()
     seed_seconds = _prepare(args, url)
@@ -925,7 +943,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
         "background_placement": {
             "cpu": args.background_cpu,
             "sched": args.background_sched,
-            "vegeta_cpu": args.vegeta_cpu,
+            "generator_cpu": args.generator_cpu,
         },
         "steady": args.steady,
     }
@@ -979,7 +997,6 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                     )
                 )
             answer = Path(tmp) / "floor-answer.http"
-            saturate = ["-rate=0", "-max-workers=16", "-workers=16", "-connections=16"]
             script = Path(tmp) / "round-robin.lua"
             script.write_text(_WRK_SCRIPT)
             form = _subject_path_format()
@@ -1015,11 +1032,12 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
 
             def attack(
                 targets: Path,
-                flags: list[str],
+                rate: int,
                 prime_at: float = 0,
                 sampled: tuple[str | None, dict[str, int | None]] = (base, pids),
             ) -> dict[str, Any]:
-                """Attack; measure after one pass over every target (at ``prime_at``/s) if asked.
+                """Attack at ``rate``/s (0: saturate); measure after one pass over every target
+                (at ``prime_at``/s) if asked.
 
                 ``sampled``: the server's base URL (None: not the sidecar) and the processes
                 whose CPU is read.
@@ -1027,7 +1045,8 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 skip = args.entitlements if prime_at and args.steady else 0
                 ran = args.seconds + (skip / prime_at if skip else 0.0)
                 with _Sampler(*sampled, progress) as sampler:
-                    rows, cpu = _vegeta(vegeta, targets, flags, ran, args.vegeta_cpu)
+                    pace = (rate, args.pace_quantum_us)
+                    rows, cpu = _attack(generator, targets, pace, ran, args.generator_cpu)
                 measured = rows[skip:] or rows
                 window = sampler.window(measured[0].start_ns, measured[-1].start_ns)
                 at = (window[0].proc.at_ns, window[1].proc.at_ns)
@@ -1036,7 +1055,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 attacked["requests_before_measuring"] = len(rows) - len(measured)
                 attacked["measured_after_one_pass"] = len(rows) > skip > 0
                 computes = prime_at if sampled[0] is not None else 0  # the floor computes none
-                return finish(attacked, window, requests, ("vegeta", cpu, ran), computes)
+                return finish(attacked, window, requests, ("bench/attack", cpu, ran), computes)
 
             def prime_wrk(wrk: str, pace: float) -> tuple[int, int]:
                 """One pass over every target (``--steady``): the next target and requests made."""
@@ -1044,7 +1063,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 while args.steady and primed < count:  # in as many runs as it takes
                     seconds = max(1, math.ceil((count - primed) / max(pace, 1.0)))
                     primer, _ = _wrk(
-                        wrk, script, base, seconds, args.vegeta_cpu, (form, first, count)
+                        wrk, script, base, seconds, args.generator_cpu, (form, first, count)
                     )
                     if not primer["requests"]:
                         raise RuntimeError("wrk got no answer while priming")
@@ -1059,7 +1078,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 """Saturate with wrk for ``--round-seconds`` (``targets``: as ``_wrk``)."""
                 with _Sampler(base, pids, progress) as sampler:
                     attacked, cpu = _wrk(
-                        wrk, script, url, args.round_seconds, args.vegeta_cpu, targets
+                        wrk, script, url, args.round_seconds, args.generator_cpu, targets
                     )
                 window = (sampler.samples[0], sampler.samples[-1])
                 generator = ("wrk", cpu, attacked["seconds"])
@@ -1089,7 +1108,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 value["measured_after_one_pass"] = primed >= args.entitlements
                 return bare, value, _rounds(bares, values)
 
-            def attack_floor(flags: list[str], prime_at: float) -> dict[str, Any]:
+            def attack_floor(rate: int, prime_at: float) -> dict[str, Any]:
                 """Attack the floor in its own process on the server's core, the server paused.
 
                 The floor gets the value attack's requests, as long and measured alike, and
@@ -1107,7 +1126,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
                 try:
                     _wait_for_port(floor_port, alone)
                     measured = {"server": alone.pid, "background": pids["background"]}
-                    attacked = attack(floor, flags, prime_at, sampled=(None, measured))
+                    attacked = attack(floor, rate, prime_at, sampled=(None, measured))
                 finally:
                     alone.terminate()
                     alone.wait(timeout=30)
@@ -1123,19 +1142,15 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
             if wrk:
                 bare_sat, value_sat, rounds = saturate_rounds(wrk, bare_url)
             else:
-                bare_sat = attack(bare, saturate)
-                value_sat = attack(value, saturate, prime_at=bare_sat["throughput_per_s"] / 2)
+                bare_sat = attack(bare, 0)
+                value_sat = attack(value, 0, prime_at=bare_sat["throughput_per_s"] / 2)
                 rounds = _rounds([bare_sat], [value_sat])
             rate = max(1, int(bare_sat["throughput_per_s"] / 2))
-            # 16 connections, as at saturation: without a cap vegeta opens a connection per
-            # late request and measures its own connection storm.
-            fixed = [f"-rate={rate}/s", "-workers=16", "-max-workers=16"]
-            fixed += ["-connections=16", "-max-connections=16"]
             # the pass before measuring goes at the rate the server can answer, if lower
             prime_at = max(1.0, min(rate, 0.9 * value_sat["throughput_per_s"]))
-            floor_fixed = attack_floor(fixed, prime_at)
-            bare_fixed = attack(bare, fixed)
-            value_fixed = attack(value, fixed, prime_at=prime_at)
+            floor_fixed = attack_floor(rate, prime_at)
+            bare_fixed = attack(bare, rate)
+            value_fixed = attack(value, rate, prime_at=prime_at)
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,
@@ -1147,6 +1162,7 @@ def run(args: argparse.Namespace, url: str, vegeta: str, wrk: str | None) -> dic
         }
         result["fixed_rate"] = {
             "rate_per_s": rate,
+            "pace_quantum_us": args.pace_quantum_us,
             "bare": bare_fixed,
             "floor": floor_fixed,
             "value": value_fixed,
@@ -1182,7 +1198,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entitlements", type=int, default=10_000)
     parser.add_argument(
-        "--seconds", type=int, default=10, help="each fixed-rate attack (and vegeta saturating)"
+        "--seconds", type=int, default=10, help="each fixed-rate attack (and attack saturating)"
     )
     parser.add_argument(
         "--rounds", type=int, default=5, help="bare-then-value pairs at saturation (wrk)"
@@ -1194,7 +1210,7 @@ def main() -> int:
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="seed a throwaway PostgreSQL (the tests' harness; its server pinned to vegeta's core)",
+        help="seed a throwaway PostgreSQL (the tests' harness; its server on the generator's core)",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="use --db as it is when it holds n seeded already"
@@ -1219,11 +1235,19 @@ def main() -> int:
     )
     parser.add_argument(
         "--saturate-with",
-        choices=("wrk", "vegeta"),
+        choices=("wrk", "attack"),
         default="wrk",
-        help="the closed-loop generator for throughput at saturation (fixed rate: vegeta)",
+        help="the closed-loop generator for throughput at saturation (fixed rate: bench/attack)",
     )
-    parser.add_argument("--vegeta-cpu", type=int, default=1, help="the core vegeta runs on")
+    parser.add_argument(
+        "--pace-quantum-us",
+        type=int,
+        default=500,
+        help="bench/attack sends what is due at multiples of this (0: each request when due)",
+    )
+    parser.add_argument(
+        "--generator-cpu", type=int, default=1, help="the core wrk and bench/attack run on"
+    )
     parser.add_argument(
         "--idle-seconds", type=float, default=3.0, help="server CPU measured without requests"
     )
@@ -1241,26 +1265,26 @@ def main() -> int:
     if args.floor:
         floor(args.floor, Path(args.floor_answer).read_bytes())
         return 0
-    vegeta = shutil.which("vegeta") or str(Path.home() / "go" / "bin" / "vegeta")
-    if not Path(vegeta).exists():
-        print(json.dumps({"error": "vegeta not found: go install github.com/tsenart/vegeta/v12"}))
-        return 1
     wrk = shutil.which("wrk") if args.saturate_with == "wrk" else None
     if args.saturate_with == "wrk" and wrk is None:
         print(
-            json.dumps({"error": "wrk not found: apt-get install wrk, or --saturate-with vegeta"})
+            json.dumps({"error": "wrk not found: apt-get install wrk, or --saturate-with attack"})
         )
         return 1
-    if args.postgres:
-        from .postgres import throwaway_database  # imports the tests' harness: repo root only
+    with tempfile.TemporaryDirectory(prefix="allotment-bench-") as folder:
+        try:
+            generator = build_attack(Path(folder))
+        except (RuntimeError, subprocess.CalledProcessError) as error:
+            print(json.dumps({"error": f"cannot build bench/attack: {error}"}))
+            return 1
+        if args.postgres:
+            from .postgres import throwaway_database  # imports the tests' harness: repo root only
 
-        with throwaway_database(pin=args.vegeta_cpu) as url:
-            result = run(args, url, vegeta, wrk)
-    elif args.db:
-        result = run(args, args.db, vegeta, wrk)
-    else:
-        with tempfile.TemporaryDirectory(prefix="allotment-bench-") as folder:
-            result = run(args, f"sqlite:///{Path(folder) / 'ledger.db'}", vegeta, wrk)
+            with throwaway_database(pin=args.generator_cpu) as url:
+                result = run(args, url, generator, wrk)
+        else:
+            url = args.db or f"sqlite:///{Path(folder) / 'ledger.db'}"
+            result = run(args, url, generator, wrk)
     if "summary" in result:  # the headline first
         result = {"summary": result.pop("summary"), **result}
     print(json.dumps(result, indent=2))
