@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
 
 from . import fastlane
 from .keys import CLOCK, SETTINGS, VIEW
@@ -171,15 +172,26 @@ class WireLane:
 
 
 class WireProtocol(asyncio.Protocol):
-    """One accepted connection: the lane answers while aiohttp's ``handler`` has seen nothing."""
+    """One accepted connection: the lane answers while aiohttp's ``handler`` has seen nothing.
 
-    __slots__ = ("_handler", "_lane", "_reading_paused", "_transport")
+    Each answer moves aiohttp's keep-alive deadline as a response of its own would: its timer,
+    set when the connection opens, would otherwise close a connection only the lane serves,
+    however busy, once ``keepalive_timeout`` (an hour by default) has passed, and a request
+    the client sent at that moment would go unanswered. An idle connection still closes then.
+    """
 
-    def __init__(self, lane: WireLane, handler: asyncio.Protocol) -> None:
+    __slots__ = ("_clock", "_handler", "_keep_alive", "_lane", "_reading_paused", "_transport")
+
+    def __init__(self, lane: WireLane, handler: RequestHandler) -> None:
         self._lane: WireLane | None = lane
         self._handler = handler
         self._transport: Any = None
         self._reading_paused = False
+        # aiohttp's own deadline (a private field) on its loop's clock; in a version without
+        # it, its timer as it is
+        known = hasattr(handler, "_next_keepalive_close_time")
+        self._keep_alive = handler.keepalive_timeout if known else None
+        self._clock = asyncio.get_running_loop().time if known else time.monotonic
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
@@ -195,12 +207,15 @@ class WireProtocol(asyncio.Protocol):
                 response = None
             if response is not None:
                 self._transport.write(response)
+                if self._keep_alive is not None:
+                    self._handler._next_keepalive_close_time = self._clock() + self._keep_alive
                 return
             self._lane = None  # aiohttp's connection from now on
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._handler.eof_received()
+        self._handler.eof_received()
+        return None  # as aiohttp's handler: the transport closes itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._handler.connection_lost(exc)

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from allotment.ledger.storage import migrate
 from allotment.ledger.storage.engine import Ledger, open_ledger
@@ -162,12 +162,14 @@ async def start_sidecar(
     ledger_url: str,
     ledger: Ledger,
     clock: Clock,
-    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
 ) -> AsyncIterator[StartSidecar]:
     """Yield a function starting a sidecar for ``team-a`` on this ledger (ready by default)."""
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(*, wait_ready: bool = True, **overrides: Any) -> Sidecar:
+    async def start(
+        *, wait_ready: bool = True, keepalive_timeout: float | None = None, **overrides: Any
+    ) -> Sidecar:
         settings = replace(
             SidecarSettings(
                 database_url=ledger_url,
@@ -179,7 +181,10 @@ async def start_sidecar(
         )
         view = View(NS, CoreValueEngine(), freeze_gc=False)
         app = create_app(settings, view, open_source=StorageSource.open, clock=clock)
-        client = await aiohttp_client(app)
+        server = TestServer(app)  # started here: aiohttp_client passes no runner settings
+        limits = {} if keepalive_timeout is None else {"keepalive_timeout": keepalive_timeout}
+        await server.start_server(**limits)
+        client = await aiohttp_client(server)
         runner = client.server.runner
         assert isinstance(runner, web.AppRunner)
         fastlane.install(runner)  # as served (``wire.serve``): both lanes

@@ -274,6 +274,26 @@ async def test_shutting_down_closes_connections_only_the_wire_served(
     assert await connection.closed()
 
 
+async def test_a_busy_connection_outlives_the_keep_alive_timeout_an_idle_one_does_not(
+    seeder: Seeder, start_sidecar: StartSidecar
+) -> None:
+    """aiohttp closes a connection idle for ``keepalive_timeout``; the lane's answers count as
+    activity, as aiohttp's own do (its timer starts when the connection opens)."""
+    seed(seeder)
+    served = await start_sidecar(keepalive_timeout=0.5)
+    busy, idle = await Connection.open(wire_port(served)), await Connection.open(wire_port(served))
+    await idle.send(request())
+    assert (await idle.response())[0] == 200
+    for _ in range(8):  # 1.2 s of reads, 0.15 s apart: never idle for 0.5 s
+        await busy.send(request())
+        assert (await busy.response())[0] == 200
+        await asyncio.sleep(0.15)
+    assert await idle.closed()  # answered on the lane once, then idle past the timeout
+    await busy.send(request())
+    assert (await busy.response())[0] == 200
+    await busy.close()
+
+
 async def test_past_the_staleness_budget_the_wire_answers_what_each_feature_decides(
     seeder: Seeder, start_sidecar: StartSidecar, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
