@@ -21,7 +21,8 @@ details. What it does, in one run:
   constant on another port of the same event loop (no middleware: the strict baseline);
   reports the load time, one seeded customer's answer, memory per entitlement (RSS; up to
   2x10^4 also tracemalloc), a cold value's cost (a warm pass computing every value), the worst
-  cyclic-GC pause (and, apart, the worst before the attacks: the load's and the warm pass's);
+  cyclic-GC pause (and, apart, the worst before the attacks, the load's and the warm pass's,
+  and the worst once the attacks are over, before propagation);
 - background usage, DESIGN's load: ``bench.background``, another process, commits
   ``--background-rate`` events/s (default 1,000; 0 disables), 50 per commit, through storage's
   ``usage.ingest`` to the same ledger, for subjects drawn uniformly; the sidecar sees them only
@@ -907,6 +908,7 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
         "goal_bytes_per_entitlement": 1024,
         "gc_pause_max_ms": result["gc_pause_max_ms"],
         "gc_pause_max_ms_before_attacks": result["gc_pause_max_ms_before_attacks"],
+        "gc_pause_max_ms_after_attacks": result["gc_pause_max_ms_after_attacks"],
         "propagation_p50_ms": result["propagation"]["p50_ms"],
         "propagation_max_ms": result["propagation"]["max_ms"],
         "background_events_per_s": result["background"].get("events_per_s"),
@@ -1155,6 +1157,8 @@ def run(args: argparse.Namespace, url: str, generator: str, wrk: str | None) -> 
             floor_fixed = attack_floor(rate, prime_at)
             bare_fixed = attack(bare, rate)
             value_fixed = attack(value, rate, prime_at=prime_at)
+            after = _get_json(f"{base}/bench/status")["gc_pause_max_seconds"]
+            result["gc_pause_max_ms_after_attacks"] = round(after * 1000, 3)
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,

@@ -87,3 +87,18 @@ async def test_a_quantum_sends_what_is_due_together_at_its_multiples(
     assert len(between_groups) == 9
     assert len(seen) == len(rows)
     assert 180 <= len(rows) <= 182
+
+
+async def test_rate_zero_attacks_as_fast_as_the_connections_go(
+    recorded: tuple[str, list[str]], attack_binary: str, tmp_path: Path
+) -> None:
+    """``--saturate-with attack``: a closed loop over 16 connections, every request reported."""
+    base, seen = recorded
+    targets = tmp_path / "targets.txt"
+    targets.write_text(f"GET {base}/v/0\nGET {base}/v/1\n")
+
+    rows, _ = await asyncio.to_thread(sidecar_bench._attack, attack_binary, targets, (0, 0), 0.5, 0)
+
+    assert len(rows) == len(seen) > 200  # far more than any pace the other tests ask
+    assert {r.code for r in rows} == {"200"}
+    assert set(seen) == {"/v/0", "/v/1"}
