@@ -37,22 +37,21 @@ details. What it does, in one run:
   rate of half the bare saturated rate with ``bench/attack`` (open loop, 16 connections, what
   is due sent at multiples of ``--pace-quantum-us``, 500 us; see its ``main.go``) pinned to
   core 1: p50/p99/p99.9, the rate achieved and the generator's pacing (``start_gap_p99_ms``),
-  for the floor, the bare endpoint and then the value reads. The floor is what no server on this machine answers faster: an asyncio protocol
-  writing a constant answer for each request it sees end (no HTTP parsing), in its own process
-  on core 0 while the server process is paused (``SIGSTOP``; its ``server_*`` numbers are that
-  process's; the server then catches up on the feed, ``server_caught_up_seconds``), the writer
-  running as for the other attacks. The generator does the value attack's work: the floor gets
-  the same requests for as long, measured after the same pass, and answers each with a value
-  read's whole answer recorded from the server (a single URL answered in 85 bytes cost the
-  generator less per request, and at 10^6 hid its own p99.9 of ~10 ms after the 75 s pass over 10^6
-  targets); ``value_p99_over_floor_ms`` in the summary is what the sidecar adds to the
-  machine's tail.
-  Subjects go round robin
-  over every loaded customer. For each attack: the server's CPU per request (``/proc``: the
-  number that does not depend on the generator), the server's, the writer's and the
-  generator's share of their cores, each core's busy share (everyone's processes: the box is
-  shared), and the share of checks the server computed cold with, for value attacks, its
-  steady-state expectation ``1 - exp(-events per s / checks per s)``;
+  for the floor, the bare endpoint and then the value reads. The floor is what no server on
+  this machine answers faster: an asyncio protocol writing a constant answer for each request
+  it sees end (no HTTP parsing), in its own process on core 0 while the server process is
+  paused (``SIGSTOP``; its ``server_*`` numbers are that process's; the server then catches up
+  on the feed, ``server_caught_up_seconds``), the writer running as for the other attacks.
+  The generator does the value attack's work: the floor gets the same requests for as long,
+  measured after the same pass, and answers each with a value read's whole answer recorded from
+  the server (a single URL answered in 85 bytes cost the generator less per request, and at
+  10^6 hid its own p99.9 of ~10 ms after the 75 s pass over 10^6 targets);
+  ``value_p99_over_floor_ms`` in the summary is what the sidecar adds to the
+  machine's tail. Subjects go round robin over every loaded customer. For each attack: the
+  server's CPU per request (``/proc``: the number that does not depend on the generator), the
+  server's, the writer's and the generator's share of their cores, each core's busy share
+  (everyone's processes: the box is shared), and the share of checks the server computed cold
+  with, for value attacks, its steady-state expectation ``1 - exp(-events per s / checks per s)``;
 - propagation: a grant written to the ledger until the sidecar's answer changes;
 - the load average before and after.
 
@@ -80,10 +79,10 @@ Why this setup (measured on the 2-core box, 2026-11-24; details in the JSON of e
   once and still committed 980-1,230 events/s per attack there (the rate per attack is in the
   JSON: a lower one means the run did not carry DESIGN's load). After the attacks it returns
   to normal priority: at 10^6 on the loaded box, idle-scheduled, it fell 25 s behind during
-  propagation and caught up in a burst (propagation p50 3.5 s, max 13 s, likely from that). Putting it on core 0 instead (``--background-cpu 0``) takes
-  its ~20% from the server. The server still pays for following the feed (``idle``: its core
-  share with the writer running and no requests: 2-3%, i.e. 20-30 us per event), as DESIGN's
-  load requires.
+  propagation and caught up in a burst (propagation p50 3.5 s, max 13 s, likely from that).
+  Putting it on core 0 instead (``--background-cpu 0``) takes its ~20% from the server. The
+  server still pays for following the feed (``idle``: its core share with the writer running
+  and no requests: 2-3%, i.e. 20-30 us per event), as DESIGN's load requires.
 - Value attacks are measured after one full pass over every target (``--no-steady``: from the
   first request): a check then finds its cached answer dropped when an event touched its
   entitlement since the previous pass, as in a long-running sidecar. Measured from the first
