@@ -187,14 +187,13 @@ class WireProtocol(asyncio.Protocol):
         self._handler = handler
         self._transport: Any = None
         self._reading_paused = False
-        # aiohttp's own deadline (a private field) on its loop's clock; in a version without
-        # it, its timer as it is
+        # aiohttp's own deadline (a private field); in a version without it, its timer as it is
         known = hasattr(handler, "_next_keepalive_close_time")
         self._keep_alive = handler.keepalive_timeout if known else None
-        self._clock = asyncio.get_running_loop().time if known else time.monotonic
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport
+        self._clock = asyncio.get_running_loop().time  # aiohttp's clock for its deadline
         self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
