@@ -319,6 +319,11 @@ def _get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
+def _gc_pause_max_ms(base: str) -> float:
+    """The server's longest cyclic-GC pause so far, in ms."""
+    return round(_get_json(f"{base}/bench/status")["gc_pause_max_seconds"] * 1000, 3)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -1140,8 +1145,7 @@ def run(args: argparse.Namespace, url: str, generator: str, wrk: str | None) -> 
             time.sleep(2.0 if background else 0.0)  # the writer's start-up is not its load
             result["idle"] = _idle(pids, args.idle_seconds)
             # the load's and the warm pass's worst, to tell it from the attacks'
-            before = _get_json(f"{base}/bench/status")["gc_pause_max_seconds"]
-            result["gc_pause_max_ms_before_attacks"] = round(before * 1000, 3)
+            result["gc_pause_max_ms_before_attacks"] = _gc_pause_max_ms(base)
 
             bare_url = f"http://127.0.0.1:{bare_port}/bench/bare"
             if wrk:
@@ -1156,8 +1160,7 @@ def run(args: argparse.Namespace, url: str, generator: str, wrk: str | None) -> 
             floor_fixed = attack_floor(rate, prime_at)
             bare_fixed = attack(bare, rate)
             value_fixed = attack(value, rate, prime_at=prime_at)
-            after = _get_json(f"{base}/bench/status")["gc_pause_max_seconds"]
-            result["gc_pause_max_ms_after_attacks"] = round(after * 1000, 3)
+            result["gc_pause_max_ms_after_attacks"] = _gc_pause_max_ms(base)
         result["saturation_16_connections"] = {
             "bare": bare_sat,
             "value": value_sat,
@@ -1186,9 +1189,7 @@ def run(args: argparse.Namespace, url: str, generator: str, wrk: str | None) -> 
             result["usage_followed"] = usage_followed(url, base, 20)
         if args.entitlements <= 20_000:  # tracemalloc slows a load tenfold: small runs only
             result["memory"].update(retained_bytes(url))
-        result["gc_pause_max_ms"] = round(
-            _get_json(f"{base}/bench/status")["gc_pause_max_seconds"] * 1000, 3
-        )
+        result["gc_pause_max_ms"] = _gc_pause_max_ms(base)
         result["load_average_after"] = os.getloadavg()
         result["summary"] = _summary(result)
     finally:

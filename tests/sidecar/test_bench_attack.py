@@ -44,17 +44,22 @@ async def recorded(
     return f"http://127.0.0.1:{server.port}", seen
 
 
+async def _attack(
+    binary: str, folder: Path, urls: list[str], pace: tuple[int, int], seconds: float
+) -> tuple[list[sidecar_bench._Result], float]:
+    """Attack ``urls`` (taken round robin) as the bench does, on core 0."""
+    targets = folder / "targets.txt"
+    targets.write_text("".join(f"GET {url}\n" for url in urls))
+    return await asyncio.to_thread(sidecar_bench._attack, binary, targets, pace, seconds, 0)
+
+
 async def test_the_attack_sends_the_rate_asked_round_robin_and_reports_each_request(
     recorded: tuple[str, list[str]], attack_binary: str, tmp_path: Path
 ) -> None:
     base, seen = recorded
     paths = ["/v/0", "/v/1", "/v/missing", "/v/3"]
-    targets = tmp_path / "targets.txt"
-    targets.write_text("".join(f"GET {base}{p}\n" for p in paths))
 
-    rows, cpu = await asyncio.to_thread(
-        sidecar_bench._attack, attack_binary, targets, (200, 0), 1.0, 0
-    )
+    rows, cpu = await _attack(attack_binary, tmp_path, [base + p for p in paths], (200, 0), 1.0)
 
     assert 199 <= len(rows) <= 201  # 200/s for 1 s
     assert len(seen) == len(rows)  # each request reported, once
@@ -71,14 +76,10 @@ async def test_a_quantum_sends_what_is_due_together_at_its_multiples(
     recorded: tuple[str, list[str]], attack_binary: str, tmp_path: Path
 ) -> None:
     base, seen = recorded
-    targets = tmp_path / "targets.txt"
-    targets.write_text(f"GET {base}/v/0\n")
 
     # 200/s in quanta of 100 ms for 1 s: the requests due 5 ms apart go in groups, 100 ms apart
     quantum_us = 100_000
-    rows, _ = await asyncio.to_thread(
-        sidecar_bench._attack, attack_binary, targets, (200, quantum_us), 1.0, 0
-    )
+    rows, _ = await _attack(attack_binary, tmp_path, [base + "/v/0"], (200, quantum_us), 1.0)
 
     starts = [r.start_ns for r in rows]
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
@@ -94,10 +95,8 @@ async def test_rate_zero_attacks_as_fast_as_the_connections_go(
 ) -> None:
     """``--saturate-with attack``: a closed loop over 16 connections, every request reported."""
     base, seen = recorded
-    targets = tmp_path / "targets.txt"
-    targets.write_text(f"GET {base}/v/0\nGET {base}/v/1\n")
 
-    rows, _ = await asyncio.to_thread(sidecar_bench._attack, attack_binary, targets, (0, 0), 0.5, 0)
+    rows, _ = await _attack(attack_binary, tmp_path, [base + "/v/0", base + "/v/1"], (0, 0), 0.5)
 
     assert len(rows) == len(seen) > 200  # far more than any pace the other tests ask
     assert {r.code for r in rows} == {"200"}
