@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -20,6 +21,7 @@ from allotment.sidecar.app import GIL_SWITCH_SECONDS, create_app, create_probe_a
 from allotment.sidecar.compute import CoreValueEngine
 from allotment.sidecar.keys import FOLLOWER
 from allotment.sidecar.ledger_source import StorageSource
+from allotment.sidecar.metrics import SidecarMetrics
 from allotment.sidecar.settings import SidecarSettings
 from allotment.sidecar.view import View
 from tests.sidecar.conftest import Clock, StartSidecar, wait_until
@@ -366,3 +368,21 @@ async def test_the_loop_waits_briefly_for_the_gil_while_serving(
     assert sys.getswitchinterval() <= GIL_SWITCH_SECONDS < before
     await client.close()
     assert sys.getswitchinterval() == before
+
+
+def test_a_gc_pause_is_the_collectors_cpu_time_not_the_threads_waiting() -> None:
+    metrics = SidecarMetrics()
+    metrics.gc_callback("start", {"generation": 0})
+    time.sleep(0.05)  # waiting (for the GIL, for the core) is not the collector's work
+    metrics.gc_callback("stop", {"generation": 0, "collected": 0})
+    assert metrics.gc_pause_max < 0.01
+
+    metrics.gc_callback("start", {"generation": 2})
+    started = time.thread_time()
+    while time.thread_time() - started < 0.02:  # the collector's own work
+        pass
+    metrics.gc_callback("stop", {"generation": 2, "collected": 0})
+    assert 0.02 <= metrics.gc_pause_max < 1.0
+    text = metrics.render().decode()
+    assert 'allotment_sidecar_gc_pause_seconds_count{generation="2"} 1.0' in text
+    assert 'allotment_sidecar_gc_pause_seconds_count{generation="0"} 1.0' in text
