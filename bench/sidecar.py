@@ -21,8 +21,9 @@ details. What it does, in one run:
   constant on another port of the same event loop (no middleware: the strict baseline);
   reports the load time, one seeded customer's answer, memory per entitlement (RSS; up to
   2x10^4 also tracemalloc), a cold value's cost (a warm pass computing every value), the worst
-  cyclic-GC pause (and, apart, the worst before the attacks, the load's and the warm pass's,
-  and the worst once the attacks are over, before propagation);
+  cyclic-GC pause (the collector's CPU time, as ``/metrics`` measures it; and, apart, the worst
+  before the attacks, the load's and the warm pass's, and the worst so far once the attacks are
+  over, before propagation: larger than the first only if an attack met a longer one);
 - background usage, DESIGN's load: ``bench.background``, another process, commits
   ``--background-rate`` events/s (default 1,000; 0 disables), 50 per commit, through storage's
   ``usage.ingest`` to the same ledger, for subjects drawn uniformly; the sidecar sees them only
